@@ -1,0 +1,170 @@
+"""The Net-Trim layer program as data, with its validation and its exact measures.
+
+A trained layer maps inputs X (N x P, samples are columns, the bias row added by the caller) to outputs
+Y (M x P). Net-Trim replaces the layer's weights by the solution U (N x M) of
+
+    relu:    minimize ||U||_1  s.t.  ||(U^T X - Y)_Omega||_F <= eps,   (U^T X)_{Omega^c} <= V_{Omega^c}
+    linear:  minimize ||U||_1  s.t.  ||U^T X - Y||_F <= eps
+
+where Omega = {(m, p): Y[m, p] > 0} and V is the cascade upper bound (0 unless given). A scalar eps is one
+Frobenius budget for the whole layer (the paper's form, coupling all neurons); a length-M vector gives each
+neuron m its own budget eps_m on row m, which splits the layer into M independent programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "linear")
+
+
+def _as_finite_matrix(name: str, value, ndim: int = 2) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return array
+
+
+def relative_budget(Y, g: float, per_neuron: bool = False):
+    """The budget a user means by "relative eps" g: eps = g ||Y||_F, or eps_m = g ||y_m|| per neuron.
+
+    The per-neuron form keeps the layer's total within the scalar one: sum_m (g ||y_m||)^2 = (g ||Y||_F)^2.
+    """
+    Y = _as_finite_matrix("Y", Y)
+    if not np.isfinite(g) or g < 0:
+        raise ValueError(f"g must be a finite number >= 0, got {g}")
+    if per_neuron:
+        return g * np.linalg.norm(Y, axis=1)
+    return float(g * np.linalg.norm(Y))
+
+
+@dataclass(frozen=True, eq=False)
+class LayerProblem:
+    """One layer's Net-Trim program (see the module docstring for the math).
+
+    Parameters
+    ----------
+    X : (N, P) layer input, samples are columns; the caller includes the row of ones for a bias.
+    Y : (M, P) the response to keep: relu(W^T X) for a relu layer, W^T X for a linear one.
+    eps : float (one Frobenius budget for the layer) or (M,) array (per-neuron budgets).
+    activation : "relu" or "linear".
+    upper : optional (M, P) bound V on Omega^c (cascade mode); None means V = 0. Ignored entries on Omega.
+    original_weights : optional (N, M) trained weights W; used to warm start and to check that V keeps
+        them feasible, i.e. (W^T X) <= V on Omega^c.
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    eps: float | np.ndarray
+    activation: str = "relu"
+    upper: np.ndarray | None = None
+    original_weights: np.ndarray | None = None
+    omega: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        X = _as_finite_matrix("X", self.X)
+        Y = _as_finite_matrix("Y", self.Y)
+        if X.shape[1] == 0:
+            raise ValueError("X has no samples (P = 0): the layer program needs calibration data")
+        if Y.shape[1] != X.shape[1]:
+            raise ValueError(f"X and Y must have the same number of samples (columns): X is {X.shape}, Y is {Y.shape}")
+        if Y.shape[0] == 0 or X.shape[0] == 0:
+            raise ValueError(f"X and Y need at least one row: X is {X.shape}, Y is {Y.shape}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation == "relu" and np.any(Y < 0):
+            raise ValueError("Y has negative entries, which a relu layer cannot produce (use activation='linear')")
+        eps = self._checked_eps(self.eps, Y.shape[0])
+        upper = None
+        if self.upper is not None:
+            if self.activation == "linear":
+                raise ValueError("upper (the Omega^c bound V) only applies to activation='relu'")
+            upper = _as_finite_matrix("upper", self.upper)
+            if upper.shape != Y.shape:
+                raise ValueError(f"upper must have Y's shape {Y.shape}, got {upper.shape}")
+        weights = None
+        if self.original_weights is not None:
+            weights = _as_finite_matrix("original_weights", self.original_weights)
+            if weights.shape != (X.shape[0], Y.shape[0]):
+                raise ValueError(
+                    f"original_weights must be (N, M) = {(X.shape[0], Y.shape[0])}, got {weights.shape}"
+                )
+        object.__setattr__(self, "X", X)
+        object.__setattr__(self, "Y", Y)
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "upper", upper)
+        object.__setattr__(self, "original_weights", weights)
+        object.__setattr__(self, "omega", Y > 0 if self.activation == "relu" else np.ones(Y.shape, dtype=bool))
+        if weights is not None and self.activation == "relu":
+            self._check_original_feasible(weights)
+
+    @staticmethod
+    def _checked_eps(eps, M: int):
+        if np.ndim(eps) == 0:
+            value = float(eps)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+            return value
+        array = np.asarray(eps, dtype=np.float64)
+        if array.shape != (M,):
+            raise ValueError(f"eps must be a scalar or have one entry per neuron, shape ({M},), got {array.shape}")
+        if not np.all(np.isfinite(array)) or np.any(array < 0):
+            raise ValueError("eps must be finite and >= 0 for every neuron")
+        return array
+
+    def _check_original_feasible(self, weights: np.ndarray) -> None:
+        response = weights.T @ self.X
+        bound = self.upper_bound()
+        excess = np.max(np.where(self.omega, -np.inf, response - bound), initial=-np.inf)
+        scale = max(1.0, float(np.max(np.abs(response))))
+        if excess > 1e-9 * scale:
+            raise ValueError(
+                "upper: the original weights violate the Omega^c bound V by "
+                f"{excess:.3g} (V must be >= W^T X wherever Y = 0, e.g. V = W^T Xhat in cascade mode)"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(N, P, M): input features, samples, neurons."""
+        return self.X.shape[0], self.X.shape[1], self.Y.shape[0]
+
+    @property
+    def per_neuron(self) -> bool:
+        return np.ndim(self.eps) == 1
+
+    def upper_bound(self):
+        """V as an array or the scalar 0."""
+        return 0.0 if self.upper is None else self.upper
+
+    def budget_total(self) -> float:
+        """The layer's Frobenius budget: eps, or sqrt(sum eps_m^2) for per-neuron budgets."""
+        return float(np.linalg.norm(self.eps)) if self.per_neuron else float(self.eps)
+
+    def evaluate(self, U) -> dict:
+        """Exact measures of weights U (N x M) on this program, in float64.
+
+        objective:       ||U||_1
+        fit:             ||(U^T X - Y)_Omega||_F (per neuron, a length-M array, when eps is per neuron)
+        max_violation:   max over Omega^c of (U^T X - V)_+ (0 for a linear layer)
+        response_error:  ||act(U^T X) - Y|| in the same form as fit: Proposition 1 bounds it by eps
+        """
+        U = np.asarray(U, dtype=np.float64)
+        response = U.T @ self.X
+        residual = np.where(self.omega, response - self.Y, 0.0)
+        if self.activation == "relu":
+            violation = np.where(self.omega, 0.0, np.maximum(response - self.upper_bound(), 0.0))
+            output_error = np.maximum(response, 0.0) - self.Y
+        else:
+            violation = np.zeros(1)
+            output_error = residual
+        axis = 1 if self.per_neuron else None
+        return {
+            "objective": float(np.abs(U).sum()),
+            "fit": np.linalg.norm(residual, axis=axis),
+            "max_violation": float(violation.max()),
+            "response_error": np.linalg.norm(output_error, axis=axis),
+        }

@@ -1,0 +1,111 @@
+"""The reference backend: the layer program written in CVXPY and solved by Clarabel (interior point) or SCS.
+
+Per-neuron budgets give M independent second-order cone programs in u_m (one CVXPY problem each); a scalar
+budget couples the neurons, so it is one program in U (fine for the small layers a reference is for).
+"""
+
+from __future__ import annotations
+
+import time
+
+import cvxpy as cp
+import numpy as np
+
+from .problem import LayerProblem
+from .result import LayerResult, make_result, within_budget
+
+SOLVERS = ("CLARABEL", "SCS")
+
+#: Tolerances for reference-quality solutions.
+HIGH_ACCURACY = {
+    "CLARABEL": dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10, tol_ktratio=1e-8, max_iter=500),
+    "SCS": dict(eps_abs=1e-7, eps_rel=1e-7, max_iters=200_000),
+}
+
+_STATUS = {cp.OPTIMAL: "optimal", cp.OPTIMAL_INACCURATE: "inaccurate", cp.INFEASIBLE: "infeasible",
+           cp.INFEASIBLE_INACCURATE: "infeasible", cp.USER_LIMIT: "max_iter"}
+
+
+def _neuron_constraints(problem: LayerProblem, u, m: int):
+    """Residual on Omega (a CVXPY vector) and the Omega^c inequality of neuron m."""
+    X, y, omega = problem.X, problem.Y[m], problem.omega[m]
+    residual = X[:, omega].T @ u - y[omega]
+    constraints = []
+    if problem.activation == "relu" and not omega.all():
+        bound = problem.upper[m, ~omega] if problem.upper is not None else np.zeros(int((~omega).sum()))
+        constraints.append(X[:, ~omega].T @ u <= bound)
+    return residual, constraints
+
+
+def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol: float = 1e-9,
+                    accuracy: str = "high", verbose: bool = False, **solver_options) -> LayerResult:
+    """Solve with CVXPY. Entries with |u| <= zero_tol * max|U| are set to exact zeros before measuring.
+
+    accuracy="high" uses HIGH_ACCURACY's tolerances (overridable by solver_options); "default" uses the
+    solver's own defaults.
+    """
+    solver = solver.upper()
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if accuracy not in ("high", "default"):
+        raise ValueError(f"accuracy must be 'high' or 'default', got {accuracy!r}")
+    options = dict(HIGH_ACCURACY[solver]) if accuracy == "high" else {}
+    options.update(solver_options)
+    start = time.perf_counter()
+    N, _, M = problem.shape
+    U = np.zeros((N, M))
+    statuses, iterations = [], 0
+    if problem.per_neuron:
+        for m in range(M):
+            u = cp.Variable(N)
+            residual, constraints = _neuron_constraints(problem, u, m)
+            if residual.size:
+                constraints.append(cp.norm(residual, 2) <= problem.eps[m])
+            program = cp.Problem(cp.Minimize(cp.norm1(u)), constraints)
+            iterations += _solve(program, solver, options, verbose)
+            statuses.append(program.status)
+            U[:, m] = u.value if u.value is not None else np.nan
+    else:
+        variable = cp.Variable((N, M))
+        residuals, constraints = [], []
+        for m in range(M):
+            residual, neuron_constraints = _neuron_constraints(problem, variable[:, m], m)
+            residuals.append(residual)
+            constraints += neuron_constraints
+        constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.eps)
+        program = cp.Problem(cp.Minimize(cp.sum(cp.abs(variable))), constraints)
+        iterations += _solve(program, solver, options, verbose)
+        statuses.append(program.status)
+        if variable.value is not None:
+            U = np.array(variable.value)
+        else:
+            U[:] = np.nan
+    worst = _worst_status(statuses)
+    if worst == "infeasible":
+        U = np.zeros((N, M))
+    else:
+        U = np.where(np.abs(U) <= zero_tol * max(np.abs(U).max(), 1e-300), 0.0, U)
+    result = make_result(problem, U, status=worst, message=f"CVXPY {solver}: {sorted(set(statuses))}",
+                         iterations=iterations, seconds=time.perf_counter() - start, backend="cvxpy",
+                         info={"solver": solver, "statuses": statuses})
+    if result.status == "optimal" and not within_budget(problem, result, fit_rtol=1e-6, violation_tol=1e-6):
+        result.status = "inaccurate"
+        result.message += "; the thresholded solution misses the budget or the bound by more than 1e-6"
+    return result
+
+
+def _solve(program: cp.Problem, solver: str, options: dict, verbose: bool) -> int:
+    try:
+        program.solve(solver=solver, verbose=verbose, **options)
+    except cp.SolverError:
+        return 0
+    stats = program.solver_stats
+    return int(stats.num_iters or 0) if stats is not None else 0
+
+
+def _worst_status(statuses) -> str:
+    mapped = [_STATUS.get(s, "inaccurate") for s in statuses]
+    for status in ("infeasible", "max_iter", "inaccurate"):
+        if status in mapped:
+            return status
+    return "optimal"

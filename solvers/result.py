@@ -1,0 +1,79 @@
+"""One result type for every backend, in the spirit of scipy.optimize.OptimizeResult."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .problem import LayerProblem
+
+STATUSES = ("optimal", "max_iter", "infeasible", "inaccurate")
+
+
+@dataclass
+class LayerResult:
+    """What a backend returns; every number describes the returned U (never another iterate).
+
+    U:               (N, M) trimmed weights, float64, with exact zeros.
+    status:          "optimal" (converged and within budget), "max_iter" (stopped unconverged),
+                     "infeasible" (the budget cannot be met), "inaccurate" (solver finished but U misses
+                     the budget or the Omega^c bound by more than the tolerance).
+    objective:       ||U||_1.
+    fit:             ||(U^T X - Y)_Omega||_F, a float for a scalar eps, an (M,) array for per-neuron eps.
+    eps:             the budget, same form as fit.
+    max_violation:   max over Omega^c of (U^T X - V)_+.
+    response_error:  ||act(U^T X) - Y|| in fit's form (Proposition 1 bounds it by eps).
+    """
+
+    U: np.ndarray
+    status: str
+    message: str
+    objective: float
+    fit: float | np.ndarray
+    eps: float | np.ndarray
+    max_violation: float
+    response_error: float | np.ndarray
+    iterations: int
+    seconds: float
+    backend: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.status == "optimal"
+
+    @property
+    def nonzeros(self) -> int:
+        return int(np.count_nonzero(self.U))
+
+    def __repr__(self) -> str:
+        fit_ratio = np.max(np.asarray(self.fit) / np.maximum(np.asarray(self.eps), 1e-300))
+        return (
+            f"LayerResult(status={self.status!r}, backend={self.backend!r}, U={self.U.shape}, "
+            f"nonzeros={self.nonzeros}, objective={self.objective:.6g}, max fit/eps={fit_ratio:.4g}, "
+            f"max_violation={self.max_violation:.3g}, iterations={self.iterations}, seconds={self.seconds:.3g})"
+        )
+
+
+def make_result(problem: LayerProblem, U: np.ndarray, *, status: str, message: str, iterations: int,
+                seconds: float, backend: str, info: dict | None = None) -> LayerResult:
+    """Measure U exactly on the problem and wrap it, so reported numbers always belong to the returned U."""
+    measures = problem.evaluate(U)
+
+    def shaped(value):
+        return np.asarray(value, dtype=np.float64) if problem.per_neuron else float(value)
+
+    return LayerResult(
+        U=U, status=status, message=message, objective=measures["objective"], fit=shaped(measures["fit"]),
+        eps=problem.eps, max_violation=measures["max_violation"],
+        response_error=shaped(measures["response_error"]), iterations=iterations, seconds=seconds,
+        backend=backend, info=info or {},
+    )
+
+
+def within_budget(problem: LayerProblem, result: LayerResult, fit_rtol: float, violation_tol: float) -> bool:
+    """Does the result keep fit <= eps (1 + fit_rtol) and the Omega^c violation <= violation_tol max|Y|?"""
+    scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
+    fit_ok = np.all(np.asarray(result.fit) <= np.asarray(problem.eps) * (1 + fit_rtol) + 1e-12 * scale)
+    return bool(fit_ok and result.max_violation <= violation_tol * scale)
