@@ -1,0 +1,100 @@
+"""ADMM behaviour beyond matching the oracle: guarantees, honesty of status, special neurons, options."""
+
+import numpy as np
+import pytest
+
+from instances import random_problem
+from solvers import PUBLISHED_OPTIONS, LayerProblem, relative_budget, solve, within_budget
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("per_neuron", [False, True])
+def test_proposition_1_holds_for_the_returned_weights(seed, per_neuron):
+    """||relu(U^T X) - Y|| <= eps for the returned U (V = 0): the promise a user gets on every layer."""
+    problem = random_problem(100 + seed, N=30, P=400, M=10, per_neuron=per_neuron, g=0.05 + 0.05 * seed)
+    result = solve(problem, dtype="float32")
+    assert result.status == "optimal", result.message
+    response = np.maximum(result.U.T @ problem.X, 0)
+    axis = 1 if per_neuron else None
+    assert np.all(np.linalg.norm(response - problem.Y, axis=axis) <= np.asarray(problem.eps) * (1 + 1e-3))
+    assert result.nonzeros < problem.original_weights.size  # and it is sparser than a dense layer
+
+
+def test_dead_neuron_gives_an_all_zero_column_silently():
+    problem = random_problem(5, per_neuron=True, dead_neurons=2)
+    assert np.all(problem.Y[:2] == 0)
+    result = solve(problem)
+    assert result.status == "optimal"
+    assert np.all(result.U[:, :2] == 0)
+    assert result.info["screened_neurons"] >= 2
+
+
+def test_all_neurons_trivial_returns_zeros():
+    X = np.random.default_rng(0).standard_normal((5, 20))
+    Y = np.zeros((3, 20))
+    result = solve(LayerProblem(X, Y, 0.0))
+    assert result.status == "optimal" and not result.U.any()
+    result = solve(LayerProblem(X, Y, np.zeros(3)))
+    assert result.status == "optimal" and not result.U.any()
+
+
+@pytest.mark.parametrize("per_neuron", [False, True])
+def test_infeasible_budget_is_reported_as_infeasible(per_neuron):
+    """A linear target outside the row space of X cannot be met with eps = 0."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((5, 200))
+    Y = rng.standard_normal((3, 200))
+    eps = np.zeros(3) if per_neuron else 0.0
+    problem = LayerProblem(X, Y, eps, activation="linear")
+    result = solve(problem, max_iter=5000)
+    assert result.status == "infeasible", result.message
+    reference = solve(problem, backend="cvxpy")
+    assert reference.status == "infeasible"
+
+
+def test_status_max_iter_is_honest():
+    problem = random_problem(7, N=30, P=300, M=6, g=0.05)
+    result = solve(problem, max_iter=3)
+    assert result.status == "max_iter"
+    assert result.iterations == 3
+    assert "stopped before converging" in result.message
+
+
+def test_published_configuration_runs_and_reports_its_feasibility_honestly():
+    problem = random_problem(8, N=30, P=300, M=6, g=0.1)
+    result = solve(problem, **PUBLISHED_OPTIONS, max_iter=20000)
+    assert result.info["dtype"] == "float64"
+    ok = within_budget(problem, result, fit_rtol=1e-9, violation_tol=1e-5)
+    assert (result.status == "optimal") == ok or result.status == "max_iter"
+    ours = solve(problem)
+    assert ours.status == "optimal"
+
+
+@pytest.mark.parametrize("option", [dict(warm_start=False), dict(relaxation=1.0), dict(adaptive_rho=False),
+                                    dict(equilibrate=True), dict(check_every=1)])
+def test_options_reach_the_same_optimum(option):
+    problem = random_problem(11, N=20, P=200, M=4, per_neuron=True)
+    baseline = solve(problem)
+    varied = solve(problem, **option, max_iter=20000)
+    assert varied.status == "optimal", varied.message
+    assert varied.objective == pytest.approx(baseline.objective, rel=5e-3)
+
+
+def test_callback_sees_progress_and_can_stop():
+    problem = random_problem(12, N=20, P=200, M=4)
+    seen = []
+    result = solve(problem, callback=lambda iteration, info: seen.append((iteration, info)) or len(seen) >= 2)
+    assert len(seen) == 2 and {"primal", "dual", "active"} <= set(seen[0][1])
+    assert result.status == "max_iter" and result.info["stopped_by_callback"]
+
+
+def test_relative_budget_zero_recovers_the_generating_weights():
+    """eps = 0 with many samples: exact recovery of a sparse neuron (NETTRIM.md sec. 3)."""
+    rng = np.random.default_rng(4)
+    N, P = 40, 400
+    X = rng.standard_normal((N, P))
+    w = np.zeros(N)
+    w[rng.choice(N, 4, replace=False)] = rng.standard_normal(4)
+    Y = np.maximum(w @ X, 0)[None]
+    result = solve(LayerProblem(X, Y, relative_budget(Y, 0.0)), rel_tol=1e-6, max_iter=20000)
+    np.testing.assert_allclose(result.U[:, 0], w, atol=1e-4)
