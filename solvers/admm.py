@@ -289,7 +289,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
                                          Dw_new - Dw_old, x_norm)
         info = {"active": int(s.neurons.size), "primal": float(primal.max()), "dual": float(dual.max()),
                 "converged": float(converged.mean())}
-        history.append((iteration, info["active"], info["primal"], info["dual"]))
+        history.append((iteration, info["active"], info["primal"], info["dual"], float(s.rho.min()) / rho0,
+                        float(s.rho.max()) / rho0))
         if callback is not None and callback(iteration, info):
             stopped_by_callback = True
             break
@@ -307,7 +308,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
             tiny = float(np.finfo(dt).tiny)
             ratio = xp.sqrt((primal[keep] / xp.maximum(iterate_scale[keep], tiny))
                             / xp.maximum(dual[keep] / xp.maximum(dual_scale[keep], tiny), tiny))
-            ratio = xp.where((ratio > 5) | (ratio < 0.2), ratio, 1.0)
+            ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.1, 10.0), 1.0)
             ratio = (xp.clip(s.rho * ratio, rho_limits[0], rho_limits[1]) / s.rho).astype(dt)
             s.rho = s.rho * ratio
             s.Dz = s.Dz / ratio[:, None]
