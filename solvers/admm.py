@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from .anderson import memory_or_none
 from .problem import LayerProblem
 from .result import LayerResult, make_result
 
@@ -46,7 +47,7 @@ from .result import LayerResult, make_result
 #: equilibration, stop when ||dU||_F < 5e-9 N M, and return the soft-thresholded iterate as it is.
 PUBLISHED_OPTIONS = dict(
     rho="published", beta="published", adaptive_rho=False, relaxation=1.0, warm_start=False,
-    equilibrate=False, stopping="step", restore=False,
+    equilibrate=False, stopping="step", restore=False, anderson=0,
 )
 
 _STATUS_ORDER = ("infeasible", "max_iter", "inaccurate", "optimal")
@@ -169,7 +170,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
                 rel_tol: float = 1e-4, abs_tol: float = 1e-7, rho=None, beta=None, adaptive_rho: bool = True,
                 relaxation: float = 1.6, check_every: int = 10, warm_start: bool = True, equilibrate: bool = False,
                 stopping: str = "residuals", step_tol: float | None = None, restore: bool = True,
-                restore_rounds: int = 4, violation_tol: float = 1e-5, callback=None) -> LayerResult:
+                restore_rounds: int = 4, violation_tol: float = 1e-5, anderson: int = 5,
+                callback=None) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device "cpu" | "cuda"; dtype "float64" | "float32" (iterations; the checks and measures are float64).
@@ -227,9 +229,11 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         rho=xp.full((M,), rho0, dtype=dt), rounds_left=np.full(M, restore_rounds if restore else 0),
         tol_factor=xp.ones(M, dtype=dt))
     s.Z = _project(xp, U.T @ X, s, relu, coupled)
-    rho_limits = (rho0 * 1e-6, rho0 * 1e6)
+    rho_limits = (rho0 * 1e-3, rho0 * 1e3)
+    rho_update_checks, checks = 5, 0
     step_tol = 5e-9 * N * M if step_tol is None else step_tol
     a = relaxation
+    accelerator = memory_or_none(xp, anderson, coupled) if stopping == "residuals" else None
     iteration, history, stopped_by_callback = 0, [], False
 
     def per_budget(values):  # per-neuron values, or the layer's total for every neuron
@@ -253,12 +257,14 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         XU = U.T @ X
         Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
         W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
-        Z_new = _project(xp, Z_relaxed + s.Dz, s, relu, coupled)
+        zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw  # the fixed-point variable, see anderson.py
+        if accelerator is not None:  # checks take the plain step, so their residual formulas stay exact
+            zeta_z, zeta_w = accelerator.step(zeta_z, zeta_w, accelerate=not check)
+        Z_new = _project(xp, zeta_z, s, relu, coupled)
         threshold = l1_weight / (s.rho * beta)[None, :]
-        W_new = W_relaxed + s.Dw
-        W_new = W_new - xp.clip(W_new, -threshold, threshold)
-        Dz_new = s.Dz + Z_relaxed - Z_new
-        Dw_new = s.Dw + W_relaxed - W_new
+        W_new = zeta_w - xp.clip(zeta_w, -threshold, threshold)
+        Dz_new = zeta_z - Z_new
+        Dw_new = zeta_w - W_new
         W_old, Dz_old, Dw_old = s.W, s.Dz, s.Dw
         s.U, s.Z, s.W, s.Dz, s.Dw = U, Z_new, W_new, Dz_new, Dw_new
 
@@ -301,18 +307,25 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         if bool(converged.any()):
             done |= _accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, l1_weight, relu, coupled,
                                        y_scale, violation_tol, finalize, restore_rounds)
+        if accelerator is not None:
+            accelerator.clear(converged)
         if bool(done.any()):
             s.keep(~done)
-        if adaptive_rho and s.neurons.size:
+            if accelerator is not None:
+                accelerator.keep(~done)
+        checks += 1
+        if adaptive_rho and s.neurons.size and checks % rho_update_checks == 0:
             keep = ~done
             tiny = float(np.finfo(dt).tiny)
             ratio = xp.sqrt((primal[keep] / xp.maximum(iterate_scale[keep], tiny))
                             / xp.maximum(dual[keep] / xp.maximum(dual_scale[keep], tiny), tiny))
-            ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.1, 10.0), 1.0)
+            ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.2, 5.0), 1.0)
             ratio = (xp.clip(s.rho * ratio, rho_limits[0], rho_limits[1]) / s.rho).astype(dt)
             s.rho = s.rho * ratio
             s.Dz = s.Dz / ratio[:, None]
             s.Dw = s.Dw / ratio[None, :]
+            if accelerator is not None:
+                accelerator.rescale(ratio != 1, (s.Z + s.Dz, s.W + s.Dw))
 
     if s.neurons.size:  # unconverged (max_iter or callback) or stopped on the step rule
         finalize(xp.ones(s.neurons.size, dtype=bool), "max_iter")

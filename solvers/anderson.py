@@ -1,0 +1,136 @@
+"""Anderson acceleration (type II, per neuron, safeguarded) of a fixed-point iteration zeta <- T(zeta).
+
+ADMM is a fixed-point iteration in zeta = (relaxed point + scaled dual): the whole state (Z, Dz, W, Dw) is
+(Proj(zeta_z), zeta_z - Proj(zeta_z), soft(zeta_w), zeta_w - soft(zeta_w)). Anderson acceleration replaces
+T(zeta_k) by the combination of the last `memory` images whose residuals g = T(zeta) - zeta cancel best:
+
+    gamma = argmin ||g_k - dG gamma||,    zeta_{k+1} = T(zeta_k) - dF gamma
+
+(dG, dF: differences of consecutive residuals and images), one small least-squares problem per neuron, since
+the neurons are independent programs (Walker & Ni 2011; Zhang, O'Donoghue & Boyd 2020 for the safeguard SCS
+uses). Safeguard: when the residual after an accelerated step grew by more than `safeguard` times, that
+neuron falls back to the plain image of the previous point and its memory is cleared.
+Vectors of neuron m are row m of zeta_z (M x P) with column m of zeta_w (N x M).
+"""
+
+from __future__ import annotations
+
+
+class Anderson:
+    def __init__(self, xp, memory: int, safeguard: float = 1.0, coupled: bool = False):
+        self.xp, self.memory, self.safeguard, self.coupled = xp, memory, safeguard, coupled
+        self.zeta = None  # the current point (zeta_z, zeta_w)
+        self.previous = None  # (g_z, g_w^T, f_z, f_w^T) at the previous point
+        self.dG = self.dF = None  # ((M, memory, P), (M, memory, N)) each
+        self.slot = 0
+        self.accelerated = None  # per neuron: was the current point an accelerated one
+        self.fallback = None  # plain image of the previous point, used when a step is rejected
+        self.fresh = None  # neurons whose previous residual is unknown (after a rejection): record no difference
+
+    def _norms(self, g_z, g_wT):
+        norms = (g_z * g_z).sum(axis=1) + (g_wT * g_wT).sum(axis=1)
+        return self.xp.full_like(norms, norms.sum()) if self.coupled else norms
+
+    def step(self, f_z, f_w, accelerate: bool):
+        """Given the plain image T(zeta_k) = (f_z, f_w), return zeta_{k+1}."""
+        xp = self.xp
+        f_wT = f_w.T
+        if self.zeta is None:
+            self.zeta = (f_z, f_w)
+            return f_z, f_w
+        g_z, g_wT = f_z - self.zeta[0], f_wT - self.zeta[1].T
+        norms = self._norms(g_z, g_wT)
+        M = f_z.shape[0]
+        if self.dG is None:
+            shapes = ((M, self.memory, f_z.shape[1]), (M, self.memory, f_wT.shape[1]))
+            self.dG = tuple(xp.zeros(shape, f_z.dtype) for shape in shapes)
+            self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
+        rejected = None
+        if self.previous is not None:
+            if self.accelerated is not None:
+                rejected = self.accelerated & (norms > self.safeguard**2 * self.previous[4])
+            s = self.slot % self.memory
+            self.dG[0][:, s], self.dG[1][:, s] = g_z - self.previous[0], g_wT - self.previous[1]
+            self.dF[0][:, s], self.dF[1][:, s] = f_z - self.previous[2], f_wT - self.previous[3]
+            if self.fresh is not None:
+                for array in self.dG + self.dF:
+                    array[self.fresh, s] = 0
+            self.slot += 1
+        self.fresh = None
+        if not accelerate:
+            rejected = None
+        if rejected is not None and bool(rejected.any()):
+            self.fresh = rejected
+            self.clear(rejected)
+            back_z, back_wT = self.fallback
+            f_z = xp.where(rejected[:, None], back_z, f_z)
+            f_wT = xp.where(rejected[:, None], back_wT, f_wT)
+            g_z = xp.where(rejected[:, None], 0, g_z)
+            g_wT = xp.where(rejected[:, None], 0, g_wT)
+        self.previous = (g_z, g_wT, f_z, f_wT, norms)
+        self.fallback = (f_z, f_wT)
+        if not accelerate or self.slot == 0:
+            new_z, new_wT = f_z, f_wT
+            self.accelerated = xp.zeros(M, dtype=bool)
+        else:
+            new_z, new_wT = self._extrapolate(g_z, g_wT, f_z, f_wT)
+            self.accelerated = xp.ones(M, dtype=bool) if rejected is None else ~rejected
+        self.zeta = (new_z, new_wT.T)
+        return self.zeta
+
+    def _extrapolate(self, g_z, g_wT, f_z, f_wT):
+        xp = self.xp
+        dG_z, dG_w = self.dG
+        gram = dG_z @ dG_z.transpose(0, 2, 1) + dG_w @ dG_w.transpose(0, 2, 1)
+        rhs = dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]
+        if self.coupled:  # one least-squares problem for the whole layer
+            gram, rhs = gram.sum(axis=0, keepdims=True), rhs.sum(axis=0, keepdims=True)
+        trace = xp.trace(gram, axis1=1, axis2=2)[:, None, None]
+        identity = xp.eye(self.memory, dtype=gram.dtype)[None]
+        # Ridge regularization keeps cleared (all-zero) memory slots and near-collinear ones harmless.
+        gamma = xp.linalg.solve(gram + (1e-8 * trace + 1e-30) * identity, rhs)
+        if self.coupled:
+            gamma = xp.broadcast_to(gamma, (g_z.shape[0],) + gamma.shape[1:])
+        gammaT = gamma.transpose(0, 2, 1)
+        return f_z - (gammaT @ self.dF[0])[:, 0], f_wT - (gammaT @ self.dF[1])[:, 0]
+
+    def clear(self, mask) -> None:
+        """Forget the memory of the neurons in mask (after a rejected step, a rho change or a new budget)."""
+        if self.dG is None:
+            return
+        for array in self.dG + self.dF:
+            array[mask] = 0
+        if self.accelerated is not None:
+            self.accelerated = self.accelerated & ~mask
+
+    def rescale(self, changed, zeta) -> None:
+        """A change of rho_m divides the scaled duals, so the current point becomes `zeta`; the changed
+        neurons forget their memory (differences across a rescaling are meaningless)."""
+        if self.zeta is not None and bool(changed.any()):
+            self.clear(changed)
+            self.previous = None
+            self.accelerated = None
+            self.zeta = zeta
+
+    def keep(self, mask) -> None:
+        """Restrict to the neurons still iterating."""
+        if self.zeta is None:
+            return
+        self.zeta = (self.zeta[0][mask], self.zeta[1][:, mask])
+        if self.dG is not None:
+            self.dG = tuple(a[mask] for a in self.dG)
+            self.dF = tuple(a[mask] for a in self.dF)
+        if self.previous is not None:
+            self.previous = tuple(a[mask] for a in self.previous)
+        if self.fallback is not None:
+            self.fallback = tuple(a[mask] for a in self.fallback)
+        if self.accelerated is not None:
+            self.accelerated = self.accelerated[mask]
+        self.fresh = None
+
+
+def memory_or_none(xp, memory: int, coupled: bool):
+    if memory < 0:
+        raise ValueError(f"anderson must be >= 0 (0 disables it), got {memory}")
+    return Anderson(xp, int(memory), coupled=coupled) if memory else None
+
