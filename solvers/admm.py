@@ -293,8 +293,10 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         # At the optimum X y_z^T + beta y_w = 0 (U carries no cost), so the dual scale is that of either term.
         dual_scale = xp.sqrt(per_budget(rho**2 * xp.maximum((XD_new**2).sum(axis=0),
                                                             beta**2 * (Dw_new**2).sum(axis=0))))
-        primal_tol = s.tol_factor * (abs_tol * y_scale * np.sqrt(P + N) + rel_tol * iterate_scale)
-        dual_tol = s.tol_factor * (abs_tol * y_scale * np.sqrt(N) + rel_tol * dual_scale)
+        # Tightened tolerances (restoration rounds) stop at what the working precision can resolve.
+        relative = xp.maximum(s.tol_factor * rel_tol, 50 * float(np.finfo(dt).eps))
+        primal_tol = s.tol_factor * abs_tol * y_scale * np.sqrt(P + N) + relative * iterate_scale
+        dual_tol = s.tol_factor * abs_tol * y_scale * np.sqrt(N) + relative * dual_scale
         converged = (primal <= primal_tol) & (dual <= dual_tol)
         infeasible = _certify_infeasible(xp, s, relu, coupled, Dz_new - Dz_old, XD_new - XD, beta,
                                          Dw_new - Dw_old, x_norm)
