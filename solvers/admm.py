@@ -123,7 +123,7 @@ class _WorkingSet:
     """The neurons still iterating and their per-neuron arrays (neurons along axis 0 of M x P arrays,
     axis 1 of N x M arrays, axis 0 of vectors)."""
 
-    ROWS = ("Y", "omega", "Z", "Dz")
+    ROWS = ("Y", "omega", "on_omega", "off_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw")
     VECTORS = ("rho", "rounds_left", "tol_factor")
 
@@ -143,13 +143,14 @@ class _WorkingSet:
 
 def _project(xp, A, s: _WorkingSet, relu: bool, coupled: bool):
     """Euclidean projection onto C = {Z: ||(Z - Y)_Omega|| <= eps (per row, or in total), Z_Omega^c <= V}."""
-    residual = xp.where(s.omega, A - s.Y, 0) if relu else A - s.Y
+    # Float masks (multiplications) rather than boolean selections: several times faster on large layers.
+    residual = (A - s.Y) * s.on_omega if relu else A - s.Y
     squares = (residual * residual).sum(axis=1, keepdims=True)
     norms = xp.sqrt(squares.sum(keepdims=True) if coupled else squares)
     outside = norms > s.eps
     shrink = xp.where(outside, s.eps / xp.where(outside, norms, 1), 1)
-    inside = s.Y + shrink * residual
-    return xp.where(s.omega, inside, xp.minimum(A, s.upper)) if relu else inside
+    inside = s.Y + shrink * residual  # = 0 on Omega^c, where Y = 0 for a relu layer
+    return inside + s.off_omega * xp.minimum(A, s.upper) if relu else inside
 
 
 def _initial_penalties(xp, gram, rho, beta, W0s):
@@ -227,7 +228,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     else:
         eps = xp.asarray(np.maximum(problem.eps - margin, 0.5 * problem.eps), dtype=dt).reshape(-1, 1)
     s = _WorkingSet(
-        neurons=np.arange(M), Y=Y64.astype(dt), omega=omega64,
+        neurons=np.arange(M), Y=Y64.astype(dt), omega=omega64, on_omega=omega64.astype(dt),
+        off_omega=(~omega64).astype(dt),
         original_eps=float(problem.eps) if coupled else xp.asarray(problem.eps),
         upper=upper64.astype(dt) if problem.upper is not None else 0.0, eps=eps,
         U=U, W=U.copy(), Z=None, Dz=xp.zeros((M, P), dtype=dt), Dw=xp.zeros((N, M), dtype=dt),

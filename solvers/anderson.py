@@ -22,6 +22,7 @@ class Anderson:
         self.zeta = None  # the current point (zeta_z, zeta_w)
         self.previous = None  # (g_z, g_w^T, f_z, f_w^T) at the previous point
         self.dG = self.dF = None  # ((M, memory, P), (M, memory, N)) each
+        self.gram = None
         self.slot = 0
         self.accelerated = None  # per neuron: was the current point an accelerated one
         self.fallback = None  # plain image of the previous point, used when a step is rejected
@@ -44,6 +45,7 @@ class Anderson:
         if self.dG is None:
             shapes = ((M, self.memory, f_z.shape[1]), (M, self.memory, f_wT.shape[1]))
             self.dG = tuple(xp.zeros(shape, f_z.dtype) for shape in shapes)
+            self.gram = xp.zeros((M, self.memory, self.memory), f_z.dtype)  # dG dG^T, kept up to date
             self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
         rejected = None
         if self.previous is not None:
@@ -55,6 +57,9 @@ class Anderson:
             if self.fresh is not None:
                 for array in self.dG + self.dF:
                     array[self.fresh, s] = 0
+            column = (self.dG[0] @ self.dG[0][:, s, :, None] + self.dG[1] @ self.dG[1][:, s, :, None])[..., 0]
+            self.gram[:, s, :] = column
+            self.gram[:, :, s] = column
             self.slot += 1
         self.fresh = None
         if not accelerate:
@@ -81,7 +86,7 @@ class Anderson:
     def _extrapolate(self, g_z, g_wT, f_z, f_wT):
         xp = self.xp
         dG_z, dG_w = self.dG
-        gram = dG_z @ dG_z.transpose(0, 2, 1) + dG_w @ dG_w.transpose(0, 2, 1)
+        gram = self.gram
         rhs = dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]
         if self.coupled:  # one least-squares problem for the whole layer
             gram, rhs = gram.sum(axis=0, keepdims=True), rhs.sum(axis=0, keepdims=True)
@@ -98,7 +103,7 @@ class Anderson:
         """Forget the memory of the neurons in mask (after a rejected step, a rho change or a new budget)."""
         if self.dG is None:
             return
-        for array in self.dG + self.dF:
+        for array in self.dG + self.dF + (self.gram,):
             array[mask] = 0
         if self.accelerated is not None:
             self.accelerated = self.accelerated & ~mask
@@ -120,6 +125,7 @@ class Anderson:
         if self.dG is not None:
             self.dG = tuple(a[mask] for a in self.dG)
             self.dF = tuple(a[mask] for a in self.dF)
+            self.gram = self.gram[mask]
         if self.previous is not None:
             self.previous = tuple(a[mask] for a in self.previous)
         if self.fallback is not None:
