@@ -445,11 +445,14 @@ def _accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, l1_weight, 
             shrink[xp.asarray(positions)] = (2 * over[xp.asarray(retry)]).astype(dt)
             s.eps = xp.maximum(s.eps - shrink[:, None], 0)
         if relu and float(hinge.max()) > 0:
+            # A uniform margin on the neuron's whole Omega^c bound (shifting only the violated entries moves
+            # the violation elsewhere): twice its largest violation.
             if np.isscalar(s.upper):
                 s.upper = xp.full(s.Y.shape, s.upper, dtype=dt)
-            s.upper[xp.asarray(positions)] -= (2 * hinge[xp.asarray(retry)]).astype(dt)
+            margin = 2 * hinge[xp.asarray(retry)].max(axis=1, keepdims=True)
+            s.upper[xp.asarray(positions)] -= margin.astype(dt) * s.off_omega[xp.asarray(positions)]
         s.rounds_left[positions] -= 1
-        # From the second round on, also tighten the tolerances of those neurons.
-        repeat = positions[s.rounds_left[positions] < restore_rounds_total - 1]
+        # From the third round on, also tighten the tolerances of those neurons.
+        repeat = positions[s.rounds_left[positions] < restore_rounds_total - 2]
         s.tol_factor[xp.asarray(repeat)] *= 0.3
     return xp.asarray(done)
