@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+if __package__ in (None, ""):  # run as a script: this file's folder would shadow the `solvers` package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import solvers
-from nettrim.datasets import load_mnist
-from nettrim.zoo import trained_lenet_300_100
+import numpy as np  # noqa: E402
+
+import solvers  # noqa: E402
+from nettrim.datasets import load_mnist  # noqa: E402
+from nettrim.zoo import trained_lenet_300_100  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,6 +62,7 @@ def summary(problem: solvers.LayerProblem, result: solvers.LayerResult, seconds:
         "max_violation_over_max_y": result.max_violation / float(np.abs(problem.Y).max()),
         "max_response_error_over_eps": float(response_ratio.max()),
         "neurons_over_budget_1e-3": int(np.sum(response_ratio > 1 + 1e-3)),
+        "neuron_status": result.info.get("neuron_status"),
     }
 
 
@@ -70,10 +76,11 @@ def run(samples: int, g: float, seed: int, epochs: int, scs_neurons: int, publis
     problem = layer_one_problem(samples, g, seed, epochs)
     N, P, M = problem.shape
     report = {"layer": {"N": N, "P": P, "M": M, "g": g, "budgets": "per neuron, eps_m = g ||y_m||"},
-              "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "numpy": np.__version__},
               "runs": {}}
 
+    print(f"layer 1: N = {N}, P = {P}, M = {M}; ADMM {admm_options} ...", flush=True)
     start = time.perf_counter()
     admm = solvers.solve(problem, **admm_options)
     report["runs"]["admm"] = summary(problem, admm, time.perf_counter() - start) | {"options": admm_options}
@@ -82,6 +89,7 @@ def run(samples: int, g: float, seed: int, epochs: int, scs_neurons: int, publis
     live = np.flatnonzero(np.linalg.norm(problem.Y, axis=1) > problem.eps)
     sample = np.sort(np.random.default_rng(seed).choice(live, min(scs_neurons, live.size), replace=False))
     small = sub_problem(problem, sample)
+    print(f"ADMM: {admm}\nCVXPY + SCS on {sample.size} neurons ...", flush=True)
     start = time.perf_counter()
     scs = solvers.solve(small, backend="cvxpy", solver="SCS", accuracy="default")
     scs_seconds = time.perf_counter() - start
@@ -94,6 +102,7 @@ def run(samples: int, g: float, seed: int, epochs: int, scs_neurons: int, publis
         "admm_l1_over_scs_l1": admm_on_sample / scs.objective,
     }
 
+    print(f"SCS: {scs}\npublished configuration (max_iter {published_max_iter}) ...", flush=True)
     start = time.perf_counter()
     published = solvers.solve(problem, **solvers.PUBLISHED_OPTIONS, max_iter=published_max_iter, dtype="float64")
     report["runs"]["published"] = summary(problem, published, time.perf_counter() - start) | {

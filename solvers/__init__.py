@@ -6,7 +6,8 @@
     >>> result = solve(problem, backend="cvxpy")     # the CVXPY + Clarabel reference
 """
 
-from .admm import PUBLISHED_OPTIONS, array_module, solve_admm
+from .admm import PUBLISHED_OPTIONS, solve_admm
+from .arrays import array_module
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget

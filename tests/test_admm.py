@@ -64,8 +64,9 @@ def test_published_configuration_runs_and_reports_its_feasibility_honestly():
     problem = random_problem(8, N=30, P=300, M=6, g=0.1)
     result = solve(problem, **PUBLISHED_OPTIONS, max_iter=20000)
     assert result.info["dtype"] == "float64"
+    assert result.iterations < 20000, "the step rule stops this small instance"
     ok = within_budget(problem, result, fit_rtol=1e-9, violation_tol=1e-5)
-    assert (result.status == "optimal") == ok or result.status == "max_iter"
+    assert result.status == ("optimal" if ok else "inaccurate"), result.message
     ours = solve(problem)
     assert ours.status == "optimal"
 

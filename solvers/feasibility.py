@@ -1,0 +1,97 @@
+"""Feasibility of the ADMM's answer: exact acceptance of converged neurons, restoration of the budget, and the
+certificate of an infeasible budget. See admm.py's docstring for where they sit in the iteration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .arrays import to_host
+
+
+def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1e-6):
+    """Neurons (all of them when coupled) whose scaled-dual increment certifies infeasibility.
+
+    The increment y = rho dDz certifies that C and {U^T X} do not meet when ||X y^T + beta y_w|| <= tol ||X||_2 ||y||
+    while sigma_C(y) = <Y, y_Omega> + eps ||y_Omega|| + <V, y_Omega^c> < 0 with y >= 0 on Omega^c
+    (OSQP's test, Banjac et al. 2019).
+    """
+    def total(values):
+        return xp.full_like(values, values.sum()) if coupled else values
+
+    y = s.rho[:, None] * dDz
+    size = xp.sqrt(total((y * y).sum(axis=1)))
+    aty = xp.sqrt(total((((XdDz + beta * dDw) * s.rho[None, :]) ** 2).sum(axis=0)))
+    on_omega = xp.where(s.omega, y, 0) if relu else y
+    support = total((on_omega * s.Y).sum(axis=1))
+    support = support + s.eps.ravel() * xp.sqrt(total((on_omega * on_omega).sum(axis=1))) if not coupled else (
+        support + s.eps * xp.sqrt(total((on_omega * on_omega).sum(axis=1))))
+    negative = xp.zeros_like(size)
+    if relu:
+        off_omega = xp.where(s.omega, 0, y)
+        support = support + total((off_omega * s.upper).sum(axis=1))
+        negative = xp.sqrt(total((xp.minimum(off_omega, 0) ** 2).sum(axis=1)))
+    y_norm = float(xp.sqrt((s.Y * s.Y).sum()))
+    return ((size > 0) & (aty <= tol * x_norm * size) & (negative <= tol * size)
+            & (support < -tol * max(y_norm, 1e-300) * size))
+
+
+def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, l1_weight, relu, coupled, y_scale,
+                       violation_tol, finalize, restore_rounds_total):
+    """Measure the converged neurons' sparse iterates exactly; finalize those within budget (or out of
+    restoration rounds), tighten the others' internal budget and bound by twice the measured excess."""
+    idx = to_host(converged).astype(bool)
+    neurons = s.neurons[idx]
+    U_cols = (s.W[:, converged] * l1_weight).astype(np.float64)
+    response = U_cols.T @ X64
+    Y, omega = Y64[neurons], omega64[neurons]
+    fit2 = (xp.where(omega, response - Y, 0) ** 2).sum(axis=1)
+    if relu:
+        upper = upper64[neurons] if not np.isscalar(upper64) else upper64
+        hinge = xp.where(omega, 0, xp.maximum(response - upper, 0))
+    else:
+        hinge = xp.zeros_like(response)
+    error2 = fit2 + (hinge * hinge).sum(axis=1)
+    # Compared with the user's budget, not the tightened internal one.
+    if coupled:
+        over = xp.maximum(xp.sqrt(error2.sum()) - s.original_eps, 0) * xp.ones_like(error2)
+    else:
+        over = xp.maximum(xp.sqrt(error2) - s.original_eps[neurons], 0)
+    violating = hinge.max(axis=1) > violation_tol * y_scale
+    if coupled:
+        violating = violating.any() | xp.zeros_like(violating)
+    failed = (over > 1e-12 * y_scale) | violating
+    rounds = s.rounds_left[idx]
+    give_up = to_host(failed) & (rounds == 0)
+    ok = ~to_host(failed)
+    done = np.zeros(s.neurons.size, dtype=bool)
+    done[np.flatnonzero(idx)[ok]] = True
+    finalize_mask = xp.asarray(done)
+    if ok.any():
+        finalize(finalize_mask, "optimal")
+    if give_up.any():
+        give_up_mask = np.zeros(s.neurons.size, dtype=bool)
+        give_up_mask[np.flatnonzero(idx)[give_up]] = True
+        finalize(xp.asarray(give_up_mask), "inaccurate")
+        done |= give_up_mask
+    retry = to_host(failed) & (rounds > 0)
+    if retry.any():
+        positions = np.flatnonzero(idx)[retry]
+        dt = s.Y.dtype
+        if coupled:
+            s.eps = max(s.eps - 2 * float(over[0]), 0.0)
+        else:
+            shrink = xp.zeros(s.neurons.size, dtype=dt)
+            shrink[xp.asarray(positions)] = (2 * over[xp.asarray(retry)]).astype(dt)
+            s.eps = xp.maximum(s.eps - shrink[:, None], 0)
+        if relu and float(hinge.max()) > 0:
+            # A uniform margin on the neuron's whole Omega^c bound (shifting only the violated entries moves
+            # the violation elsewhere): twice its largest violation.
+            if np.isscalar(s.upper):
+                s.upper = xp.full(s.Y.shape, s.upper, dtype=dt)
+            margin = 2 * hinge[xp.asarray(retry)].max(axis=1, keepdims=True)
+            s.upper[xp.asarray(positions)] -= margin.astype(dt) * s.off_omega[xp.asarray(positions)]
+        s.rounds_left[positions] -= 1
+        # From the third round on, also tighten the tolerances of those neurons.
+        repeat = positions[s.rounds_left[positions] < restore_rounds_total - 2]
+        s.tol_factor[xp.asarray(repeat)] *= 0.3
+    return xp.asarray(done)

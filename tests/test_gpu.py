@@ -1,0 +1,22 @@
+"""The same ADMM code on CuPy: same answers as NumPy (skipped without a GPU)."""
+
+import numpy as np
+import pytest
+
+from instances import random_problem
+from solvers import solve
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("per_neuron", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_matches_cpu(per_neuron, dtype):
+    problem = random_problem(21, N=40, P=500, M=8, per_neuron=per_neuron, cascade=True)
+    cpu = solve(problem, dtype=dtype)
+    gpu = solve(problem, device="cuda", dtype=dtype)
+    assert gpu.status == "optimal", gpu.message
+    assert isinstance(gpu.U, np.ndarray)
+    assert gpu.objective == pytest.approx(cpu.objective, rel=5e-3)
+    assert np.all(np.asarray(gpu.fit) <= np.asarray(problem.eps) * (1 + 1e-3))
+    assert gpu.max_violation <= 1e-5 * np.abs(problem.Y).max()
