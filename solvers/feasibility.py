@@ -22,9 +22,8 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
     size = xp.sqrt(total((y * y).sum(axis=1)))
     aty = xp.sqrt(total((((XdDz + beta * dDw) * s.rho[None, :]) ** 2).sum(axis=0)))
     on_omega = xp.where(s.omega, y, 0) if relu else y
-    support = total((on_omega * s.Y).sum(axis=1))
-    support = support + s.eps.ravel() * xp.sqrt(total((on_omega * on_omega).sum(axis=1))) if not coupled else (
-        support + s.eps * xp.sqrt(total((on_omega * on_omega).sum(axis=1))))
+    eps = s.eps if coupled else s.eps.ravel()
+    support = total((on_omega * s.Y).sum(axis=1)) + eps * xp.sqrt(total((on_omega * on_omega).sum(axis=1)))
     negative = xp.zeros_like(size)
     if relu:
         off_omega = xp.where(s.omega, 0, y)
