@@ -113,7 +113,7 @@ class _WorkingSet:
     """The neurons still iterating and their per-neuron arrays (neurons along axis 0 of M x P arrays,
     axis 1 of N x M arrays, axis 0 of vectors)."""
 
-    ROWS = ("Y", "omega", "on_omega", "off_omega", "Z", "Dz")
+    ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw")
     VECTORS = ("rho", "rounds_left", "tol_factor")
 
@@ -220,7 +220,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     else:
         eps = xp.asarray(np.maximum(problem.eps - margin, 0.5 * problem.eps), dtype=dt).reshape(-1, 1)
     s = _WorkingSet(
-        neurons=np.arange(M), Y=Y64.astype(dt), omega=omega64, on_omega=omega64.astype(dt),
+        neurons=np.arange(M), Y=Y64.astype(dt), on_omega=omega64.astype(dt),
         off_omega=(~omega64).astype(dt),
         original_eps=float(problem.eps) if coupled else xp.asarray(problem.eps),
         upper=upper64.astype(dt) if problem.upper is not None else 0.0, eps=eps,

@@ -21,12 +21,12 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
     y = s.rho[:, None] * dDz
     size = xp.sqrt(total((y * y).sum(axis=1)))
     aty = xp.sqrt(total((((XdDz + beta * dDw) * s.rho[None, :]) ** 2).sum(axis=0)))
-    on_omega = xp.where(s.omega, y, 0) if relu else y
+    on_omega = y * s.on_omega if relu else y
     eps = s.eps if coupled else s.eps.ravel()
     support = total((on_omega * s.Y).sum(axis=1)) + eps * xp.sqrt(total((on_omega * on_omega).sum(axis=1)))
     negative = xp.zeros_like(size)
     if relu:
-        off_omega = xp.where(s.omega, 0, y)
+        off_omega = y * s.off_omega
         support = support + total((off_omega * s.upper).sum(axis=1))
         negative = xp.sqrt(total((xp.minimum(off_omega, 0) ** 2).sum(axis=1)))
     y_norm = float(xp.sqrt((s.Y * s.Y).sum()))
