@@ -41,6 +41,7 @@ tightened from the third round on): what is returned as "optimal" keeps Proposit
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -69,6 +70,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     optimum u_m = 0 (objective 0 is the least possible); with per-neuron budgets they are screened out and
     only the others are iterated. A dead neuron (y_m = 0 everywhere) is one of them.
     """
+    _check_options(problem, options)  # before screening, so bad options are refused even when nothing is iterated
     if not problem.per_neuron:
         return _solve_admm(problem, **options)
     start = time.perf_counter()
@@ -96,8 +98,15 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     return final
 
 
-def _check_options(dtype, relaxation, check_every, stopping, max_iter, rel_tol, abs_tol, restore_rounds):
-    if np.dtype(dtype) not in (np.float32, np.float64):
+def _check_options(problem, options) -> None:
+    """Refuse bad options with a ValueError naming them (unknown names raise TypeError, as for any call)."""
+    bound = inspect.signature(_solve_admm).bind(problem, **options)
+    bound.apply_defaults()
+    values = bound.arguments
+    array_module(values["device"])
+    dtype, relaxation, stopping = values["dtype"], values["relaxation"], values["stopping"]
+    check_every, max_iter, restore_rounds = values["check_every"], values["max_iter"], values["restore_rounds"]
+    if dtype not in ("float32", "float64", np.float32, np.float64):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if not 0 < relaxation < 2:
         raise ValueError(f"relaxation must be in (0, 2), got {relaxation}")
@@ -105,7 +114,7 @@ def _check_options(dtype, relaxation, check_every, stopping, max_iter, rel_tol, 
         raise ValueError("check_every and max_iter must be positive integers, restore_rounds >= 0")
     if stopping not in ("residuals", "step"):
         raise ValueError(f"stopping must be 'residuals' or 'step', got {stopping!r}")
-    if rel_tol < 0 or abs_tol < 0:
+    if values["rel_tol"] < 0 or values["abs_tol"] < 0:
         raise ValueError("rel_tol and abs_tol must be >= 0")
 
 
@@ -176,7 +185,6 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     `stopping="step"` instead stops when ||U_k - U_{k-1}||_F < step_tol (the published rule).
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
     """
-    _check_options(dtype, relaxation, check_every, stopping, max_iter, rel_tol, abs_tol, restore_rounds)
     start = time.perf_counter()
     xp = array_module(device)
     dt = np.dtype(dtype)

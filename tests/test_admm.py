@@ -99,3 +99,14 @@ def test_relative_budget_zero_recovers_the_generating_weights():
     Y = np.maximum(w @ X, 0)[None]
     result = solve(LayerProblem(X, Y, relative_budget(Y, 0.0)), rel_tol=1e-6, max_iter=20000)
     np.testing.assert_allclose(result.U[:, 0], w, atol=1e-4)
+
+
+def test_bad_options_are_refused_even_when_every_neuron_is_screened():
+    X = np.random.default_rng(0).standard_normal((5, 20))
+    problem = LayerProblem(X, np.zeros((3, 20)), np.zeros(3))
+    with pytest.raises(ValueError, match="dtype must be"):
+        solve(problem, dtype="float16")
+    with pytest.raises(ValueError, match="device must be"):
+        solve(problem, device="tpu")
+    with pytest.raises(TypeError, match="max_iters"):
+        solve(problem, max_iters=10)
