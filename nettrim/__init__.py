@@ -1,3 +1,17 @@
-"""nettrim: Net-Trim pruning of trained PyTorch models (the torch side; the layer math lives in `solvers`)."""
+"""nettrim: Net-Trim pruning of trained PyTorch models (the torch side; the layer math lives in `solvers`).
+
+    >>> import nettrim
+    >>> trimmed, report = nettrim.trim(model, calibration_inputs, epsilon=0.05, mode="cascade")
+    >>> print(report)                                   # per-layer table: nonzeros, fit/eps, status, time
+    >>> nettrim.save(trimmed, "trimmed.safetensors", report)
+    >>> nettrim.finetune(trimmed, train_loader, epochs=1, lr=1e-4)   # optional, keeps every zero at zero
+"""
 
 __version__ = "0.1.0"
+
+from .finetune import finetune  # noqa: E402
+from .io import load, save  # noqa: E402
+from .report import LayerReport, Report  # noqa: E402
+from .trim import MODES, trim  # noqa: E402
+
+__all__ = ["MODES", "LayerReport", "Report", "finetune", "load", "save", "trim", "__version__"]

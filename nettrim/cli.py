@@ -1,0 +1,178 @@
+"""The `nettrim` command: `nettrim trim MODEL --calib FILE --out PATH` and `nettrim demo`.
+
+Errors print one line naming the argument and exit with status 2; Ctrl-C exits with status 130 and writes
+nothing (outputs are written at the very end, each through a temporary file renamed into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, save, trim
+from .io import write_atomically
+from .trim import BUDGETS, DEFAULT_EPSILON, MODES
+
+
+def _layer_epsilon(text: str) -> tuple[str, float]:
+    name, separator, value = text.rpartition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=G (a layer name or regex and a relative budget), got {text!r}")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number after '=', got {value!r}") from None
+
+
+def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
+    parser.add_argument("--epsilon", type=float, default=epsilon,
+                        help=f"relative budget g: eps = g ||Y||_F per layer (default {epsilon})")
+    parser.add_argument("--mode", choices=MODES, default="cascade")
+    parser.add_argument("--backend", choices=("admm", "cvxpy"), default="admm")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the ADMM runs")
+    parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
+    parser.add_argument("--report", type=Path, help="write the report as JSON to this path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nettrim", description="Net-Trim: convex pruning of trained torch models")
+    parser.add_argument("--version", action="version", version=f"nettrim {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    trim_parser = commands.add_parser("trim", help="trim a saved model on calibration inputs")
+    trim_parser.add_argument("model", type=Path, help="a model saved with torch.save(model, path)")
+    trim_parser.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
+    trim_parser.add_argument("--out", type=Path, required=True,
+                             help="where to write the trimmed model: *.safetensors (weights and report) or a "
+                                  "pickled module (any other suffix, like the input)")
+    _add_trim_options(trim_parser, DEFAULT_EPSILON)
+    trim_parser.add_argument("--layer-epsilon", type=_layer_epsilon, action="append", default=[],
+                             metavar="NAME=G", help="per-layer g (name or regex); repeatable")
+    trim_parser.add_argument("--layers", nargs="+", help="names or regexes of the layers to trim (default all)")
+    trim_parser.add_argument("--exclude", nargs="+", help="names or regexes of layers to leave alone")
+    trim_parser.add_argument("--relu-layers", nargs="+",
+                             help="layers followed by a ReLU, for models torch.fx cannot trace")
+    trim_parser.add_argument("--budget", choices=BUDGETS, default="neuron")
+    trim_parser.add_argument("--gamma", type=float, default=1.1, help="cascade slack factor (>= 1)")
+    trim_parser.add_argument("--kappa", type=float, help="cascade factor for the last layer")
+    trim_parser.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("demo", help="train LeNet-300-100 on the bundled MNIST (cached), trim it, compare")
+    _add_trim_options(demo, 0.1)
+    demo.add_argument("--samples", type=int, default=5000, help="calibration images (default 5000)")
+    demo.add_argument("--epochs", type=int, default=4, help="training epochs of the cached model")
+    demo.add_argument("--cache", type=Path, default=None, help="where the trained model is cached (default .cache/)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run_trim(args) if args.command == "trim" else _run_demo(args)
+    except KeyboardInterrupt:
+        print("nettrim: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as error:
+        print(f"nettrim: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_model(path: Path) -> nn.Module:
+    if not path.exists():
+        raise FileNotFoundError(f"MODEL: {path} does not exist")
+    if _is_torchscript(path):
+        raise ValueError(f"MODEL: {path} is a TorchScript archive; nettrim needs the Python module (save it with "
+                         "torch.save(model, path)), because TorchScript modules do not run forward hooks")
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"MODEL: {path} holds a {type(model).__name__}, not an nn.Module (a state dict needs its "
+                         "model class: build the model, load the state dict, then torch.save(model, path))")
+    return model
+
+
+def load_calibration(path: Path) -> torch.Tensor:
+    if not path.exists():
+        raise FileNotFoundError(f"--calib: {path} does not exist")
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    if path.suffix == ".pt":
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain containers
+            tensor = None
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"--calib: {path} does not hold a tensor (save one with torch.save(tensor, path))")
+        return tensor
+    raise ValueError(f"--calib: expected a .pt or .npy file, got {path}")
+
+
+def _run_trim(args) -> int:
+    model = load_model(args.model)
+    calibration = load_calibration(args.calib)
+    epsilon = {".*": args.epsilon, **dict(args.layer_epsilon)} if args.layer_epsilon else args.epsilon
+    trimmed, report = trim(
+        model, calibration, epsilon=epsilon, mode=args.mode, backend=args.backend, device=args.device,
+        progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
+        budget=args.budget, gamma=args.gamma, kappa=args.kappa, max_samples=args.max_samples, seed=args.seed)
+    if args.out.suffix == ".safetensors":
+        save(trimmed, args.out, report)
+    else:
+        write_atomically(args.out, lambda temporary: torch.save(trimmed, temporary))
+    if args.report is not None:
+        write_atomically(args.report, report.to_json)
+    if not args.quiet:
+        print(report)
+        print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _run_demo(args) -> int:
+    from .datasets import load_mnist
+    from .zoo import DEFAULT_CACHE, test_error, trained_lenet_300_100
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    start = time.perf_counter()
+    cache = args.cache or DEFAULT_CACHE
+    print(f"LeNet-300-100 on the bundled MNIST (trained once, then cached in {cache})", flush=True)
+    model = trained_lenet_300_100(epochs=args.epochs, cache=cache)
+    trained = time.perf_counter()
+    images, _ = load_mnist("train")
+    test_images, test_labels = load_mnist("test")
+    chosen = np.sort(np.random.default_rng(0).choice(len(images), min(args.samples, len(images)), replace=False))
+    error_before = test_error(model, test_images, test_labels)
+    print(f"model ready in {trained - start:.1f} s; test accuracy {100 * (1 - error_before):.2f}%", flush=True)
+    print(f"trimming in {args.mode} mode, g = {args.epsilon}, on {len(chosen)} training images", flush=True)
+    trimmed, report = trim(model, torch.from_numpy(images[chosen]), epsilon=args.epsilon, mode=args.mode,
+                           backend=args.backend, device=args.device, progress=not args.quiet,
+                           max_samples=args.max_samples)
+    error_after = test_error(trimmed, test_images, test_labels)
+    if not args.quiet:
+        print(report)
+    print(f"test accuracy {100 * (1 - error_before):.2f}% -> {100 * (1 - error_after):.2f}%; "
+          f"weights kept {report.nonzeros_after} of {report.nonzeros_before} ({100 * report.kept:.1f}%); "
+          f"trimmed in {report.seconds:.1f} s (total {time.perf_counter() - start:.1f} s)")
+    path = args.report or cache / "demo-report.json"
+    write_atomically(path, report.to_json)
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Masked fine-tuning: train a trimmed model further while every zero weight stays exactly zero.
+
+The mask is taken once, from the zeros of every nn.Linear and nn.Conv2d weight and bias. Each step zeroes the
+masked gradients before the optimizer sees them and the masked entries after it (momentum or weight decay
+could otherwise revive them). No reparametrization is registered, so the model keeps plain parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .layers import TRIMMABLE
+
+
+def zero_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """For each weight and bias of the model's Linear and Conv2d layers that has zeros: True where it is zero."""
+    masks = {}
+    for module in model.modules():
+        if isinstance(module, TRIMMABLE):
+            for parameter in (module.weight, module.bias):
+                if parameter is not None and bool((parameter == 0).any()):
+                    masks[parameter] = parameter.detach() == 0
+    return masks
+
+
+def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, loss=None,
+             progress: bool = True) -> nn.Module:
+    """Train `model` in place with Adam for `epochs` passes over `loader` (batches (x, y)), keeping its zeros.
+
+    loss(output, y) defaults to cross-entropy. Returns the model in the training mode it came in.
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    loss = nn.functional.cross_entropy if loss is None else loss
+    masks = zero_masks(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        for epoch in range(epochs):
+            for batch in tqdm(loader, desc=f"fine-tune {epoch + 1}/{epochs}", leave=False, disable=not progress):
+                if not isinstance(batch, tuple | list) or len(batch) < 2:
+                    raise ValueError("loader: each batch must be (x, y)")
+                x, y = batch[0].to(device), batch[1].to(device)
+                optimizer.zero_grad()
+                loss(model(x), y).backward()
+                for parameter, mask in masks.items():
+                    if parameter.grad is not None:
+                        parameter.grad.masked_fill_(mask, 0.0)
+                try:
+                    optimizer.step()
+                finally:  # even when interrupted mid-step, the zeros are zeros again
+                    with torch.no_grad():
+                        for parameter, mask in masks.items():
+                            parameter.masked_fill_(mask, 0.0)
+    finally:
+        model.train(was_training)
+    return model

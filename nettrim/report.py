@@ -1,0 +1,122 @@
+"""The trim report: one row per layer, totals, a table for people and JSON for programs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class LayerReport:
+    """What happened to one layer.
+
+    eps is the layer's Frobenius budget (sqrt(sum eps_m^2) for per-neuron budgets); fit_ratio is the largest
+    ||(U^T X - Y)_Omega|| / eps (per neuron, or for the layer); violation is the largest Omega^c excess
+    (U^T X - V)_+ relative to max|Y|; dense_fallback counts the neurons (columns) that kept their original
+    weights because the solver's weights missed the budget (unconverged or infeasible).
+    """
+
+    name: str
+    kind: str
+    activation: str
+    shape: list[int]
+    samples: int
+    nonzeros_before: int
+    nonzeros_after: int
+    eps: float
+    fit_ratio: float
+    violation: float
+    iterations: int
+    seconds: float
+    status: str
+    message: str = ""
+    dense_fallback: int = 0
+
+    @property
+    def weights(self) -> int:
+        """Entries of W (N x M, bias row included)."""
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    @property
+    def kept(self) -> float:
+        return self.nonzeros_after / max(self.weights, 1)
+
+
+@dataclass
+class Report:
+    """Per-layer rows in trimming order, and what was done (mode, backend, BatchNorm folded, total time)."""
+
+    mode: str
+    backend: str
+    layers: list[LayerReport] = field(default_factory=list)
+    folded_batchnorm: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def nonzeros_before(self) -> int:
+        return sum(layer.nonzeros_before for layer in self.layers)
+
+    @property
+    def nonzeros_after(self) -> int:
+        return sum(layer.nonzeros_after for layer in self.layers)
+
+    @property
+    def weights(self) -> int:
+        return sum(layer.weights for layer in self.layers)
+
+    @property
+    def kept(self) -> float:
+        """Fraction of the trimmed layers' weights (biases included) that are nonzero after trimming."""
+        return self.nonzeros_after / max(self.weights, 1)
+
+    def layer(self, name: str) -> LayerReport:
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode, "backend": self.backend, "seconds": self.seconds,
+            "folded_batchnorm": dict(self.folded_batchnorm),
+            "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
+                       "nonzeros_after": self.nonzeros_after, "kept": self.kept},
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
+                   folded_batchnorm=dict(data.get("folded_batchnorm", {})),
+                   layers=[LayerReport(**row) for row in data["layers"]])
+
+    def table(self) -> str:
+        header = ("layer", "kind", "act", "W (N x M)", "P", "nonzeros", "kept", "eps", "fit/eps", "viol",
+                  "iters", "sec", "status")
+        rows = [header]
+        for r in self.layers:
+            status = r.status + (f" ({r.dense_fallback} dense)" if r.dense_fallback else "")
+            rows.append((r.name, r.kind, r.activation, " x ".join(map(str, r.shape)), str(r.samples),
+                         f"{r.nonzeros_before} -> {r.nonzeros_after}", f"{100 * r.kept:.1f}%", f"{r.eps:.4g}",
+                         f"{r.fit_ratio:.4f}", f"{r.violation:.1e}", str(r.iterations), f"{r.seconds:.1f}", status))
+        rows.append(("total", "", "", str(self.weights), "", f"{self.nonzeros_before} -> {self.nonzeros_after}",
+                     f"{100 * self.kept:.1f}%", "", "", "", "", f"{self.seconds:.1f}", ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        lines.insert(len(lines) - 1, lines[1])
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"Net-Trim ({self.mode}, {self.backend})\n{self.table()}"

@@ -1,0 +1,137 @@
+"""Calibration data and the signals each layer sees: X (N, P) for the layer program, captured by hooks.
+
+The calibration batches are materialized once, so that every forward pass (the original network's, and in
+cascade mode the partly trimmed network's) sees the same samples in the same order; with a per-layer sample
+budget the same seeded positions are drawn on every pass, so X and Xhat describe the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .layers import Layer
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+def calibration_batches(calibration, batch_size: int = DEFAULT_BATCH_SIZE) -> list[torch.Tensor]:
+    """A tensor (split into batches) or an iterable of batches, each x or (x, y, ...), as a list of inputs."""
+    if isinstance(calibration, np.ndarray):
+        calibration = torch.from_numpy(calibration)
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() == 0 or len(calibration) == 0:
+            raise ValueError(f"calibration: an empty tensor (shape {tuple(calibration.shape)})")
+        return list(calibration.split(batch_size))
+    if not isinstance(calibration, Iterable):
+        raise ValueError(f"calibration must be a tensor or an iterable of batches, got {type(calibration).__name__}")
+    batches = []
+    for batch in calibration:
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"calibration: each batch must be a tensor or (x, y), got {type(x).__name__}")
+        batches.append(x)
+    if not batches:
+        raise ValueError("calibration: no batches")
+    return batches
+
+
+class _Sampler:
+    """Seeded subsampling of one layer's samples to at most `max_samples`, identical on every pass."""
+
+    def __init__(self, max_samples: int | None, seed: int, index: int):
+        self.max_samples, self.seed, self.index = max_samples, seed, index
+        self.rng = np.random.default_rng([seed, index])
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.max_samples is None or len(rows) <= self.max_samples:
+            return rows
+        chosen = np.sort(self.rng.choice(len(rows), self.max_samples, replace=False))
+        return rows[torch.from_numpy(chosen).to(rows.device)]
+
+
+class _Stop(Exception):
+    """Raised by a hook once every wanted layer has been captured: the rest of the forward pass is not needed."""
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], positions: dict[str, int],
+            max_samples: int | None, seed: int) -> dict[str, np.ndarray]:
+    """Run the calibration batches through `model` and return X (N, P) in float64 for each of `layers`:
+    the layer's input samples (patches for a conv), subsampled to `max_samples` by a sampler seeded with
+    (seed, positions[name]), with a row of ones when the layer has a bias.
+
+    A forward error names the layer it happened in and the shapes; NaN or Inf in a signal names the layer.
+    """
+    device = _model_device(model)
+    samplers = {layer.name: _Sampler(max_samples, seed, positions[layer.name]) for layer in layers}
+    collected: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
+    current: list = []  # the layer whose forward is running, for error messages
+    remaining: set[str] = set()
+
+    def pre_hook(layer):
+        def hook(module, args):
+            current.append((layer, tuple(args[0].shape)))
+            rows = layer.features(args[0]).to("cpu", torch.float64)
+            collected[layer.name].append(samplers[layer.name].take(rows))
+            remaining.discard(layer.name)
+            if not remaining:
+                raise _Stop
+        return hook
+
+    def post_hook(module, args, output):
+        current.pop()
+
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(layer.module.register_forward_pre_hook(pre_hook(layer)))
+            handles.append(layer.module.register_forward_hook(post_hook))
+        for batch in batches:
+            remaining.update(collected)
+            current.clear()
+            try:
+                model(batch.to(device))
+            except _Stop:
+                pass
+            except Exception as error:
+                raise _forward_error(error, current, batch) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    signals = {}
+    for layer in layers:
+        if not collected[layer.name]:
+            raise ValueError(f"layers: {layer.name!r} is never called in the model's forward pass")
+        rows = samplers[layer.name].take(torch.cat(collected[layer.name]))
+        if layer.has_bias:
+            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
+        X = rows.T.contiguous().numpy()
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"calibration: layer {layer.name!r} receives NaN or Inf in its input signals")
+        signals[layer.name] = X
+    return signals
+
+
+def _forward_error(error: Exception, current: list, batch: torch.Tensor) -> ValueError:
+    if current:
+        layer, shape = current[-1]
+        module = layer.module
+        expected = (f"in_features={module.in_features}" if layer.kind == "linear"
+                    else f"in_channels={module.in_channels}")
+        return ValueError(f"calibration: the forward pass failed in layer {layer.name!r} "
+                          f"({type(module).__name__}, {expected}) on an input of shape {shape} "
+                          f"(calibration batch {tuple(batch.shape)}): {error}")
+    return ValueError(f"calibration: the model's forward pass failed on a batch of shape {tuple(batch.shape)}: "
+                      f"{type(error).__name__}: {error}")

@@ -1,0 +1,100 @@
+"""The nettrim command: trim end to end, errors, Ctrl-C, and the demo in a small configuration."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import nettrim
+from nettrim import cli
+from networks import inputs, mlp
+
+
+@pytest.fixture
+def files(tmp_path):
+    model, x = mlp(dtype=torch.float32), inputs(300, dtype=torch.float32)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save(x, tmp_path / "calib.pt")
+    np.save(tmp_path / "calib.npy", x.numpy())
+    return tmp_path, model, x
+
+
+def test_trim_end_to_end_in_a_subprocess(files):
+    folder, model, x = files
+    out, report = folder / "trimmed.safetensors", folder / "report.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "nettrim.cli", "trim", str(folder / "model.pt"), "--calib", str(folder / "calib.npy"),
+         "--out", str(out), "--report", str(report), "--mode", "parallel", "--epsilon", "0.1",
+         "--layer-epsilon", "4=0.02"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "fit/eps" in completed.stdout and "nettrim" in completed.stderr  # the table, the progress bars
+    rows = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
+    assert rows["4"]["eps"] < rows["2"]["eps"]
+    loaded, saved_report = nettrim.load(out, mlp(seed=9, dtype=torch.float32))
+    assert saved_report.nonzeros_after == sum(int((p != 0).sum()) for n, p in loaded.named_parameters())
+    assert saved_report.nonzeros_after < saved_report.nonzeros_before
+
+
+def test_trim_writes_a_pickled_module_for_other_suffixes(files):
+    folder, model, x = files
+    code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
+                     "--out", str(folder / "trimmed.pt"), "--quiet"])
+    assert code == 0
+    trimmed = torch.load(folder / "trimmed.pt", weights_only=False)
+    assert isinstance(trimmed, torch.nn.Sequential)
+    assert int((trimmed[0].weight == 0).sum()) > 0
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--calib", "missing.pt"], "--calib: .* does not exist"),
+    (["--calib", "model.pt"], "--calib: .* does not hold a tensor"),
+    (["--calib", "calib.pt", "--mode", "parallel", "--layers", "fc"], "layers: 'fc' matches no"),
+    (["--calib", "wrong.npy"], r"layer '0' \(Linear, in_features=12\)"),
+])
+def test_trim_errors_exit_2_and_write_nothing(files, capsys, arguments, message):
+    folder, _, _ = files
+    np.save(folder / "wrong.npy", np.zeros((5, 3), dtype=np.float32))
+    arguments = [str(folder / a) if a.endswith((".pt", ".npy")) else a for a in arguments]
+    code = cli.main(["trim", str(folder / "model.pt"), *arguments, "--out", str(folder / "out.pt"), "--quiet"])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (folder / "out.pt").exists()
+
+
+def test_torchscript_and_non_module_files_are_explained(files, capsys):
+    folder, model, _ = files
+    torch.jit.save(torch.jit.script(model), folder / "scripted.pt")
+    torch.save(model.state_dict(), folder / "state.pt")
+    for name, message in (("scripted.pt", "TorchScript"), ("state.pt", "not an nn.Module")):
+        code = cli.main(["trim", str(folder / name), "--calib", str(folder / "calib.pt"), "--out",
+                         str(folder / "out.pt"), "--quiet"])
+        assert code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(files, monkeypatch, capsys):
+    folder, _, _ = files
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "trim", interrupted)
+    code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
+                     "--out", str(folder / "out.safetensors"), "--report", str(folder / "r.json")])
+    assert code == 130 and "nothing was written" in capsys.readouterr().err
+    assert not (folder / "out.safetensors").exists() and not (folder / "r.json").exists()
+
+
+def test_demo_runs_end_to_end_small(tmp_path, capsys):
+    code = cli.main(["demo", "--epochs", "1", "--samples", "300", "--cache", str(tmp_path), "--quiet"])
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "test accuracy" in output and "weights kept" in output
+    report = json.loads((tmp_path / "demo-report.json").read_text())
+    assert [row["name"] for row in report["layers"]] == ["0", "2", "4"]
+    assert report["mode"] == "cascade"
+    assert (tmp_path / "lenet_300_100_e1_s0.pt").exists()

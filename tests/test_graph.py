@@ -1,0 +1,95 @@
+"""Reading ReLUs and BatchNorms from the fx graph, and folding BatchNorm."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nettrim.graph import fold_batchnorm, trace_layers
+from networks import images, small_cnn
+
+
+class Activations(nn.Module):
+    """One linear layer per way of writing a ReLU, and some that are not (directly) followed by one."""
+
+    def __init__(self):
+        super().__init__()
+        self.module_relu, self.inplace_module = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.functional, self.functional_inplace = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.torch_relu, self.torch_relu_, self.method, self.method_ = (nn.Linear(4, 4) for _ in range(4))
+        self.sigmoid, self.two_users, self.pooled, self.last = (nn.Linear(4, 4) for _ in range(4))
+        self.relu, self.relu_inplace = nn.ReLU(), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.relu(self.module_relu(x))
+        x = self.relu_inplace(self.inplace_module(x))
+        x = F.relu(self.functional(x))
+        x = F.relu(self.functional_inplace(x), inplace=True)
+        x = torch.relu(self.torch_relu(x))
+        x = torch.relu_(self.torch_relu_(x))
+        x = self.method(x).relu()
+        x = self.method_(x).relu_()
+        x = torch.sigmoid(self.sigmoid(x))
+        y = self.two_users(x)
+        x = F.relu(y) + y
+        x = F.relu(F.max_pool1d(self.pooled(x)[:, None], 1)[:, 0])
+        return self.last(x)
+
+
+def test_relus_are_read_from_the_graph():
+    model = Activations()
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    found = trace_layers(model, names)
+    assert found.relu == {"module_relu", "inplace_module", "functional", "functional_inplace", "torch_relu",
+                          "torch_relu_", "method", "method_"}
+    assert found.batchnorm == {}
+
+
+def test_batchnorm_followed_by_relu_is_found_and_paired():
+    model = small_cnn()
+    found = trace_layers(model, ["conv1", "conv2", "fc1", "fc2"])
+    assert found.relu == {"conv1", "conv2", "fc1"}
+    assert found.batchnorm == {"conv1": "bn1", "fc1": "bn2"}
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    model = small_cnn()
+    x = images(16)
+    expected = model(x)
+    folded = copy.deepcopy(model)
+    fold_batchnorm(folded, {"conv1": "bn1", "fc1": "bn2"})
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
+    assert folded.conv1.bias is not None  # conv1 had no bias: folding gives it one
+    torch.testing.assert_close(folded(x), expected, rtol=1e-12, atol=1e-12)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # fx cannot trace control flow on values
+            return self.fc(x)
+        return x
+
+
+def test_untraceable_model_says_how_to_name_relu_layers():
+    with pytest.raises(ValueError, match="relu_layers"):
+        trace_layers(DataDependent(), ["fc"])
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.fc(x)))
+
+
+def test_shared_layer_is_refused():
+    with pytest.raises(ValueError, match="more than once"):
+        trace_layers(Shared(), ["fc"])

@@ -1,0 +1,74 @@
+"""Saving and loading trimmed models (safetensors), and masked fine-tuning."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import nettrim
+from nettrim.io import read_metadata
+from networks import images, inputs, mlp, small_cnn
+
+
+@pytest.fixture(scope="module")
+def trimmed_cnn():
+    model, x = small_cnn(), images(16)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.1, max_samples=400, progress=False)
+    return x, trimmed, report
+
+
+def test_save_load_round_trip_gives_identical_outputs(trimmed_cnn, tmp_path):
+    x, trimmed, report = trimmed_cnn
+    path = nettrim.save(trimmed, tmp_path / "cnn.safetensors", report)
+    assert json.loads(read_metadata(path)["identity_modules"]) == ["bn1", "bn2"]
+    fresh = small_cnn(seed=5)  # the original architecture, other weights, BatchNorms in place
+    loaded, loaded_report = nettrim.load(path, fresh)
+    assert isinstance(loaded.bn1, nn.Identity) and isinstance(fresh.bn1, nn.BatchNorm2d)  # a loaded copy
+    torch.testing.assert_close(loaded(x), trimmed(x), rtol=0, atol=0)
+    assert loaded_report.to_dict() == report.to_dict()
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_save_without_report_and_load_errors(tmp_path):
+    model = mlp()
+    path = nettrim.save(model, tmp_path / "m.safetensors")
+    assert nettrim.load(path, mlp(seed=1))[1] is None
+    with pytest.raises(FileNotFoundError, match="path"):
+        nettrim.load(tmp_path / "missing.safetensors", mlp())
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not written by nettrim.save"):
+        nettrim.load(tmp_path / "other.safetensors", mlp())
+    trimmed = nettrim.trim(small_cnn(), images(8), max_samples=200, progress=False)[0]
+    nettrim.save(trimmed, tmp_path / "cnn.safetensors")
+    with pytest.raises(ValueError, match="model: has no module 'bn1'"):
+        nettrim.load(tmp_path / "cnn.safetensors", mlp())
+
+
+def test_finetuning_keeps_every_zero_and_plain_parameters(trimmed_cnn):
+    x, trimmed, _ = trimmed_cnn
+    model = copy.deepcopy(trimmed)
+    zeros = {name: parameter == 0 for name, parameter in model.named_parameters()}
+    assert sum(int(mask.sum()) for mask in zeros.values()) > 0
+    labels = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(0))
+    loader = [(x[:8], labels[:8]), (x[8:], labels[8:])]
+    before = nn.functional.cross_entropy(model(x), labels).item()
+    nettrim.finetune(model, loader, epochs=5, lr=1e-2, progress=False)
+    after = nn.functional.cross_entropy(model(x), labels).item()
+    assert after < before
+    for name, parameter in model.named_parameters():
+        assert torch.all(parameter[zeros[name]] == 0), name
+        changed = ~zeros[name] & (parameter != trimmed.get_parameter(name))
+        assert changed.any(), name  # the nonzeros did train
+    assert all(type(p) is nn.Parameter for p in model.parameters())
+    assert not model._forward_pre_hooks and not any(m._forward_pre_hooks for m in model.modules())
+    assert sorted(model.state_dict()) == sorted(trimmed.state_dict())  # no weight_orig / weight_mask
+    assert model.training is False
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [(dict(epochs=-1), "epochs"), (dict(lr=0.0), "lr")])
+def test_finetune_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        nettrim.finetune(mlp(), [(inputs(4), torch.zeros(4, dtype=torch.long))], **kwargs)

@@ -1,0 +1,268 @@
+"""Whole-model trimming: Proposition 1 per layer, the parallel and cascade bounds, modes, options, errors."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nettrim
+import solvers
+from nettrim.layers import select_layers
+from nettrim.signals import capture
+from networks import images, inputs, mlp, small_cnn
+
+FIT_RTOL = 1e-3  # the solver's promise: fit <= eps (1 + 1e-3), Omega^c violation <= 1e-5 max|Y|
+
+
+def _signals(model, x):
+    """Input signals X (N, P) of every trimmable layer of `model` on x, in execution order."""
+    layers = select_layers(model)
+    return layers, capture(model, [x], layers, {layer.name: i for i, layer in enumerate(layers)}, None, 0)
+
+
+def _relu_after(report):
+    return {row.name: row.activation == "relu" for row in report.layers}
+
+
+def _spectral(matrix):
+    return float(np.linalg.norm(matrix, 2))
+
+
+@pytest.fixture(scope="module")
+def parallel_mlp():
+    model, x = mlp(), inputs(400)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.1, mode="parallel", progress=False)
+    return model, x, trimmed, report
+
+
+@pytest.fixture(scope="module")
+def cascade_mlp():
+    model, x = mlp(), inputs(400)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.1, mode="cascade", progress=False)
+    return model, x, trimmed, report
+
+
+def test_parallel_keeps_proposition_1_on_every_layer(parallel_mlp):
+    model, x, trimmed, report = parallel_mlp
+    layers, original = _signals(model, x)
+    trimmed_layers = {layer.name: layer for layer in select_layers(trimmed)}
+    relu = _relu_after(report)
+    for layer in layers:
+        X, W, U = original[layer.name], layer.weight_matrix(), trimmed_layers[layer.name].weight_matrix()
+        act = (lambda z: np.maximum(z, 0)) if relu[layer.name] else (lambda z: z)
+        Y = act(W.T @ X)
+        row = report.layer(layer.name)
+        assert np.linalg.norm(act(U.T @ X) - Y) <= row.eps * (1 + FIT_RTOL) + 1e-5 * np.abs(Y).max() * np.sqrt(Y.size)
+        assert row.eps == pytest.approx(0.1 * np.linalg.norm(Y), rel=1e-9)
+        assert row.nonzeros_after < row.nonzeros_before
+    assert report.nonzeros_after == sum(int((U != 0).sum()) for U in
+                                        (layer.weight_matrix() for layer in trimmed_layers.values()))
+
+
+def test_parallel_bound_on_the_output(parallel_mlp):
+    """||f_trim(x) - f(x)||_F <= sum_l eps_l prod_{j>l} ||U_j||_2 (and so <= sum_l eps_l prod_{j>l} ||W_j||_1)."""
+    model, x, trimmed, report = parallel_mlp
+    error = float(torch.linalg.norm(trimmed(x) - model(x)).detach())
+    trimmed_norms = [_spectral(layer.weight_matrix()) for layer in select_layers(trimmed)]
+    original_l1 = [float(np.abs(layer.weight_matrix()).sum()) for layer in select_layers(model)]
+    eps = [row.eps * (1 + FIT_RTOL) for row in report.layers]
+    bound = sum(e * np.prod(trimmed_norms[i + 1:]) for i, e in enumerate(eps))
+    assert error <= bound
+    assert bound <= sum(e * np.prod(original_l1[i + 1:]) for i, e in enumerate(eps))
+    assert error > 0
+
+
+def test_cascade_bound_on_the_output(cascade_mlp):
+    """||Xhat^L - X^L||_F <= eps_1 prod_{l>=2} sqrt(gamma) ||W_l||_2 (NETTRIM.md section 2, unnormalized)."""
+    model, x, trimmed, report = cascade_mlp
+    error = float(torch.linalg.norm(trimmed(x) - model(x)).detach())
+    norms = [_spectral(layer.weight_matrix()) for layer in select_layers(model)]
+    bound = report.layers[0].eps * np.prod([np.sqrt(1.1) * norm for norm in norms[1:]]) * (1 + FIT_RTOL) ** 3
+    assert 0 < error <= bound
+
+
+def test_cascade_layers_keep_their_programs(cascade_mlp):
+    """Each cascade layer: fit <= eps on the trimmed input, U^T Xhat <= W^T Xhat on Omega^c, and
+    eps_l^2 = gamma ||(W^T Xhat - Y)_Omega||^2 for l >= 2."""
+    model, x, trimmed, report = cascade_mlp
+    layers, original = _signals(model, x)
+    _, trimmed_signals = _signals(trimmed, x)
+    relu = _relu_after(report)
+    for index, (layer, trimmed_layer) in enumerate(zip(layers, select_layers(trimmed), strict=True)):
+        W, U = layer.weight_matrix(), trimmed_layer.weight_matrix()
+        X, X_hat = original[layer.name], trimmed_signals[layer.name]
+        Y = W.T @ X
+        omega = Y > 0 if relu[layer.name] else np.ones(Y.shape, dtype=bool)
+        Y = np.where(omega, Y, 0.0)
+        row = report.layer(layer.name)
+        fit = np.linalg.norm(np.where(omega, U.T @ X_hat - Y, 0))
+        assert fit <= row.eps * (1 + FIT_RTOL)
+        if index == 0:
+            assert row.eps == pytest.approx(0.1 * np.linalg.norm(Y), rel=1e-9)
+            continue
+        inherited = np.linalg.norm(np.where(omega, W.T @ X_hat - Y, 0))
+        assert row.eps == pytest.approx(np.sqrt(1.1) * inherited, rel=1e-9)
+        if relu[layer.name]:
+            excess = np.where(omega, 0, U.T @ X_hat - W.T @ X_hat).max()
+            assert excess <= 1e-5 * np.abs(Y).max()
+
+
+def test_cascade_is_sparser_in_later_layers_than_the_first_layer_budget_alone_allows(cascade_mlp, parallel_mlp):
+    assert cascade_mlp[3].layers[0].nonzeros_after == parallel_mlp[3].layers[0].nonzeros_after
+    assert [row.activation for row in cascade_mlp[3].layers] == ["relu", "relu", "linear"]
+
+
+def test_callers_model_is_untouched_unless_inplace():
+    model, x = mlp(), inputs(200)
+    before = copy.deepcopy(model.state_dict())
+    trimmed, _ = nettrim.trim(model, x, mode="parallel", progress=False)
+    assert trimmed is not model
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    same, _ = nettrim.trim(model, x, mode="parallel", progress=False, inplace=True)
+    assert same is model
+    for key, value in trimmed.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_an_error_midway_leaves_the_callers_model_whole(monkeypatch):
+    model, x = mlp(), inputs(200)
+    before = copy.deepcopy(model.state_dict())
+    solve, calls = solvers.solve, []
+
+    def failing_second_layer(problem, **options):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return solve(problem, **options)
+
+    monkeypatch.setattr(solvers, "solve", failing_second_layer)
+    with pytest.raises(RuntimeError, match="boom"):
+        nettrim.trim(model, x, progress=False, inplace=True)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_conv_model_with_batchnorm_in_cascade_mode():
+    model, x = small_cnn(), images(24)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.05, max_samples=600, progress=False)
+    assert report.folded_batchnorm == {"conv1": "bn1", "fc1": "bn2"}
+    assert isinstance(trimmed.bn1, nn.Identity) and isinstance(model.bn1, nn.BatchNorm2d)
+    assert [row.samples for row in report.layers] == [600, 384, 24, 24]  # 24 x 64 and 24 x 16 positions
+    assert [row.activation for row in report.layers] == ["relu", "relu", "relu", "linear"]
+    assert all(row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5 for row in report.layers)
+    assert report.nonzeros_after < report.nonzeros_before
+    assert trimmed.training == model.training
+
+
+def test_conv_samples_are_seeded_and_identical_on_every_pass():
+    model, x = small_cnn(), images(24)
+    first = nettrim.trim(model, x, max_samples=500, progress=False, seed=3)[0]
+    second = nettrim.trim(model, x, max_samples=500, progress=False, seed=3)[0]
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_layer_budget_form_and_cvxpy_backend_agree_on_a_small_layer():
+    model, x = mlp(sizes=(6, 5, 3)), inputs(60, features=6)
+    _, admm = nettrim.trim(model, x, epsilon=0.2, mode="parallel", budget="layer", progress=False,
+                           solver_options={"dtype": "float64", "rel_tol": 1e-6})
+    _, reference = nettrim.trim(model, x, epsilon=0.2, mode="parallel", budget="layer", backend="cvxpy",
+                                progress=False)
+    for ours, theirs in zip(admm.layers, reference.layers, strict=True):
+        assert ours.eps == pytest.approx(theirs.eps)
+        assert ours.fit_ratio <= 1 + FIT_RTOL and theirs.fit_ratio <= 1 + FIT_RTOL
+        assert ours.status == theirs.status == "optimal"
+
+
+def test_unconverged_neurons_keep_their_original_weights():
+    model, x = mlp(), inputs(300)
+    trimmed, report = nettrim.trim(model, x, mode="parallel", progress=False, solver_options={"max_iter": 3})
+    assert any(row.dense_fallback for row in report.layers)
+    for row in report.layers:
+        assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
+
+
+def test_epsilon_mapping_overrides_per_layer():
+    model, x = mlp(), inputs(300)
+    _, report = nettrim.trim(model, x, epsilon={"0": 0.2, r"[24]": 0.01}, mode="parallel", progress=False)
+    _, plain = nettrim.trim(model, x, epsilon=0.05, mode="parallel", progress=False)
+    assert report.layer("0").eps == pytest.approx(4 * plain.layer("0").eps)
+    assert report.layer("4").eps == pytest.approx(plain.layer("4").eps / 5)
+    _, defaulted = nettrim.trim(model, x, epsilon={"0": 0.2}, mode="parallel", progress=False)
+    assert defaulted.layer("2").eps == pytest.approx(plain.layer("2").eps)  # the default g = 0.05
+
+
+def test_progress_bars_run(capsys):
+    model, x = mlp(), inputs(100)
+    nettrim.trim(model, x, progress=True)
+    assert "nettrim" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(mode="serial"), "mode must be one of"),
+    (dict(backend="gurobi"), "backend must be one of"),
+    (dict(budget="row"), "budget must be one of"),
+    (dict(gamma=0.5), "gamma must be"),
+    (dict(kappa=-1.0), "kappa must be"),
+    (dict(max_samples=0), "max_samples must be"),
+    (dict(device="tpu"), "device must be"),
+    (dict(backend="cvxpy", device="cuda"), "device: the cvxpy backend"),
+    (dict(epsilon=-0.1), "epsilon: the relative budget"),
+    (dict(epsilon={"fc7": 0.1}, mode="parallel"), "epsilon: 'fc7' matches no selected layer"),
+    (dict(epsilon={"2": 0.1}), "epsilon: '2' names layers after the first"),
+    (dict(epsilon={"0": "big"}), "epsilon: the relative budget for '0'"),
+    (dict(relu_layers=["9"]), "relu_layers"),
+    (dict(layers="fc"), "layers: 'fc' matches no"),
+])
+def test_bad_options_name_the_argument(kwargs, message):
+    model, x = mlp(), inputs(50)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=message):
+        nettrim.trim(model, x, progress=False, inplace=True, **kwargs)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_calibration_of_the_wrong_shape_names_the_layer_and_shapes():
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear, in_features=12\) on an input of shape \(50, 7\)"):
+        nettrim.trim(mlp(), inputs(50, features=7), progress=False)
+
+
+def test_nan_in_a_layers_signals_names_the_layer():
+    model, x = mlp(), inputs(50)
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")  # layer "2" is fine, its output (layer "4"'s input) is not
+    with pytest.raises(ValueError, match="layer '4' receives NaN or Inf"):
+        nettrim.trim(model, x, progress=False, layers=["4"])
+
+
+@pytest.mark.parametrize(("calibration", "message"), [
+    ("images.pt", "calibration must be a tensor or an iterable"),
+    (torch.zeros(0, 12), "calibration: an empty tensor"),
+    ([], "calibration: no batches"),
+    ([("x", 1)], "calibration: each batch must be a tensor"),
+])
+def test_bad_calibration(calibration, message):
+    with pytest.raises(ValueError, match=message):
+        nettrim.trim(mlp(), 5 if calibration == "images.pt" else calibration, progress=False)
+
+
+def test_calibration_as_an_iterable_of_labelled_batches():
+    model, x = mlp(), inputs(200)
+    batches = [(x[:120], torch.zeros(120)), (x[120:], torch.zeros(80))]
+    from_batches = nettrim.trim(model, batches, mode="parallel", progress=False)[0]
+    from_tensor = nettrim.trim(model, x, mode="parallel", progress=False)[0]
+    for key, value in from_tensor.state_dict().items():
+        torch.testing.assert_close(from_batches.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_report_table_and_json_round_trip(cascade_mlp, tmp_path):
+    report = cascade_mlp[3]
+    text = str(report)
+    assert "fit/eps" in text and "total" in text and "cascade" in text
+    report.to_json(tmp_path / "report.json")
+    again = nettrim.Report.from_dict(__import__("json").loads((tmp_path / "report.json").read_text()))
+    assert again.to_dict() == report.to_dict()
