@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -46,6 +46,9 @@ class LayerReport:
         return self.nonzeros_after / max(self.weights, 1)
 
 
+_FIELDS = [f.name for f in fields(LayerReport)]
+
+
 @dataclass
 class Report:
     """Per-layer rows in trimming order, and what was done (mode, backend, BatchNorm folded, total time)."""
@@ -84,8 +87,9 @@ class Report:
             "mode": self.mode, "backend": self.backend, "seconds": self.seconds,
             "folded_batchnorm": dict(self.folded_batchnorm),
             "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
-                       "nonzeros_after": self.nonzeros_after, "kept": self.kept},
-            "layers": [asdict(layer) for layer in self.layers],
+                       "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept},
+            "layers": [{**asdict(layer), "weights": layer.weights, "kept": layer.kept, "sparsity": 1 - layer.kept}
+                       for layer in self.layers],
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -98,7 +102,7 @@ class Report:
     def from_dict(cls, data: dict) -> Report:
         return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
                    folded_batchnorm=dict(data.get("folded_batchnorm", {})),
-                   layers=[LayerReport(**row) for row in data["layers"]])
+                   layers=[LayerReport(**{key: row[key] for key in _FIELDS}) for row in data["layers"]])
 
     def table(self) -> str:
         header = ("layer", "kind", "act", "W (N x M)", "P", "nonzeros", "kept", "eps", "fit/eps", "viol",
