@@ -49,18 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     trim_parser = commands.add_parser("trim", help="trim a saved model on calibration inputs")
-    trim_parser.add_argument("model", type=Path, help="a model saved with torch.save(model, path)")
+    trim_parser.add_argument("model", type=Path, help="a model saved with torch.save(model, path) or a TorchScript "
+                                                         "file (which needs --relu-layers)")
     trim_parser.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
     trim_parser.add_argument("--out", type=Path, required=True,
-                             help="where to write the trimmed model: *.safetensors (weights and report) or a "
-                                  "pickled module (any other suffix, like the input)")
+                             help="where to write the trimmed model: *.safetensors (weights and report), or any "
+                                  "other suffix for the input's format (pickled module or TorchScript)")
     _add_trim_options(trim_parser, DEFAULT_EPSILON)
     trim_parser.add_argument("--layer-epsilon", type=_layer_epsilon, action="append", default=[],
                              metavar="NAME=G", help="per-layer g (name or regex); repeatable")
     trim_parser.add_argument("--layers", nargs="+", help="names or regexes of the layers to trim (default all)")
     trim_parser.add_argument("--exclude", nargs="+", help="names or regexes of layers to leave alone")
-    trim_parser.add_argument("--relu-layers", nargs="+",
-                             help="layers followed by a ReLU, for models torch.fx cannot trace")
+    trim_parser.add_argument("--relu-layers", nargs="*",
+                             help="layers followed by a ReLU, for models torch.fx cannot trace (TorchScript); "
+                                  "give the flag alone if there are none")
     trim_parser.add_argument("--budget", choices=BUDGETS, default="neuron")
     trim_parser.add_argument("--gamma", type=float, default=1.1, help="cascade slack factor (>= 1)")
     trim_parser.add_argument("--kappa", type=float, help="cascade factor for the last layer")
@@ -94,11 +96,11 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_model(path: Path) -> nn.Module:
+    """A pickled nn.Module (torch.save(model, path)) or a TorchScript archive (torch.jit.save)."""
     if not path.exists():
         raise FileNotFoundError(f"MODEL: {path} does not exist")
     if _is_torchscript(path):
-        raise ValueError(f"MODEL: {path} is a TorchScript archive; nettrim needs the Python module (save it with "
-                         "torch.save(model, path)), because TorchScript modules do not run forward hooks")
+        return torch.jit.load(path, map_location="cpu")
     model = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(model, nn.Module):
         raise ValueError(f"MODEL: {path} holds a {type(model).__name__}, not an nn.Module (a state dict needs its "
@@ -132,6 +134,8 @@ def _run_trim(args) -> int:
         budget=args.budget, gamma=args.gamma, kappa=args.kappa, max_samples=args.max_samples, seed=args.seed)
     if args.out.suffix == ".safetensors":
         save(trimmed, args.out, report)
+    elif isinstance(trimmed, torch.jit.ScriptModule):
+        write_atomically(args.out, lambda temporary: torch.jit.save(trimmed, temporary))
     else:
         write_atomically(args.out, lambda temporary: torch.save(trimmed, temporary))
     if args.report is not None:

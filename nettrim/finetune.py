@@ -11,14 +11,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .layers import TRIMMABLE
+from .layers import layer_kind
 
 
 def zero_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     """For each weight and bias of the model's Linear and Conv2d layers that has zeros: True where it is zero."""
     masks = {}
     for module in model.modules():
-        if isinstance(module, TRIMMABLE):
+        if layer_kind(module):
             for parameter in (module.weight, module.bias):
                 if parameter is not None and bool((parameter == 0).any()):
                     masks[parameter] = parameter.detach() == 0

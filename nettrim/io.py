@@ -18,7 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from . import __version__
-from .layers import TRIMMABLE
+from .layers import layer_kind
 from .report import Report
 
 
@@ -74,7 +74,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
     with safe_open(str(path), framework="pt") as handle:
         saved = set(handle.keys())
     for name, module in model.named_modules():
-        if isinstance(module, TRIMMABLE) and module.bias is None and f"{name}.bias" in saved:
+        if layer_kind(module) and module.bias is None and f"{name}.bias" in saved:
             module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
     load_model(model, str(path), strict=True)
     report = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None

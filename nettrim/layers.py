@@ -22,6 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 TRIMMABLE = (nn.Linear, nn.Conv2d)
+_KINDS = {"Linear": "linear", "Conv2d": "conv2d"}
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """"linear" or "conv2d" for an nn.Linear or nn.Conv2d (also inside a TorchScript module), else None."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return _KINDS.get(module.original_name)
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "conv2d" if isinstance(module, nn.Conv2d) else None
 
 
 @dataclass
@@ -29,11 +39,11 @@ class Layer:
     """A trimmable module of a model, known by its qualified name."""
 
     name: str
-    module: nn.Linear | nn.Conv2d
+    module: nn.Module  # nn.Linear or nn.Conv2d (or their TorchScript form)
 
     @property
     def kind(self) -> str:
-        return "linear" if isinstance(self.module, nn.Linear) else "conv2d"
+        return layer_kind(self.module)
 
     @property
     def has_bias(self) -> bool:
@@ -60,7 +70,7 @@ class Layer:
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """The samples the layer multiplies by its weight, one per row: (samples, in features), no bias column."""
         module = self.module
-        if isinstance(module, nn.Linear):
+        if self.kind == "linear":
             return inputs.reshape(-1, module.in_features)
         if inputs.dim() == 3:  # an unbatched image (C, H, W)
             inputs = inputs[None]
@@ -70,7 +80,7 @@ class Layer:
 
     def check_supported(self) -> None:
         module = self.module
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
+        if self.kind == "conv2d" and module.groups != 1:
             raise ValueError(f"layers: {self.name!r} is a grouped convolution (groups={module.groups}); only "
                              "groups=1 is supported, so leave it out with exclude=")
 
@@ -94,7 +104,7 @@ def _pad_widths(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 def _matches(name: str, module: nn.Module, selector) -> bool:
     if isinstance(selector, type):
-        return isinstance(module, selector)
+        return layer_kind(module) == _KINDS[selector.__name__]
     return name == selector or re.fullmatch(selector, name) is not None
 
 
@@ -106,7 +116,7 @@ def _check_selectors(argument: str, selectors) -> list:
     selectors = list(selectors)
     for selector in selectors:
         if isinstance(selector, type):
-            if not issubclass(selector, TRIMMABLE):
+            if selector not in TRIMMABLE:
                 raise ValueError(f"{argument}: {selector.__name__} is not a trimmable type (nn.Linear, nn.Conv2d)")
         elif isinstance(selector, str):
             try:
@@ -123,7 +133,7 @@ def select_layers(model: nn.Module, layers=None, exclude=None) -> list[Layer]:
     `exclude` does not. Each selector is a module type, an exact name, or a regex matched against the whole
     name; a selector that matches no trimmable layer is an error (a typo should not trim nothing silently)."""
     include, leave_out = _check_selectors("layers", layers), _check_selectors("exclude", exclude)
-    candidates = [(name, module) for name, module in model.named_modules() if isinstance(module, TRIMMABLE)]
+    candidates = [(name, module) for name, module in model.named_modules() if layer_kind(module)]
     for argument, selectors in (("layers", include), ("exclude", leave_out)):
         for selector in selectors:
             if not any(_matches(name, module, selector) for name, module in candidates):

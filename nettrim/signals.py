@@ -8,10 +8,13 @@ budget the same seeded positions are drawn on every pass, so X and Xhat describe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
+from torch.ops import aten
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .layers import Layer
 
@@ -67,26 +70,61 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], positions: dict[str, int],
             max_samples: int | None, seed: int) -> dict[str, np.ndarray]:
-    """Run the calibration batches through `model` and return X (N, P) in float64 for each of `layers`:
-    the layer's input samples (patches for a conv), subsampled to `max_samples` by a sampler seeded with
-    (seed, positions[name]), with a row of ones when the layer has a bias.
+    """Run the calibration batches through `model` and return X (N, P) in float64 for each of `layers`, in the
+    order the forward pass reaches them: the layer's input samples (patches for a conv), subsampled to
+    `max_samples` by a sampler seeded with (seed, positions[name]), with a row of ones when it has a bias.
 
     A forward error names the layer it happened in and the shapes; NaN or Inf in a signal names the layer.
     """
     device = _model_device(model)
     samplers = {layer.name: _Sampler(max_samples, seed, positions[layer.name]) for layer in layers}
-    collected: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
-    current: list = []  # the layer whose forward is running, for error messages
+    collected: dict[str, list[torch.Tensor]] = {}  # filled in execution order
     remaining: set[str] = set()
+    scripted = isinstance(model, torch.jit.ScriptModule)
 
+    def on_input(layer: Layer, inputs: torch.Tensor) -> None:
+        rows = layer.features(inputs).to("cpu", torch.float64)
+        collected.setdefault(layer.name, []).append(samplers[layer.name].take(rows))
+        remaining.discard(layer.name)
+        if not remaining and not scripted:  # an exception cannot cross the TorchScript interpreter cleanly
+            raise _Stop
+
+    current: list = []  # (layer, input shape) of the running layer, for error messages (hooks only)
+    observe = _observe_dispatch if scripted else _observe_hooks
+    with observe(layers, on_input, current):
+        for batch in batches:
+            remaining.update(layer.name for layer in layers)
+            current.clear()
+            try:
+                model(batch.to(device))
+            except _Stop:
+                pass
+            except Exception as error:
+                raise _forward_error(error, current, batch) from error
+
+    signals = {}
+    for layer in layers:
+        if layer.name not in collected:
+            raise ValueError(f"layers: {layer.name!r} is never called in the model's forward pass")
+    for name, parts in collected.items():
+        layer = next(layer for layer in layers if layer.name == name)
+        rows = samplers[name].take(torch.cat(parts))
+        if layer.has_bias:
+            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
+        X = rows.T.contiguous().numpy()
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"calibration: layer {name!r} receives NaN or Inf in its input signals")
+        signals[name] = X
+    return signals
+
+
+@contextmanager
+def _observe_hooks(layers: list[Layer], on_input, current: list):
+    """Forward pre-hooks call on_input(layer, input); forward hooks keep track of the running layer."""
     def pre_hook(layer):
         def hook(module, args):
             current.append((layer, tuple(args[0].shape)))
-            rows = layer.features(args[0]).to("cpu", torch.float64)
-            collected[layer.name].append(samplers[layer.name].take(rows))
-            remaining.discard(layer.name)
-            if not remaining:
-                raise _Stop
+            on_input(layer, args[0])
         return hook
 
     def post_hook(module, args, output):
@@ -97,31 +135,38 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
         for layer in layers:
             handles.append(layer.module.register_forward_pre_hook(pre_hook(layer)))
             handles.append(layer.module.register_forward_hook(post_hook))
-        for batch in batches:
-            remaining.update(collected)
-            current.clear()
-            try:
-                model(batch.to(device))
-            except _Stop:
-                pass
-            except Exception as error:
-                raise _forward_error(error, current, batch) from error
+        yield
     finally:
         for handle in handles:
             handle.remove()
 
-    signals = {}
-    for layer in layers:
-        if not collected[layer.name]:
-            raise ValueError(f"layers: {layer.name!r} is never called in the model's forward pass")
-        rows = samplers[layer.name].take(torch.cat(collected[layer.name]))
-        if layer.has_bias:
-            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
-        X = rows.T.contiguous().numpy()
-        if not np.all(np.isfinite(X)):
-            raise ValueError(f"calibration: layer {layer.name!r} receives NaN or Inf in its input signals")
-        signals[layer.name] = X
-    return signals
+
+class _LayerInputs(TorchDispatchMode):
+    """Sees every aten op (TorchScript included) and passes the input of each product with a layer's weight
+    to on_input: aten.convolution(x, weight, ...), and aten.addmm(bias, x, weight^T) / aten.mm(x, weight^T),
+    which is what a linear layer dispatches to. Weights are recognized by their storage."""
+
+    def __init__(self, layers: list[Layer], on_input):
+        super().__init__()
+        self.by_storage = {layer.module.weight.untyped_storage().data_ptr(): layer for layer in layers}
+        self.on_input = on_input
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        weight_and_input = {aten.convolution: (1, 0), aten.addmm: (2, 1), aten.mm: (1, 0)}.get(packet)
+        if weight_and_input is not None:
+            weight = args[weight_and_input[0]]
+            layer = self.by_storage.get(weight.untyped_storage().data_ptr())
+            if layer is not None:
+                self.on_input(layer, args[weight_and_input[1]])
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _observe_dispatch(layers: list[Layer], on_input, current: list):
+    """For TorchScript modules, which do not run Python hooks: watch the dispatched products instead."""
+    with _LayerInputs(layers, on_input):
+        yield
 
 
 def _forward_error(error: Exception, current: list, batch: torch.Tensor) -> ValueError:

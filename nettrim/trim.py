@@ -64,7 +64,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     backend:     "admm" (device "cpu" or "cuda") or "cvxpy"; solver_options go to solvers.solve.
     layers, exclude: module types, names or regexes selecting the layers (default: every Linear and Conv2d).
     relu_layers: names of the layers whose output goes straight into a ReLU, for models torch.fx cannot
-                 trace (BatchNorm is then not folded); by default this is read from the fx graph.
+                 trace, TorchScript ones included (BatchNorm is then not folded); by default this is read from
+                 the fx graph.
     budget:      "neuron" (independent per-neuron budgets) or "layer" (one coupled Frobenius budget).
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
 
@@ -149,6 +150,11 @@ def _solver_options(backend: str, device: str, solver_options) -> dict:
 def _layer_graph(model: nn.Module, selected: list[Layer], relu_layers) -> LayerGraph:
     names = [layer.name for layer in selected]
     if relu_layers is None:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError("model: a TorchScript module, which torch.fx cannot trace. Name the layers whose "
+                             "output goes straight into a ReLU with relu_layers=[...] (CLI: --relu-layers), or "
+                             "relu_layers=[] if none; the others are trimmed with the linear program (BatchNorm "
+                             "is not folded in TorchScript modules)")
         return trace_layers(model, names)
     relu = {relu_layers} if isinstance(relu_layers, str) else set(relu_layers)
     unknown = relu - set(names)

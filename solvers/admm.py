@@ -327,7 +327,11 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         if adaptive_rho and s.neurons.size and checks % rho_update_checks == 0:
             keep = ~done
             tiny = float(np.finfo(dt).tiny)
-            ratio = xp.sqrt((primal[keep] / xp.maximum(iterate_scale[keep], tiny))
+            import os
+            if os.environ.get("RHO_RULE") == "raw":
+                ratio = xp.sqrt(primal[keep] / xp.maximum(dual[keep], tiny))
+            else:
+                ratio = xp.sqrt((primal[keep] / xp.maximum(iterate_scale[keep], tiny))
                             / xp.maximum(dual[keep] / xp.maximum(dual_scale[keep], tiny), tiny))
             ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.2, 5.0), 1.0)
             ratio = (xp.clip(s.rho * ratio, rho_limits[0], rho_limits[1]) / s.rho).astype(dt)

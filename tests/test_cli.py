@@ -66,14 +66,27 @@ def test_trim_errors_exit_2_and_write_nothing(files, capsys, arguments, message)
     assert not (folder / "out.pt").exists()
 
 
-def test_torchscript_and_non_module_files_are_explained(files, capsys):
-    folder, model, _ = files
+def test_torchscript_model_with_named_relu_layers(files, capsys):
+    folder, model, x = files
     torch.jit.save(torch.jit.script(model), folder / "scripted.pt")
+    arguments = ["trim", str(folder / "scripted.pt"), "--calib", str(folder / "calib.pt"), "--quiet"]
+    assert cli.main([*arguments, "--out", str(folder / "out.pt")]) == 2
+    assert "TorchScript module" in capsys.readouterr().err and not (folder / "out.pt").exists()
+    assert cli.main([*arguments, "--out", str(folder / "out.pt"), "--relu-layers", "0", "2"]) == 0
+    scripted = torch.jit.load(folder / "out.pt")
+    python = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--quiet",
+                       "--out", str(folder / "python.pt")])
+    assert python == 0
+    expected = torch.load(folder / "python.pt", weights_only=False)
+    torch.testing.assert_close(scripted(x), expected(x), rtol=0, atol=0)  # same signals, same weights
+
+
+def test_non_module_files_are_explained(files, capsys):
+    folder, model, _ = files
     torch.save(model.state_dict(), folder / "state.pt")
-    for name, message in (("scripted.pt", "TorchScript"), ("state.pt", "not an nn.Module")):
-        code = cli.main(["trim", str(folder / name), "--calib", str(folder / "calib.pt"), "--out",
-                         str(folder / "out.pt"), "--quiet"])
-        assert code == 2 and message in capsys.readouterr().err
+    code = cli.main(["trim", str(folder / "state.pt"), "--calib", str(folder / "calib.pt"), "--out",
+                     str(folder / "out.pt"), "--quiet"])
+    assert code == 2 and "not an nn.Module" in capsys.readouterr().err
 
 
 def test_ctrl_c_exits_130_and_writes_nothing(files, monkeypatch, capsys):

@@ -266,3 +266,42 @@ def test_report_table_and_json_round_trip(cascade_mlp, tmp_path):
     report.to_json(tmp_path / "report.json")
     again = nettrim.Report.from_dict(__import__("json").loads((tmp_path / "report.json").read_text()))
     assert again.to_dict() == report.to_dict()
+
+
+def test_torchscript_modules_are_trimmed_like_their_python_source():
+    """TorchScript runs no hooks: its layer inputs are read from the dispatched products instead."""
+    model, x = small_cnn(), images(8)
+    scripted = torch.jit.script(model)
+    layers = select_layers(scripted)
+    positions = {layer.name: i for i, layer in enumerate(layers)}
+    from_script = capture(scripted, [x], layers, positions, None, 0)
+    _, from_hooks = _signals(model, x)
+    assert list(from_script) == list(from_hooks)
+    for name, X in from_hooks.items():
+        np.testing.assert_array_equal(from_script[name], X)
+    with pytest.raises(ValueError, match="TorchScript module.*relu_layers"):
+        nettrim.trim(scripted, x, progress=False)
+    trimmed_script, _ = nettrim.trim(scripted, x, relu_layers=["conv2"], max_samples=300, progress=False)
+    trimmed, _ = nettrim.trim(model, x, relu_layers=["conv2"], max_samples=300, progress=False)
+    assert isinstance(trimmed_script, torch.jit.ScriptModule)
+    torch.testing.assert_close(trimmed_script(x), trimmed(x), rtol=0, atol=0)
+
+
+class Reversed(nn.Module):
+    """Layers defined in the opposite order of their use: cascade must follow the forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.last, self.middle, self.first = nn.Linear(10, 4), nn.Linear(16, 10), nn.Linear(12, 16)
+
+    def forward(self, x):
+        return self.last(torch.relu(self.middle(torch.relu(self.first(x)))))
+
+
+def test_cascade_follows_the_forward_pass_not_the_definition_order():
+    model, x = Reversed().double(), inputs(200)
+    _, report = nettrim.trim(model, x, progress=False)
+    assert [row.name for row in report.layers] == ["first", "middle", "last"]
+    assert report.layer("first").eps == pytest.approx(
+        0.05 * float(torch.linalg.norm(torch.relu(model.first(x))).detach()), rel=1e-9)
