@@ -39,6 +39,7 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--backend", choices=("admm", "cvxpy"), default="admm")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the ADMM runs")
     parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
+    parser.add_argument("--reweight", type=int, default=0, help="rounds of reweighted l1 (sparser; default 0)")
     parser.add_argument("--report", type=Path, help="write the report as JSON to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
 
@@ -131,7 +132,8 @@ def _run_trim(args) -> int:
     trimmed, report = trim(
         model, calibration, epsilon=epsilon, mode=args.mode, backend=args.backend, device=args.device,
         progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
-        budget=args.budget, gamma=args.gamma, kappa=args.kappa, max_samples=args.max_samples, seed=args.seed)
+        budget=args.budget, gamma=args.gamma, kappa=args.kappa, reweight=args.reweight, max_samples=args.max_samples,
+        seed=args.seed)
     if args.out.suffix == ".safetensors":
         save(trimmed, args.out, report)
     elif isinstance(trimmed, torch.jit.ScriptModule):
@@ -162,10 +164,11 @@ def _run_demo(args) -> int:
     chosen = np.sort(np.random.default_rng(0).choice(len(images), min(args.samples, len(images)), replace=False))
     error_before = test_error(model, test_images, test_labels)
     print(f"model ready in {trained - start:.1f} s; test accuracy {100 * (1 - error_before):.2f}%", flush=True)
-    print(f"trimming in {args.mode} mode, g = {args.epsilon}, on {len(chosen)} training images", flush=True)
+    rounds = f", {args.reweight} reweighting rounds" if args.reweight else ""
+    print(f"trimming in {args.mode} mode, g = {args.epsilon}{rounds}, on {len(chosen)} training images", flush=True)
     trimmed, report = trim(model, torch.from_numpy(images[chosen]), epsilon=args.epsilon, mode=args.mode,
                            backend=args.backend, device=args.device, progress=not args.quiet,
-                           max_samples=args.max_samples)
+                           reweight=args.reweight, max_samples=args.max_samples)
     error_after = test_error(trimmed, test_images, test_labels)
     if not args.quiet:
         print(report)

@@ -58,6 +58,7 @@ class Report:
     layers: list[LayerReport] = field(default_factory=list)
     folded_batchnorm: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    reweight: int = 0
 
     @property
     def nonzeros_before(self) -> int:
@@ -84,7 +85,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {
-            "mode": self.mode, "backend": self.backend, "seconds": self.seconds,
+            "mode": self.mode, "backend": self.backend, "reweight": self.reweight, "seconds": self.seconds,
             "folded_batchnorm": dict(self.folded_batchnorm),
             "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
                        "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept},
@@ -101,7 +102,7 @@ class Report:
     @classmethod
     def from_dict(cls, data: dict) -> Report:
         return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
-                   folded_batchnorm=dict(data.get("folded_batchnorm", {})),
+                   reweight=data.get("reweight", 0), folded_batchnorm=dict(data.get("folded_batchnorm", {})),
                    layers=[LayerReport(**{key: row[key] for key in _FIELDS}) for row in data["layers"]])
 
     def table(self) -> str:
@@ -123,4 +124,5 @@ class Report:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"Net-Trim ({self.mode}, {self.backend})\n{self.table()}"
+        rounds = f", {self.reweight} reweighting rounds" if self.reweight else ""
+        return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}"

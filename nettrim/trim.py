@@ -52,8 +52,9 @@ _FIT_RTOL, _VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fi
 def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] = DEFAULT_EPSILON,
          mode: str = "cascade", backend: str = "admm", device: str = "cpu", inplace: bool = False,
          progress: bool = True, layers=None, exclude=None, relu_layers=None, budget: str = "neuron",
-         gamma: float = 1.1, kappa: float | None = None, max_samples: int | None = 20_000, seed: int = 0,
-         batch_size: int = DEFAULT_BATCH_SIZE, solver_options: Mapping | None = None) -> tuple[nn.Module, Report]:
+         gamma: float = 1.1, kappa: float | None = None, reweight: int = 0, max_samples: int | None = 20_000,
+         seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+         solver_options: Mapping | None = None) -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
     calibration: an input tensor (split into batches of `batch_size`) or an iterable of batches x or (x, y).
@@ -67,6 +68,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  trace, TorchScript ones included (BatchNorm is then not folded); by default this is read from
                  the fx graph.
     budget:      "neuron" (independent per-neuron budgets) or "layer" (one coupled Frobenius budget).
+    reweight:    K rounds of reweighted l1 per layer after the plain solve (0 = plain Net-Trim): sparser
+                 weights toward the zero norm, within the same budgets (solvers/reweight.py).
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
 
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
@@ -74,7 +77,9 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     """
     start = time.perf_counter()
     _check_options(mode, backend, budget, gamma, kappa, max_samples)
-    solve_options = _solver_options(backend, device, solver_options)
+    if isinstance(reweight, bool) or not isinstance(reweight, int) or reweight < 0:
+        raise ValueError(f"reweight must be an int >= 0 (rounds of reweighted l1), got {reweight!r}")
+    solve_options = {**_solver_options(backend, device, solver_options), "reweight": reweight}
     batches = calibration_batches(calibration, batch_size)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -95,7 +100,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     if mode == "cascade":
         _check_cascade_overrides(epsilon, order)
 
-    report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm))
+    report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight)
     with tqdm(total=len(order), desc="nettrim", unit="layer", disable=not progress) as layer_bar:
         for index, layer in enumerate(order):
             layer_bar.set_postfix_str(layer.name)
@@ -242,7 +247,9 @@ def _trim_layer(layer: Layer, problem: LayerProblem, backend: str, options: dict
         if bar is not None:
             bar.close()
     W = problem.original_weights
-    U, fallback = _keep_promise(problem, result.U, W)
+    missed = ~problem.columns_within_budget(result.U, _FIT_RTOL, _VIOLATION_TOL)
+    U = np.where(missed[None, :], W, result.U)  # the original weights keep the budget (kappa < 1 aside)
+    fallback = int(missed.sum())
     layer.set_weight_matrix(U)
     measures = problem.evaluate(U)
     eps = np.asarray(problem.eps, dtype=np.float64)
@@ -256,30 +263,6 @@ def _trim_layer(layer: Layer, problem: LayerProblem, backend: str, options: dict
         eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
         violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
         status=result.status, message=result.message, dense_fallback=fallback)
-
-
-def _keep_promise(problem: LayerProblem, U: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, int]:
-    """U with the original column w_m wherever u_m misses fit <= eps (1 + 1e-3) or the Omega^c bound
-    (the whole layer for a scalar budget), and how many columns that replaced."""
-    response = U.T @ problem.X
-    y_scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
-    residual = np.where(problem.omega, response - problem.Y, 0.0)
-    if problem.activation == "relu":
-        excess = np.where(problem.omega, 0.0, response - problem.upper_bound()).max(axis=1)
-    else:
-        excess = np.zeros(problem.shape[2])
-    if problem.per_neuron:
-        fit = np.linalg.norm(residual, axis=1)
-        missed = (fit > problem.eps * (1 + _FIT_RTOL) + 1e-12 * y_scale) | (excess > _VIOLATION_TOL * y_scale)
-    else:
-        fit = np.linalg.norm(residual)
-        layer_missed = fit > problem.eps * (1 + _FIT_RTOL) + 1e-12 * y_scale or excess.max() > _VIOLATION_TOL * y_scale
-        missed = np.full(problem.shape[2], layer_missed)
-    if not missed.any():
-        return U, 0
-    U = U.copy()
-    U[:, missed] = W[:, missed]
-    return U, int(missed.sum())
 
 
 def _commit(model: nn.Module, work: nn.Module, order: list[Layer], folded: dict[str, str]) -> None:

@@ -11,22 +11,34 @@ from .arrays import array_module
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget
+from .reweight import solve_reweighted
 
 BACKENDS = ("admm", "cvxpy")
 
 
-def solve(problem: LayerProblem, backend: str = "admm", **options) -> LayerResult:
-    """Solve one layer program. backend "admm" (options: see solve_admm) or "cvxpy" (see solve_reference)."""
+def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, delta: float = 0.1,
+          **options) -> LayerResult:
+    """Solve one layer program. backend "admm" (options: see solve_admm) or "cvxpy" (see solve_reference).
+
+    reweight=K adds K rounds of reweighted l1 (see reweight.py; delta is its relative floor), each warm started
+    from the previous round and keeping the same budget.
+    """
     if not isinstance(problem, LayerProblem):
         raise ValueError(f"problem must be a LayerProblem, got {type(problem).__name__}")
-    if backend == "admm":
-        return solve_admm(problem, **options)
-    if backend == "cvxpy":
-        return solve_reference(problem, **options)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+    def solve_once(program: LayerProblem, initial) -> LayerResult:
+        if backend == "cvxpy":
+            return solve_reference(program, **options)
+        return solve_admm(program, **options) if initial is None else solve_admm(program, initial=initial, **options)
+
+    if reweight == 0:
+        return solve_once(problem, None)
+    return solve_reweighted(problem, solve_once, reweight, delta)
 
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "LayerProblem", "LayerResult", "PUBLISHED_OPTIONS", "array_module",
-    "relative_budget", "solve", "solve_admm", "solve_reference", "within_budget",
+    "relative_budget", "solve", "solve_admm", "solve_reference", "solve_reweighted", "within_budget",
 ]

@@ -87,7 +87,10 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
         sub_problem = LayerProblem(
             problem.X, problem.Y[active], problem.eps[active], problem.activation,
             None if problem.upper is None else problem.upper[active],
-            None if problem.original_weights is None else problem.original_weights[:, active])
+            None if problem.original_weights is None else problem.original_weights[:, active],
+            None if problem.l1_weights is None else problem.l1_weights[:, active])
+        if options.get("initial") is not None:
+            options = dict(options, initial=np.asarray(options["initial"])[:, active])
         result = _solve_admm(sub_problem, **options)
         U[:, active] = result.U
     final = make_result(problem, U, status=result.status if result else "optimal",
@@ -116,6 +119,11 @@ def _check_options(problem, options) -> None:
         raise ValueError(f"stopping must be 'residuals' or 'step', got {stopping!r}")
     if values["rel_tol"] < 0 or values["abs_tol"] < 0:
         raise ValueError("rel_tol and abs_tol must be >= 0")
+    initial = values["initial"]
+    if initial is not None:
+        N, _, M = problem.shape
+        if np.shape(initial) != (N, M) or not np.all(np.isfinite(initial)):
+            raise ValueError(f"initial must be a finite (N, M) = {(N, M)} array, got shape {np.shape(initial)}")
 
 
 class _WorkingSet:
@@ -123,7 +131,7 @@ class _WorkingSet:
     axis 1 of N x M arrays, axis 0 of vectors)."""
 
     ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
-    COLUMNS = ("U", "W", "Dw")
+    COLUMNS = ("U", "W", "Dw", "cost")
     VECTORS = ("rho", "rounds_left", "tol_factor")
 
     def __init__(self, **arrays):
@@ -176,13 +184,14 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
                 relaxation: float = 1.6, check_every: int = 10, warm_start: bool = True, equilibrate: bool = True,
                 stopping: str = "residuals", step_tol: float | None = None, restore: bool = True,
                 restore_rounds: int = 4, violation_tol: float = 1e-5, anderson: int = 5,
-                callback=None) -> LayerResult:
+                initial=None, callback=None) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device "cpu" | "cuda"; dtype "float64" | "float32" (iterations; the checks and measures are float64).
     Stop when every neuron's (or the layer's) primal and dual residuals are below
     abs_tol * max|Y| * sqrt(dim) + rel_tol * (scale of the iterates); `violation_tol` is relative to max|Y|.
     `stopping="step"` instead stops when ||U_k - U_{k-1}||_F < step_tol (the published rule).
+    `initial` (N, M) starts the iteration there instead of at the original weights (reweighting rounds).
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
     """
     start = time.perf_counter()
@@ -204,8 +213,9 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     eigenvalues = xp.maximum(eigenvalues, 0)
     x_norm = float(xp.sqrt(eigenvalues.max()))
     W0s = None
-    if warm_start and problem.original_weights is not None:
-        W0s = xp.asarray(problem.original_weights) * scale[:, None]
+    start_weights = initial if initial is not None else problem.original_weights
+    if warm_start and start_weights is not None:
+        W0s = xp.asarray(start_weights) * scale[:, None]
     beta, rho0 = _initial_penalties(xp, gram64, rho, beta, W0s)
     U_out = np.zeros((N, M))
     status_out = np.full(M, "max_iter", dtype=object)
@@ -214,7 +224,9 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     inverse = ((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T).astype(dt)
     gram = gram64.astype(dt)
     X = Xs64.astype(dt)
-    l1_weight = (1.0 / scale).astype(dt)[:, None]  # sum_i |Us_i| / d_i
+    unscale = (1.0 / scale).astype(dt)[:, None]  # U = Us / d
+    cost = unscale if problem.l1_weights is None else xp.asarray(problem.l1_weights).astype(dt) * unscale
+    cost = xp.broadcast_to(cost, (N, M)).copy()  # the objective sum_ij C_ij |Us_ij| / d_i, per working column
     del gram64, eigenvectors, Xs64
 
     U = (W0s if W0s is not None else xp.zeros((N, M))).astype(dt)
@@ -232,7 +244,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         off_omega=(~omega64).astype(dt),
         original_eps=float(problem.eps) if coupled else xp.asarray(problem.eps),
         upper=upper64.astype(dt) if problem.upper is not None else 0.0, eps=eps,
-        U=U, W=U.copy(), Z=None, Dz=xp.zeros((M, P), dtype=dt), Dw=xp.zeros((N, M), dtype=dt),
+        U=U, W=U.copy(), Z=None, cost=cost, Dz=xp.zeros((M, P), dtype=dt), Dw=xp.zeros((N, M), dtype=dt),
         rho=xp.full((M,), rho0, dtype=dt), rounds_left=np.full(M, restore_rounds if restore else 0),
         tol_factor=xp.ones(M, dtype=dt))
     s.Z = _project(xp, U.T @ X, s, relu, coupled)
@@ -248,7 +260,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
 
     def finalize(mask, status):
         idx = s.neurons[to_host(mask).astype(bool)]
-        U_out[:, idx] = to_host(s.W[:, mask] * l1_weight).astype(np.float64)
+        U_out[:, idx] = to_host(s.W[:, mask] * unscale).astype(np.float64)
         status_out[idx] = status
 
     while iteration < max_iter and s.neurons.size:
@@ -268,7 +280,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         if accelerator is not None:  # checks take the plain step, so their residual formulas stay exact
             zeta_z, zeta_w = accelerator.step(zeta_z, zeta_w, accelerate=not check)
         Z_new = _project(xp, zeta_z, s, relu, coupled)
-        threshold = l1_weight / (s.rho * beta)[None, :]
+        threshold = s.cost / (s.rho * beta)[None, :]
         W_new = zeta_w - xp.clip(zeta_w, -threshold, threshold)
         Dz_new = zeta_z - Z_new
         Dw_new = zeta_w - W_new
@@ -315,7 +327,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
             converged = converged & ~infeasible
         done = infeasible.copy()
         if bool(converged.any()):
-            done |= accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, l1_weight, relu, coupled,
+            done |= accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled,
                                        y_scale, violation_tol, finalize, restore_rounds)
         if accelerator is not None:
             accelerator.clear(converged)

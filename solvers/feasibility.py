@@ -34,13 +34,13 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
             & (support < -tol * max(y_norm, 1e-300) * size))
 
 
-def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, l1_weight, relu, coupled, y_scale,
+def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled, y_scale,
                        violation_tol, finalize, restore_rounds_total):
     """Measure the converged neurons' sparse iterates exactly; finalize those within budget (or out of
     restoration rounds), tighten the others' internal budget and bound by twice the measured excess."""
     idx = to_host(converged).astype(bool)
     neurons = s.neurons[idx]
-    U_cols = (s.W[:, converged] * l1_weight).astype(np.float64)
+    U_cols = (s.W[:, converged] * unscale).astype(np.float64)
     response = U_cols.T @ X64
     Y, omega = Y64[neurons], omega64[neurons]
     fit2 = (xp.where(omega, response - Y, 0) ** 2).sum(axis=1)

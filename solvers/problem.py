@@ -6,6 +6,8 @@ Y (M x P). Net-Trim replaces the layer's weights by the solution U (N x M) of
     relu:    minimize ||U||_1  s.t.  ||(U^T X - Y)_Omega||_F <= eps,   (U^T X)_{Omega^c} <= V_{Omega^c}
     linear:  minimize ||U||_1  s.t.  ||U^T X - Y||_F <= eps
 
+(with optional l1 weights C >= 0 the objective is sum_ij C_ij |U_ij|: reweighted l1, see reweight.py)
+
 where Omega = {(m, p): Y[m, p] > 0} and V is the cascade upper bound (0 unless given). A scalar eps is one
 Frobenius budget for the whole layer (the paper's form, coupling all neurons); a length-M vector gives each
 neuron m its own budget eps_m on row m, which splits the layer into M independent programs.
@@ -55,6 +57,7 @@ class LayerProblem:
     upper : optional (M, P) bound V on Omega^c (cascade mode); None means V = 0. Ignored entries on Omega.
     original_weights : optional (N, M) trained weights W; used to warm start and to check that V keeps
         them feasible, i.e. (W^T X) <= V on Omega^c.
+    l1_weights : optional (N, M) nonnegative weights C of the objective sum C_ij |U_ij| (None: all ones).
     """
 
     X: np.ndarray
@@ -63,6 +66,7 @@ class LayerProblem:
     activation: str = "relu"
     upper: np.ndarray | None = None
     original_weights: np.ndarray | None = None
+    l1_weights: np.ndarray | None = None
     omega: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -93,6 +97,14 @@ class LayerProblem:
                 raise ValueError(
                     f"original_weights must be (N, M) = {(X.shape[0], Y.shape[0])}, got {weights.shape}"
                 )
+        l1_weights = None
+        if self.l1_weights is not None:
+            l1_weights = _as_finite_matrix("l1_weights", self.l1_weights)
+            if l1_weights.shape != (X.shape[0], Y.shape[0]):
+                raise ValueError(f"l1_weights must be (N, M) = {(X.shape[0], Y.shape[0])}, got {l1_weights.shape}")
+            if np.any(l1_weights < 0):
+                raise ValueError("l1_weights must be >= 0")
+        object.__setattr__(self, "l1_weights", l1_weights)
         object.__setattr__(self, "X", X)
         object.__setattr__(self, "Y", Y)
         object.__setattr__(self, "eps", eps)
@@ -140,6 +152,24 @@ class LayerProblem:
         """V as an array or the scalar 0."""
         return 0.0 if self.upper is None else self.upper
 
+    def columns_within_budget(self, U, fit_rtol: float = 1e-3, violation_tol: float = 1e-5) -> np.ndarray:
+        """(M,) bools: does column u_m keep fit_m <= eps_m (1 + fit_rtol) and its Omega^c excess <= violation_tol
+        max|Y|? With a scalar eps the test is the layer's, the same for every column."""
+        U = np.asarray(U, dtype=np.float64)
+        response = U.T @ self.X
+        y_scale = max(float(np.max(np.abs(self.Y))), 1e-300)
+        residual = np.where(self.omega, response - self.Y, 0.0)
+        if self.activation == "relu":
+            excess = np.where(self.omega, 0.0, response - self.upper_bound()).max(axis=1)
+        else:
+            excess = np.zeros(self.shape[2])
+        slack = 1e-12 * y_scale
+        if self.per_neuron:
+            fit_ok = np.linalg.norm(residual, axis=1) <= self.eps * (1 + fit_rtol) + slack
+            return fit_ok & (excess <= violation_tol * y_scale)
+        ok = np.linalg.norm(residual) <= self.eps * (1 + fit_rtol) + slack and excess.max() <= violation_tol * y_scale
+        return np.full(self.shape[2], bool(ok))
+
     def budget_total(self) -> float:
         """The layer's Frobenius budget: eps, or sqrt(sum eps_m^2) for per-neuron budgets."""
         return float(np.linalg.norm(self.eps)) if self.per_neuron else float(self.eps)
@@ -147,7 +177,7 @@ class LayerProblem:
     def evaluate(self, U) -> dict:
         """Exact measures of weights U (N x M) on this program, in float64.
 
-        objective:       ||U||_1
+        objective:       ||U||_1, or sum C_ij |U_ij| with l1 weights C
         fit:             ||(U^T X - Y)_Omega||_F (per neuron, a length-M array, when eps is per neuron)
         max_violation:   max over Omega^c of (U^T X - V)_+ (0 for a linear layer)
         response_error:  ||act(U^T X) - Y|| in the same form as fit: Proposition 1 bounds it by eps
@@ -163,7 +193,7 @@ class LayerProblem:
             output_error = residual
         axis = 1 if self.per_neuron else None
         return {
-            "objective": float(np.abs(U).sum()),
+            "objective": float(np.abs(U).sum() if self.l1_weights is None else (self.l1_weights * np.abs(U)).sum()),
             "fit": np.linalg.norm(residual, axis=axis),
             "max_violation": float(violation.max()),
             "response_error": np.linalg.norm(output_error, axis=axis),

@@ -62,7 +62,8 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
             residual, constraints = _neuron_constraints(problem, u, m)
             if residual.size:
                 constraints.append(cp.norm(residual, 2) <= problem.eps[m])
-            program = cp.Problem(cp.Minimize(cp.norm1(u)), constraints)
+            cost = cp.norm1(u) if problem.l1_weights is None else problem.l1_weights[:, m] @ cp.abs(u)
+            program = cp.Problem(cp.Minimize(cost), constraints)
             iterations += _solve(program, solver, options, verbose)
             statuses.append(program.status)
             U[:, m] = u.value if u.value is not None else np.nan
@@ -74,7 +75,8 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
             residuals.append(residual)
             constraints += neuron_constraints
         constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.eps)
-        program = cp.Problem(cp.Minimize(cp.sum(cp.abs(variable))), constraints)
+        weights = 1.0 if problem.l1_weights is None else problem.l1_weights
+        program = cp.Problem(cp.Minimize(cp.sum(cp.multiply(weights, cp.abs(variable)))), constraints)
         iterations += _solve(program, solver, options, verbose)
         statuses.append(program.status)
         if variable.value is not None:

@@ -305,3 +305,16 @@ def test_cascade_follows_the_forward_pass_not_the_definition_order():
     assert [row.name for row in report.layers] == ["first", "middle", "last"]
     assert report.layer("first").eps == pytest.approx(
         0.05 * float(torch.linalg.norm(torch.relu(model.first(x))).detach()), rel=1e-9)
+
+
+def test_reweighting_makes_layers_sparser_within_the_same_budgets():
+    model, x = mlp(), inputs(300)
+    _, plain = nettrim.trim(model, x, epsilon=0.2, mode="parallel", progress=False)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.2, mode="parallel", reweight=2, progress=False)
+    assert report.reweight == 2 and "2 reweighting rounds" in str(report)
+    assert report.nonzeros_after < plain.nonzeros_after
+    for row, plain_row in zip(report.layers, plain.layers, strict=True):
+        assert row.eps == pytest.approx(plain_row.eps)
+        assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
+    with pytest.raises(ValueError, match="reweight must be"):
+        nettrim.trim(model, x, reweight=-1, progress=False)
