@@ -109,7 +109,7 @@ def test_cascade_layers_keep_their_programs(cascade_mlp):
             assert excess <= 1e-5 * np.abs(Y).max()
 
 
-def test_cascade_is_sparser_in_later_layers_than_the_first_layer_budget_alone_allows(cascade_mlp, parallel_mlp):
+def test_cascade_and_parallel_trim_the_first_layer_alike(cascade_mlp, parallel_mlp):
     assert cascade_mlp[3].layers[0].nonzeros_after == parallel_mlp[3].layers[0].nonzeros_after
     assert [row.activation for row in cascade_mlp[3].layers] == ["relu", "relu", "linear"]
 
