@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train LeNet-300-100 on the bundled MNIST (cached), trim it, compare")
     _add_trim_options(demo, 0.1)
     demo.add_argument("--samples", type=int, default=5000, help="calibration images (default 5000)")
-    demo.add_argument("--epochs", type=int, default=4, help="training epochs of the cached model")
+    demo.add_argument("--epochs", type=int, default=10, help="training epochs of the cached model")
     demo.add_argument("--cache", type=Path, default=None, help="where the trained model is cached (default .cache/)")
     return parser
 
