@@ -40,6 +40,9 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the ADMM runs")
     parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
     parser.add_argument("--reweight", type=int, default=0, help="rounds of reweighted l1 (sparser; default 0)")
+    parser.add_argument("--target-sparsity", type=float,
+                        help="fraction of zero weights each layer must reach (the budget is found by bisection)")
+    parser.add_argument("--max-epsilon", type=float, default=0.5, help="the largest g a target may use")
     parser.add_argument("--report", type=Path, help="write the report as JSON to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
 
@@ -132,7 +135,8 @@ def _run_trim(args) -> int:
     trimmed, report = trim(
         model, calibration, epsilon=epsilon, mode=args.mode, backend=args.backend, device=args.device,
         progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
-        budget=args.budget, gamma=args.gamma, kappa=args.kappa, reweight=args.reweight, max_samples=args.max_samples,
+        budget=args.budget, gamma=args.gamma, kappa=args.kappa, reweight=args.reweight,
+        target_sparsity=args.target_sparsity, max_epsilon=args.max_epsilon, max_samples=args.max_samples,
         seed=args.seed)
     if args.out.suffix == ".safetensors":
         save(trimmed, args.out, report)
@@ -168,7 +172,8 @@ def _run_demo(args) -> int:
     print(f"trimming in {args.mode} mode, g = {args.epsilon}{rounds}, on {len(chosen)} training images", flush=True)
     trimmed, report = trim(model, torch.from_numpy(images[chosen]), epsilon=args.epsilon, mode=args.mode,
                            backend=args.backend, device=args.device, progress=not args.quiet,
-                           reweight=args.reweight, max_samples=args.max_samples)
+                           reweight=args.reweight, target_sparsity=args.target_sparsity,
+                           max_epsilon=args.max_epsilon, max_samples=args.max_samples)
     error_after = test_error(trimmed, test_images, test_labels)
     if not args.quiet:
         print(report)

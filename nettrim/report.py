@@ -32,6 +32,8 @@ class LayerReport:
     status: str
     message: str = ""
     dense_fallback: int = 0
+    g: float = 0.0                        # the relative budget used (0 = the inherited cascade budget alone)
+    target_sparsity: float | None = None
 
     @property
     def weights(self) -> int:

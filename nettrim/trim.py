@@ -25,7 +25,9 @@ from __future__ import annotations
 import copy
 import re
 import time
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers
 from .report import LayerReport, Report
 from .signals import DEFAULT_BATCH_SIZE, calibration_batches, capture
+from .target import smallest_budget, sparsity
 
 MODES = ("cascade", "parallel")
 BUDGETS = ("neuron", "layer")
@@ -52,8 +55,9 @@ _FIT_RTOL, _VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fi
 def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] = DEFAULT_EPSILON,
          mode: str = "cascade", backend: str = "admm", device: str = "cpu", inplace: bool = False,
          progress: bool = True, layers=None, exclude=None, relu_layers=None, budget: str = "neuron",
-         gamma: float = 1.1, kappa: float | None = None, reweight: int = 0, max_samples: int | None = 20_000,
-         seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+         gamma: float = 1.1, kappa: float | None = None, reweight: int = 0,
+         target_sparsity: float | Mapping[str, float] | None = None, max_epsilon: float = 0.5,
+         max_samples: int | None = 20_000, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
          solver_options: Mapping | None = None) -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
@@ -70,6 +74,12 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     budget:      "neuron" (independent per-neuron budgets) or "layer" (one coupled Frobenius budget).
     reweight:    K rounds of reweighted l1 per layer after the plain solve (0 = plain Net-Trim): sparser
                  weights toward the zero norm, within the same budgets (solvers/reweight.py).
+    target_sparsity: a fraction of zero weights each layer must reach (a mapping of name or regex to a
+                 fraction sets it per layer; unmatched layers then have none): the layer's g is the smallest
+                 budget in [its g, max_epsilon] that reaches it, found by bisection with warm starts
+                 (nettrim/target.py), and reported; a layer that cannot reach it within max_epsilon keeps the
+                 max_epsilon solution, and a warning and the report say so. In cascade mode g adds
+                 (g ||Y||)^2 to the inherited eps_l^2 of the later layers.
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
 
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
@@ -80,6 +90,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     if isinstance(reweight, bool) or not isinstance(reweight, int) or reweight < 0:
         raise ValueError(f"reweight must be an int >= 0 (rounds of reweighted l1), got {reweight!r}")
     solve_options = {**_solver_options(backend, device, solver_options), "reweight": reweight}
+    if not np.isfinite(max_epsilon) or max_epsilon <= 0:
+        raise ValueError(f"max_epsilon must be a positive number, got {max_epsilon!r}")
     batches = calibration_batches(calibration, batch_size)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -90,7 +102,9 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
 
     selected = select_layers(work, layers, exclude)
     graph = _layer_graph(work, selected, relu_layers)
-    budgets = _relative_budgets(epsilon, selected)
+    budgets = _per_layer("epsilon", epsilon, selected, DEFAULT_EPSILON, upper=None)
+    targets = (_per_layer("target_sparsity", target_sparsity, selected, None, upper=1.0)
+               if target_sparsity is not None else dict.fromkeys(budgets))
     fold_batchnorm(work, graph.batchnorm)
 
     positions = {layer.name: index for index, layer in enumerate(selected)}
@@ -110,13 +124,28 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
             Y = W.T @ X
             if activation == "relu":
                 Y = np.maximum(Y, 0.0)
+            g, factor = budgets[layer.name], None
             if mode == "cascade" and index > 0:
                 X = capture(work, batches, [layer], positions, max_samples, seed)[layer.name]
-                factor = kappa if (kappa is not None and index == len(order) - 1) else gamma
-                problem = _cascade_problem(X, Y, W, activation, factor, budget)
+                g, factor = 0.0, kappa if (kappa is not None and index == len(order) - 1) else gamma
+
+            def solve_at(g, initial, X=X, Y=Y, W=W, activation=activation, factor=factor, layer=layer):
+                problem = _layer_problem(X, Y, W, activation, budget, g, factor)
+                return _solve_layer(layer, problem, backend, solve_options, progress, initial)
+
+            target, note = targets[layer.name], ""
+            if target is None:
+                solved = solve_at(g, None)
             else:
-                problem = _plain_problem(X, Y, W, activation, budgets[layer.name], budget)
-            report.layers.append(_trim_layer(layer, problem, backend, solve_options, progress))
+                search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=max_epsilon)
+                g, solved = search.g, search.outcome
+                note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
+                if not search.reached:
+                    note = (f"target sparsity {target:g} not reached: {sparsity(solved.U):.4f} at "
+                            f"g = max_epsilon = {g:g}")
+                    warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=2)
+            layer.set_weight_matrix(solved.U)
+            report.layers.append(_layer_report(layer, solved, g, target, note))
             layer_bar.update()
 
     work.train(model.training)
@@ -168,33 +197,37 @@ def _layer_graph(model: nn.Module, selected: list[Layer], relu_layers) -> LayerG
     return LayerGraph(relu=relu)
 
 
-def _relative_budgets(epsilon, selected: list[Layer]) -> dict[str, float]:
-    """g per layer: the scalar, or the mapping (exact name, then first matching regex, then the default)."""
-    def checked(key, value):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
-            raise ValueError(f"epsilon: the relative budget for {key!r} must be a number >= 0, got {value!r}")
-        return float(value)
+def _per_layer(argument: str, value, selected: list[Layer], default, upper: float | None) -> dict:
+    """A number per layer from a number or a mapping of layer name or regex (full match) to numbers: an exact
+    name wins over a regex, then the first matching regex, then `default`. Numbers must be >= 0 (and
+    <= upper); a key that matches no selected layer is an error."""
+    def checked(key, number):
+        if (isinstance(number, bool) or not isinstance(number, int | float) or not np.isfinite(number)
+                or number < 0 or (upper is not None and number > upper)):
+            bounds = ">= 0" if upper is None else f"in [0, {upper:g}]"
+            raise ValueError(f"{argument}: the value for {key!r} must be a number {bounds}, got {number!r}")
+        return float(number)
 
-    if not isinstance(epsilon, Mapping):
-        g = checked("every layer", epsilon)
-        return {layer.name: g for layer in selected}
-    overrides = {}
-    for key, value in epsilon.items():
-        try:
-            overrides[key] = (re.compile(key), checked(key, value))
-        except (re.error, TypeError):
-            raise ValueError(f"epsilon: {key!r} is not a layer name or a valid regex") from None
     names = [layer.name for layer in selected]
-    for key, (pattern, _) in overrides.items():
+    if not isinstance(value, Mapping):
+        number = checked("every layer", value)
+        return dict.fromkeys(names, number)
+    patterns = {}
+    for key, number in value.items():
+        try:
+            patterns[key] = (re.compile(key), checked(key, number))
+        except (re.error, TypeError):
+            raise ValueError(f"{argument}: {key!r} is not a layer name or a valid regex") from None
+    for key, (pattern, _) in patterns.items():
         if not any(name == key or pattern.fullmatch(name) for name in names):
-            raise ValueError(f"epsilon: {key!r} matches no selected layer (the selected layers: {names})")
-    budgets = {}
+            raise ValueError(f"{argument}: {key!r} matches no selected layer (the selected layers: {names})")
+    resolved = {}
     for name in names:
-        if name in overrides:
-            budgets[name] = overrides[name][1]
+        if name in patterns:
+            resolved[name] = patterns[name][1]
             continue
-        budgets[name] = next((g for pattern, g in overrides.values() if pattern.fullmatch(name)), DEFAULT_EPSILON)
-    return budgets
+        resolved[name] = next((number for pattern, number in patterns.values() if pattern.fullmatch(name)), default)
+    return resolved
 
 
 def _check_cascade_overrides(epsilon, order: list[Layer]) -> None:
@@ -210,27 +243,37 @@ def _check_cascade_overrides(epsilon, order: list[Layer]) -> None:
                 "mode='parallel' for per-layer budgets")
 
 
-def _plain_problem(X, Y, W, activation, g, budget) -> LayerProblem:
-    eps = solvers.relative_budget(Y, g, per_neuron=budget == "neuron")
-    return LayerProblem(X, Y, eps, activation=activation, original_weights=W)
+def _layer_problem(X, Y, W, activation, budget, g, cascade_factor) -> LayerProblem:
+    """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 and V = W^T X for a
+    cascade layer after the first (cascade_factor = gamma or kappa); per neuron or for the layer."""
+    per_neuron = budget == "neuron"
+    eps = np.asarray(solvers.relative_budget(Y, g, per_neuron=per_neuron))
+    upper = None
+    if cascade_factor is not None:
+        response = W.T @ X
+        omega = Y > 0 if activation == "relu" else np.ones(Y.shape, dtype=bool)
+        inherited = np.linalg.norm(np.where(omega, response - Y, 0.0), axis=1 if per_neuron else None)
+        eps = np.sqrt(eps**2 + cascade_factor * inherited**2)
+        upper = response if activation == "relu" else None
+    return LayerProblem(X, Y, eps if per_neuron else float(eps), activation=activation, upper=upper,
+                        original_weights=W)
 
 
-def _cascade_problem(X_hat, Y, W, activation, factor, budget) -> LayerProblem:
-    """Cascade layer: target Y on the trimmed input, V = W^T Xhat, eps^2 = factor ||(W^T Xhat - Y)_Omega||^2."""
-    response = W.T @ X_hat
-    omega = Y > 0 if activation == "relu" else np.ones(Y.shape, dtype=bool)
-    inherited = np.where(omega, response - Y, 0.0)
-    if budget == "neuron":
-        eps = np.sqrt(factor) * np.linalg.norm(inherited, axis=1)
-    else:
-        eps = float(np.sqrt(factor) * np.linalg.norm(inherited))
-    upper = response if activation == "relu" else None
-    return LayerProblem(X_hat, Y, eps, activation=activation, upper=upper, original_weights=W)
+@dataclass
+class _Solved:
+    problem: LayerProblem
+    result: solvers.LayerResult
+    U: np.ndarray        # the result's U, with the original columns where it missed the budget
+    dense_fallback: int
 
 
-def _trim_layer(layer: Layer, problem: LayerProblem, backend: str, options: dict, progress: bool) -> LayerReport:
-    """Solve one layer's program, keep the original weights of neurons that miss their budget, write U back."""
+def _solve_layer(layer: Layer, problem: LayerProblem, backend: str, options: dict, progress: bool,
+                 initial=None) -> _Solved:
+    """Solve one layer program (with a progress bar), keeping the original weights of neurons that miss their
+    budget. `initial` warm starts the ADMM (budget search)."""
     options = dict(options)
+    if initial is not None and backend == "admm":
+        options["initial"] = initial
     bar = None
     if progress and backend == "admm":
         bar = tqdm(total=options.get("max_iter", 10_000), desc=layer.name, unit="it", leave=False)
@@ -246,23 +289,27 @@ def _trim_layer(layer: Layer, problem: LayerProblem, backend: str, options: dict
     finally:
         if bar is not None:
             bar.close()
-    W = problem.original_weights
     missed = ~problem.columns_within_budget(result.U, _FIT_RTOL, _VIOLATION_TOL)
-    U = np.where(missed[None, :], W, result.U)  # the original weights keep the budget (kappa < 1 aside)
-    fallback = int(missed.sum())
-    layer.set_weight_matrix(U)
+    U = np.where(missed[None, :], problem.original_weights, result.U)  # W keeps the budget (kappa < 1 aside)
+    return _Solved(problem, result, U, int(missed.sum()))
+
+
+def _layer_report(layer: Layer, solved: _Solved, g: float, target: float | None, note: str) -> LayerReport:
+    problem, result, U = solved.problem, solved.result, solved.U
     measures = problem.evaluate(U)
     eps = np.asarray(problem.eps, dtype=np.float64)
     fit = np.asarray(measures["fit"], dtype=np.float64)
     ratio = np.where(eps > 0, fit / np.maximum(eps, 1e-300), np.where(fit > 0, np.inf, 0.0))
     y_scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
     N, P, M = problem.shape
+    message = f"{result.message}; {note}" if note else result.message
     return LayerReport(
         name=layer.name, kind=layer.kind, activation=problem.activation, shape=[N, M], samples=P,
-        nonzeros_before=int(np.count_nonzero(W)), nonzeros_after=int(np.count_nonzero(U)),
+        nonzeros_before=int(np.count_nonzero(problem.original_weights)), nonzeros_after=int(np.count_nonzero(U)),
         eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
         violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
-        status=result.status, message=result.message, dense_fallback=fallback)
+        status=result.status, message=message, dense_fallback=solved.dense_fallback, g=g,
+        target_sparsity=target)
 
 
 def _commit(model: nn.Module, work: nn.Module, order: list[Layer], folded: dict[str, str]) -> None:

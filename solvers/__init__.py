@@ -28,10 +28,12 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
-    def solve_once(program: LayerProblem, initial) -> LayerResult:
+    first_start = options.pop("initial", None) if backend == "admm" else None
+
+    def solve_once(program: LayerProblem, start) -> LayerResult:
         if backend == "cvxpy":
             return solve_reference(program, **options)
-        return solve_admm(program, **options) if initial is None else solve_admm(program, initial=initial, **options)
+        return solve_admm(program, **options, initial=first_start if start is None else start)
 
     if reweight == 0:
         return solve_once(problem, None)

@@ -7,14 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(seed: int = 0, sizes=(12, 16, 10, 4), dtype=torch.float64) -> nn.Sequential:
-    """Linear-ReLU-...-Linear, seeded."""
+def mlp(seed: int = 0, sizes=(12, 16, 10, 4), dtype=torch.float64, zeros: float = 0.0) -> nn.Sequential:
+    """Linear-ReLU-...-Linear, seeded; `zeros` is the fraction of each weight matrix set to zero (a network
+    with a sparse structure for Net-Trim to find)."""
     torch.manual_seed(seed)
     layers = []
     for index, (inputs, outputs) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(inputs, outputs))
         if index < len(sizes) - 2:
             layers.append(nn.ReLU())
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(torch.rand(layer.weight.shape) >= zeros)
     return nn.Sequential(*layers).to(dtype).eval()
 
 

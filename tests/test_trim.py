@@ -210,10 +210,13 @@ def test_progress_bars_run(capsys):
     (dict(max_samples=0), "max_samples must be"),
     (dict(device="tpu"), "device must be"),
     (dict(backend="cvxpy", device="cuda"), "device: the cvxpy backend"),
-    (dict(epsilon=-0.1), "epsilon: the relative budget"),
+    (dict(epsilon=-0.1), "epsilon: the value for 'every layer' must be a number >= 0"),
     (dict(epsilon={"fc7": 0.1}, mode="parallel"), "epsilon: 'fc7' matches no selected layer"),
     (dict(epsilon={"2": 0.1}), "epsilon: '2' names layers after the first"),
-    (dict(epsilon={"0": "big"}), "epsilon: the relative budget for '0'"),
+    (dict(epsilon={"0": "big"}), "epsilon: the value for '0' must be"),
+    (dict(target_sparsity=1.5), r"target_sparsity: the value for 'every layer' must be a number in \[0, 1\]"),
+    (dict(target_sparsity={"9": 0.5}), "target_sparsity: '9' matches no selected layer"),
+    (dict(max_epsilon=0.0), "max_epsilon must be"),
     (dict(relu_layers=["9"]), "relu_layers"),
     (dict(layers="fc"), "layers: 'fc' matches no"),
 ])
@@ -318,3 +321,33 @@ def test_reweighting_makes_layers_sparser_within_the_same_budgets():
         assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
     with pytest.raises(ValueError, match="reweight must be"):
         nettrim.trim(model, x, reweight=-1, progress=False)
+
+
+def test_target_sparsity_finds_the_smallest_budget_by_bisection():
+    model, x = mlp(zeros=0.5), inputs(300)
+    _, report = nettrim.trim(model, x, mode="parallel", layers=["2", "4"], target_sparsity=0.7, progress=False)
+    for row in report.layers:
+        assert 1 - row.nonzeros_after / row.weights >= 0.7
+        assert row.target_sparsity == 0.7 and "for target sparsity 0.7" in row.message
+        assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
+        assert 0 < row.g <= 0.5
+    g = report.layer("2").g
+    _, smaller = nettrim.trim(model, x, mode="parallel", epsilon=0.9 * g, layers="2", progress=False)
+    assert 1 - smaller.layers[0].nonzeros_after / smaller.layers[0].weights < 0.7  # the budget is (nearly) minimal
+
+
+def test_target_sparsity_per_layer_and_in_cascade_mode():
+    model, x = mlp(zeros=0.5), inputs(300)
+    _, report = nettrim.trim(model, x, target_sparsity={"4": 0.85}, progress=False)
+    assert report.layer("4").target_sparsity == 0.85 and report.layer("0").target_sparsity is None
+    assert 1 - report.layer("4").nonzeros_after / report.layer("4").weights >= 0.85
+    assert report.layer("4").g > 0
+    assert report.layer("2").g == 0.0  # the inherited cascade budget alone
+
+
+def test_an_unreachable_target_says_so():
+    model, x = mlp(), inputs(300)
+    with pytest.warns(UserWarning, match="target sparsity 0.99 not reached"):
+        _, report = nettrim.trim(model, x, mode="parallel", layers="0", target_sparsity=0.99, max_epsilon=0.05,
+                                 progress=False)
+    assert "not reached" in report.layers[0].message and report.layers[0].g == 0.05

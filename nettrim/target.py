@@ -1,0 +1,59 @@
+"""Target sparsity: the smallest relative budget g whose trimmed layer reaches a sparsity, by bisection.
+
+Sparsity grows with the budget (a larger eps admits every U a smaller one does, so the optimum's l1 can only
+fall), so the smallest g in [g_low, g_max] with sparsity(U(g)) >= target is found by bisection, each solve warm
+started from the solution at the nearest budget already tried. When even g_max does not reach the target, the
+layer keeps the g_max solution and the search says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BudgetSearch:
+    g: float                 # the budget kept
+    outcome: object          # what solve_at returned for it
+    reached: bool            # did it reach the target?
+    evaluations: list        # (g, sparsity) in the order tried
+
+
+def sparsity(U: np.ndarray) -> float:
+    return 1.0 - np.count_nonzero(U) / U.size
+
+
+def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_max: float, steps: int = 8,
+                    rel_width: float = 0.02) -> BudgetSearch:
+    """Bisection for the smallest g with sparsity >= target. solve_at(g, initial) returns an outcome whose
+    `.U` is the trimmed weights; `initial` is the U of the closest budget tried so far (None at first)."""
+    tried: dict[float, object] = {}
+    order = []
+
+    def evaluate(g: float):
+        closest = min(tried, key=lambda h: abs(h - g)) if tried else None
+        outcome = solve_at(g, None if closest is None else tried[closest].U)
+        tried[g] = outcome
+        order.append((g, sparsity(outcome.U)))
+        return sparsity(outcome.U) >= target
+
+    g_first = min(max(g_first, g_low), g_max)
+    if evaluate(g_first):
+        low, high = g_low, g_first
+    else:
+        low, high = g_first, g_max
+        if g_max > g_first and not evaluate(g_max):
+            return BudgetSearch(g_max, tried[g_max], False, order)
+        if g_max == g_first:
+            return BudgetSearch(g_first, tried[g_first], False, order)
+    for _ in range(steps):
+        if high - low <= rel_width * high:
+            break
+        middle = 0.5 * (low + high)
+        if evaluate(middle):
+            high = middle
+        else:
+            low = middle
+    return BudgetSearch(high, tried[high], True, order)
