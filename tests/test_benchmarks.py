@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -28,3 +29,34 @@ def test_solvers_benchmark_quick(tmp_path):
     assert admm["neurons_over_budget_1e-3"] == 0
     assert admm["max_violation_over_max_y"] <= 1e-5
     assert "| admm |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_compression_benchmark_quick(tmp_path):
+    out = tmp_path / "compression.json"
+    report = _load("compression").main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == report["rows"] and len(saved["rows"]) == 8  # 2 modes x 2 reweightings x 2 methods
+    for ours, theirs in zip(saved["rows"][::2], saved["rows"][1::2], strict=True):
+        assert ours["method"] == "nettrim" and theirs["method"] == "magnitude"
+        assert theirs["layer_nonzeros"] == ours["layer_nonzeros"] and theirs["kept"] == ours["kept"]
+        assert 0 < ours["kept"] < 1 and 0 <= ours["test_error"] <= 1
+    plain, reweighted = saved["rows"][0], saved["rows"][2]
+    assert reweighted["reweight"] == 1 and reweighted["kept"] < plain["kept"]
+    assert "| parallel | 0 | 0.1 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_magnitude_pruning_keeps_the_largest_entries_per_layer():
+    import torch
+
+    from nettrim.layers import select_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    pruned = _load("compression").magnitude_pruned(model, {"0": 7, "2": 2})
+    for layer, original, keep in zip(select_layers(pruned), select_layers(model), (7, 2), strict=True):
+        U, W = layer.weight_matrix(), original.weight_matrix()
+        assert np.count_nonzero(U) == keep
+        assert np.abs(W[U == 0]).max() <= np.abs(W[U != 0]).min()
+        np.testing.assert_array_equal(U[U != 0], W[U != 0])
