@@ -8,7 +8,7 @@ with the trimmed model's per-layer nonzeros (the largest |w| of each layer's W, 
 two, as it is and after one masked fine-tuning epoch (Adam, lr 1e-4). Test error on the 10,000 test images.
 Writes benchmarks/results/compression.json, a markdown table and a PNG plot of test error against weights kept.
 
-    python -m benchmarks.compression            # the full grid (about an hour on 2 cores)
+    python -m benchmarks.compression            # the grid below (about an hour on 2 cores)
     python -m benchmarks.compression --quick    # LeNet-300-100 briefly trained, one g: well under 3 minutes
 """
 
@@ -33,10 +33,11 @@ from nettrim.layers import select_layers  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL = {"models": {"lenet_300_100": 30, "lenet5": 10}, "samples": 5000, "grid": [0.05, 0.1, 0.2, 0.3],
-        "modes": ["parallel", "cascade"], "reweight": [0, 3], "finetune_lr": 1e-4}
-QUICK = {"models": {"lenet_300_100": 2}, "samples": 600, "grid": [0.1], "modes": ["parallel", "cascade"],
-         "reweight": [0, 1], "finetune_lr": 1e-4}
+FULL = {"samples": 5000, "finetune_lr": 1e-4, "models": {
+    "lenet_300_100": {"epochs": 30, "grid": [0.05, 0.1, 0.2], "modes": ["parallel", "cascade"], "reweight": [0, 3]},
+    "lenet5": {"epochs": 10, "grid": [0.1, 0.2], "modes": ["cascade"], "reweight": [0, 3]}}}
+QUICK = {"samples": 600, "finetune_lr": 1e-4, "models": {
+    "lenet_300_100": {"epochs": 2, "grid": [0.1], "modes": ["parallel", "cascade"], "reweight": [0, 1]}}}
 TRAINING_LR = {"lenet_300_100": 2e-3, "lenet5": 1e-3}
 
 
@@ -73,8 +74,9 @@ def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None) ->
     rows, baselines = [], {}
     report = {"config": config, "seed": seed, "baselines": baselines, "rows": rows,
               "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}}
-    for name, epochs in config["models"].items():
+    for name, settings in config["models"].items():
         start = time.perf_counter()
+        epochs = settings["epochs"]
         model = trained(name, epochs=epochs, lr=TRAINING_LR[name], seed=seed)
         training_seconds = time.perf_counter() - start
         train_images, train_labels = mnist_inputs(name, "train")
@@ -84,11 +86,11 @@ def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None) ->
         weights = sum(layer.weight_matrix().size for layer in select_layers(model))
         baselines[name] = {"epochs": epochs, "training_seconds": round(training_seconds, 1),
                            "test_error": test_error(model, *test), "weights": weights}
-        for mode in config["modes"]:
-            for rounds in config["reweight"]:
-                for g in config["grid"]:
+        for mode in settings["modes"]:
+            for rounds in settings["reweight"]:
+                for g in settings["grid"]:
                     trimmed, trimming = nettrim.trim(model, calibration, epsilon=g, mode=mode, reweight=rounds,
-                                                     progress=progress, seed=seed)
+                                                     max_samples=config["samples"], progress=progress, seed=seed)
                     nonzeros = {row.name: row.nonzeros_after for row in trimming.layers}
                     common = {"model": name, "mode": mode, "reweight": rounds, "g": g,
                               "kept": trimming.nonzeros_after / trimming.weights,
