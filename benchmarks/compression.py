@@ -34,7 +34,8 @@ from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"samples": 5000, "finetune_lr": 1e-4, "models": {
-    "lenet_300_100": {"epochs": 30, "grid": [0.05, 0.1, 0.2], "modes": ["parallel", "cascade"], "reweight": [0, 3]},
+    "lenet_300_100": {"epochs": 30, "grid": [0.05, 0.1, 0.2, 0.3], "modes": ["parallel", "cascade"],
+                      "reweight": [0, 3]},
     "lenet5": {"epochs": 10, "grid": [0.1, 0.2], "modes": ["cascade"], "reweight": [0, 3]}}}
 QUICK = {"samples": 600, "finetune_lr": 1e-4, "models": {
     "lenet_300_100": {"epochs": 2, "grid": [0.1], "modes": ["parallel", "cascade"], "reweight": [0, 1]}}}
@@ -69,9 +70,14 @@ def evaluate(model, test, train, lr, seed) -> dict:
             "test_error_finetuned": test_error(finetuned(model, *train, lr, seed), *test)}
 
 
-def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None) -> dict:
-    """The whole grid; checkpoint(report so far) is called after every trim (a long run keeps what it did)."""
+def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None, previous: dict | None = None) -> dict:
+    """The whole grid; checkpoint(report so far) is called after every trim (a long run keeps what it did).
+    Rows of `previous` (an earlier report with the same seed and samples) are reused instead of recomputed."""
     rows, baselines = [], {}
+    reusable = {}
+    if previous is not None and (previous["seed"], previous["config"]["samples"]) == (seed, config["samples"]):
+        for ours, theirs in zip(previous["rows"][::2], previous["rows"][1::2], strict=True):
+            reusable[(ours["model"], ours["mode"], ours["reweight"], ours["g"])] = (ours, theirs)
     report = {"config": config, "seed": seed, "baselines": baselines, "rows": rows,
               "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}}
     for name, settings in config["models"].items():
@@ -89,6 +95,9 @@ def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None) ->
         for mode in settings["modes"]:
             for rounds in settings["reweight"]:
                 for g in settings["grid"]:
+                    if (name, mode, rounds, g) in reusable:
+                        rows.extend(reusable[(name, mode, rounds, g)])
+                        continue
                     trimmed, trimming = nettrim.trim(model, calibration, epsilon=g, mode=mode, reweight=rounds,
                                                      max_samples=config["samples"], progress=progress, seed=seed)
                     nonzeros = {row.name: row.nonzeros_after for row in trimming.layers}
@@ -162,10 +171,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "compression.json")
     parser.add_argument("--progress", action="store_true", help="progress bars of each trim")
+    parser.add_argument("--resume", action="store_true", help="reuse the rows already in --out (same seed and P)")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     report = run(QUICK if args.quick else FULL, args.seed, args.progress,
-                 checkpoint=lambda partial: args.out.write_text(json.dumps(partial, indent=2)))
+                 checkpoint=lambda partial: args.out.write_text(json.dumps(partial, indent=2)), previous=previous)
     table = markdown(report)
     args.out.with_suffix(".md").write_text(table + "\n")
     plot(report, args.out.with_suffix(".png"))

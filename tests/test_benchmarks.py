@@ -45,6 +45,8 @@ def test_compression_benchmark_quick(tmp_path):
     assert reweighted["reweight"] == 1 and reweighted["kept"] < plain["kept"]
     assert "| parallel | 0 | 0.1 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 10_000
+    again = _load("compression").main(["--quick", "--out", str(out), "--resume"])  # every row reused
+    assert again["rows"] == report["rows"]
 
 
 def test_magnitude_pruning_keeps_the_largest_entries_per_layer():
