@@ -177,6 +177,7 @@ def main(argv=None) -> dict:
     previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     report = run(QUICK if args.quick else FULL, args.seed, args.progress,
                  checkpoint=lambda partial: args.out.write_text(json.dumps(partial, indent=2)), previous=previous)
+    args.out.write_text(json.dumps(report, indent=2))
     table = markdown(report)
     args.out.with_suffix(".md").write_text(table + "\n")
     plot(report, args.out.with_suffix(".png"))
