@@ -73,7 +73,6 @@ def make_result(problem: LayerProblem, U: np.ndarray, *, status: str, message: s
 
 
 def within_budget(problem: LayerProblem, result: LayerResult, fit_rtol: float, violation_tol: float) -> bool:
-    """Does the result keep fit <= eps (1 + fit_rtol) and the Omega^c violation <= violation_tol max|Y|?"""
-    scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
-    fit_ok = np.all(np.asarray(result.fit) <= np.asarray(problem.eps) * (1 + fit_rtol) + 1e-12 * scale)
-    return bool(fit_ok and result.max_violation <= violation_tol * scale)
+    """Does the result keep fit <= eps (1 + fit_rtol) and the Omega^c violation <= violation_tol max|Y|
+    (every neuron, for per-neuron budgets)? The test is LayerProblem.columns_within_budget's."""
+    return bool(problem.columns_within_budget(result.U, fit_rtol, violation_tol).all())
