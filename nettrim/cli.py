@@ -1,12 +1,13 @@
 """The `nettrim` command: `nettrim trim MODEL --calib FILE --out PATH` and `nettrim demo`.
 
-Errors print one line naming the argument and exit with status 2; Ctrl-C exits with status 130 and writes
-nothing (outputs are written at the very end, each through a temporary file renamed into place).
+Errors print one line naming the argument and exit with status 2 (1 when a worker fails); Ctrl-C exits with
+status 130 and writes nothing (outputs are written at the very end, each through a temporary file renamed into place).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pickle
 import sys
 import time
@@ -19,6 +20,7 @@ from torch import nn
 
 from . import __version__, save, trim
 from .io import write_atomically
+from .schedule import BlockError
 from .trim import BUDGETS, DEFAULT_EPSILON, MODES
 
 
@@ -43,6 +45,10 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--target-sparsity", type=float,
                         help="fraction of zero weights each layer must reach (the budget is found by bisection)")
     parser.add_argument("--max-epsilon", type=float, default=0.5, help="the largest g a target may use")
+    parser.add_argument("--workers", type=int, help="solve on a local pool of this many worker processes")
+    parser.add_argument("--dask", metavar="ADDRESS",
+                        help="solve on the Dask cluster whose scheduler is at ADDRESS (pip install 'nettrim[dask]')")
+    parser.add_argument("--block-size", type=int, help="neurons per task with --workers or --dask")
     parser.add_argument("--report", type=Path, help="write the report as JSON to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
 
@@ -90,6 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"nettrim: error: {error}", file=sys.stderr)
         return 2
+    except BlockError as error:
+        print(f"nettrim: error: {error}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _scheduling(args):
+    """The trim's executor options: a local pool (--workers), a Dask cluster (--dask) or this process."""
+    if args.dask is None:
+        yield {"workers": args.workers, "block_size": args.block_size}
+        return
+    if args.workers is not None:
+        raise ValueError("--workers and --dask: pass one of them")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError("--dask needs Dask's distributed package: pip install 'nettrim[dask]'") from None
+    try:
+        client = Client(args.dask, timeout="10s")
+    except OSError as error:
+        raise ValueError(f"--dask: cannot reach a Dask scheduler at {args.dask!r} ({error})") from None
+    with client:
+        yield {"executor": client, "block_size": args.block_size}
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -132,12 +161,13 @@ def _run_trim(args) -> int:
     model = load_model(args.model)
     calibration = load_calibration(args.calib)
     epsilon = {".*": args.epsilon, **dict(args.layer_epsilon)} if args.layer_epsilon else args.epsilon
-    trimmed, report = trim(
-        model, calibration, epsilon=epsilon, mode=args.mode, backend=args.backend, device=args.device,
-        progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
-        budget=args.budget, gamma=args.gamma, kappa=args.kappa, reweight=args.reweight,
-        target_sparsity=args.target_sparsity, max_epsilon=args.max_epsilon, max_samples=args.max_samples,
-        seed=args.seed)
+    with _scheduling(args) as scheduling:
+        trimmed, report = trim(
+            model, calibration, epsilon=epsilon, mode=args.mode, backend=args.backend, device=args.device,
+            progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
+            budget=args.budget, gamma=args.gamma, kappa=args.kappa, reweight=args.reweight,
+            target_sparsity=args.target_sparsity, max_epsilon=args.max_epsilon, max_samples=args.max_samples,
+            seed=args.seed, **scheduling)
     if args.out.suffix == ".safetensors":
         save(trimmed, args.out, report)
     elif isinstance(trimmed, torch.jit.ScriptModule):
@@ -170,10 +200,11 @@ def _run_demo(args) -> int:
     print(f"model ready in {trained - start:.1f} s; test accuracy {100 * (1 - error_before):.2f}%", flush=True)
     rounds = f", {args.reweight} reweighting rounds" if args.reweight else ""
     print(f"trimming in {args.mode} mode, g = {args.epsilon}{rounds}, on {len(chosen)} training images", flush=True)
-    trimmed, report = trim(model, torch.from_numpy(images[chosen]), epsilon=args.epsilon, mode=args.mode,
-                           backend=args.backend, device=args.device, progress=not args.quiet,
-                           reweight=args.reweight, target_sparsity=args.target_sparsity,
-                           max_epsilon=args.max_epsilon, max_samples=args.max_samples)
+    with _scheduling(args) as scheduling:
+        trimmed, report = trim(model, torch.from_numpy(images[chosen]), epsilon=args.epsilon, mode=args.mode,
+                               backend=args.backend, device=args.device, progress=not args.quiet,
+                               reweight=args.reweight, target_sparsity=args.target_sparsity,
+                               max_epsilon=args.max_epsilon, max_samples=args.max_samples, **scheduling)
     error_after = test_error(trimmed, test_images, test_labels)
     if not args.quiet:
         print(report)

@@ -27,6 +27,7 @@ import re
 import time
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ from solvers import LayerProblem
 from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers
 from .report import LayerReport, Report
+from .schedule import Scheduler, check_scheduling
 from .signals import DEFAULT_BATCH_SIZE, calibration_batches, capture
 from .target import smallest_budget, sparsity
 
@@ -58,7 +60,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
          gamma: float = 1.1, kappa: float | None = None, reweight: int = 0,
          target_sparsity: float | Mapping[str, float] | None = None, max_epsilon: float = 0.5,
          max_samples: int | None = 20_000, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-         solver_options: Mapping | None = None) -> tuple[nn.Module, Report]:
+         solver_options: Mapping | None = None, executor=None, workers: int | None = None,
+         block_size: int | None = None) -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
     calibration: an input tensor (split into batches of `batch_size`) or an iterable of batches x or (x, y).
@@ -81,6 +84,11 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  max_epsilon solution, and a warning and the report say so. In cascade mode g adds
                  (g ||Y||)^2 to the inherited eps_l^2 of the later layers.
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
+    executor, workers, block_size: where the layer programs are solved (nettrim/schedule.py): by default in
+                 this process; workers=N on a local pool of N processes; executor= any concurrent.futures
+                 executor or a dask.distributed Client. Each layer is split into blocks of neurons (block_size
+                 per task), and in parallel mode the layers are solved concurrently. The result is the
+                 in-process one up to floating-point summation order.
 
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
     every layer has been trimmed: an error or Ctrl-C leaves it as it was.
@@ -89,7 +97,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     _check_options(mode, backend, budget, gamma, kappa, max_samples)
     if isinstance(reweight, bool) or not isinstance(reweight, int) or reweight < 0:
         raise ValueError(f"reweight must be an int >= 0 (rounds of reweighted l1), got {reweight!r}")
-    solve_options = {**_solver_options(backend, device, solver_options), "reweight": reweight}
+    solve_options = _solver_options(backend, device, solver_options)
+    check_scheduling(executor, workers, block_size)
     if not np.isfinite(max_epsilon) or max_epsilon <= 0:
         raise ValueError(f"max_epsilon must be a positive number, got {max_epsilon!r}")
     batches = calibration_batches(calibration, batch_size)
@@ -115,38 +124,59 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
         _check_cascade_overrides(epsilon, order)
 
     report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight)
-    with tqdm(total=len(order), desc="nettrim", unit="layer", disable=not progress) as layer_bar:
-        for index, layer in enumerate(order):
-            layer_bar.set_postfix_str(layer.name)
-            activation = "relu" if layer.name in graph.relu else "linear"
-            W = layer.weight_matrix()
-            X = original.pop(layer.name)
-            Y = W.T @ X
-            if activation == "relu":
-                Y = np.maximum(Y, 0.0)
-            g, factor = budgets[layer.name], None
-            if mode == "cascade" and index > 0:
-                X = capture(work, batches, [layer], positions, max_samples, seed)[layer.name]
-                g, factor = 0.0, kappa if (kappa is not None and index == len(order) - 1) else gamma
 
-            def solve_at(g, initial, X=X, Y=Y, W=W, activation=activation, factor=factor, layer=layer):
-                problem = _layer_problem(X, Y, W, activation, budget, g, factor)
-                return _solve_layer(layer, problem, backend, solve_options, progress, initial)
+    def trim_layer(index: int, layer: Layer, X: np.ndarray, scheduler: Scheduler, show: bool) -> LayerReport:
+        """Solve one layer (its budget search when it has a target sparsity) and set its weights."""
+        activation = "relu" if layer.name in graph.relu else "linear"
+        W = layer.weight_matrix()
+        Y = W.T @ original[layer.name]
+        if activation == "relu":
+            Y = np.maximum(Y, 0.0)
+        g, factor = budgets[layer.name], None
+        if mode == "cascade" and index > 0:
+            g, factor = 0.0, kappa if (kappa is not None and index == len(order) - 1) else gamma
 
-            target, note = targets[layer.name], ""
-            if target is None:
-                solved = solve_at(g, None)
-            else:
-                search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=max_epsilon)
-                g, solved = search.g, search.outcome
-                note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
-                if not search.reached:
-                    note = (f"target sparsity {target:g} not reached: {sparsity(solved.U):.4f} at "
-                            f"g = max_epsilon = {g:g}")
-                    warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=2)
-            layer.set_weight_matrix(solved.U)
-            report.layers.append(_layer_report(layer, solved, g, target, note))
-            layer_bar.update()
+        def solve_at(g, initial):
+            problem = _layer_problem(X, Y, W, activation, budget, g, factor)
+            return _solve_layer(layer, problem, scheduler, backend, solve_options, reweight, show, initial)
+
+        target, note = targets[layer.name], ""
+        if target is None:
+            solved = solve_at(g, None)
+        else:
+            search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=max_epsilon)
+            g, solved = search.g, search.outcome
+            note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
+            if not search.reached:
+                note = f"target sparsity {target:g} not reached: {sparsity(solved.U):.4f} at g = max_epsilon = {g:g}"
+                warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=3)
+        scheduler.release(X)
+        layer.set_weight_matrix(solved.U)
+        return _layer_report(layer, solved, g, target, note)
+
+    with (Scheduler(executor, workers, block_size) as scheduler,
+          tqdm(total=len(order), desc="nettrim", unit="layer", disable=not progress) as layer_bar):
+        if mode == "parallel" and scheduler.remote:  # independent layers, solved concurrently
+            with ThreadPoolExecutor(len(order), thread_name_prefix="nettrim-layer") as threads:
+                futures = [threads.submit(trim_layer, index, layer, original[layer.name], scheduler, False)
+                           for index, layer in enumerate(order)]
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        layer_bar.update()
+                except BaseException:
+                    scheduler.close(abort=True)  # the other layers' tasks stop too, before the threads are joined
+                    raise
+                report.layers.extend(future.result() for future in futures)
+        else:
+            for index, layer in enumerate(order):
+                layer_bar.set_postfix_str(layer.name)
+                X = original[layer.name]
+                if mode == "cascade" and index > 0:
+                    X = capture(work, batches, [layer], positions, max_samples, seed)[layer.name]
+                report.layers.append(trim_layer(index, layer, X, scheduler, progress))
+                del original[layer.name]
+                layer_bar.update()
 
     work.train(model.training)
     if inplace:
@@ -267,28 +297,14 @@ class _Solved:
     dense_fallback: int
 
 
-def _solve_layer(layer: Layer, problem: LayerProblem, backend: str, options: dict, progress: bool,
-                 initial=None) -> _Solved:
-    """Solve one layer program (with a progress bar), keeping the original weights of neurons that miss their
-    budget. `initial` warm starts the ADMM (budget search)."""
-    options = dict(options)
-    if initial is not None and backend == "admm":
-        options["initial"] = initial
-    bar = None
-    if progress and backend == "admm":
-        bar = tqdm(total=options.get("max_iter", 10_000), desc=layer.name, unit="it", leave=False)
+def _solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, backend: str, options: dict,
+                 reweight: int, progress: bool, initial=None) -> _Solved:
+    """Solve one layer program (plus `reweight` rounds of reweighted l1), keeping the original weights of
+    neurons that miss their budget. `initial` warm starts the ADMM (budget search)."""
+    def solve_once(program: LayerProblem, start) -> solvers.LayerResult:
+        return scheduler.solve(program, backend, options, layer.name, initial if start is None else start, progress)
 
-        def show(iteration, info):
-            bar.update(iteration - bar.n)
-            bar.set_postfix(active=info["active"], refresh=False)
-            return False
-
-        options["callback"] = show
-    try:
-        result = solvers.solve(problem, backend=backend, **options)
-    finally:
-        if bar is not None:
-            bar.close()
+    result = solve_once(problem, None) if reweight == 0 else solvers.solve_reweighted(problem, solve_once, reweight)
     missed = ~problem.columns_within_budget(result.U, _FIT_RTOL, _VIOLATION_TOL)
     U = np.where(missed[None, :], problem.original_weights, result.U)  # W keeps the budget (kappa < 1 aside)
     return _Solved(problem, result, U, int(missed.sum()))

@@ -50,7 +50,7 @@ from .anderson import memory_or_none
 from .arrays import array_module, to_host
 from .feasibility import accept_or_tighten, certify_infeasible
 from .problem import LayerProblem
-from .result import LayerResult, make_result, within_budget
+from .result import SEVERITY, LayerResult, make_result, summarize_statuses, within_budget
 
 #: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
 #: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
@@ -59,8 +59,6 @@ PUBLISHED_OPTIONS = dict(
     rho="published", beta="published", adaptive_rho=False, relaxation=1.0, warm_start=False,
     equilibrate=False, stopping="step", restore=False, anderson=0,
 )
-
-_STATUS_ORDER = ("infeasible", "max_iter", "inaccurate", "optimal")
 
 
 def solve_admm(problem: LayerProblem, **options) -> LayerResult:
@@ -71,6 +69,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     only the others are iterated. A dead neuron (y_m = 0 everywhere) is one of them.
     """
     _check_options(problem, options)  # before screening, so bad options are refused even when nothing is iterated
+    options = dict(options, **iteration_constants(problem, **options))
     if not problem.per_neuron:
         return _solve_admm(problem, **options)
     start = time.perf_counter()
@@ -84,14 +83,9 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     U = np.zeros((N, M))
     result = None
     if active.any():
-        sub_problem = LayerProblem(
-            problem.X, problem.Y[active], problem.eps[active], problem.activation,
-            None if problem.upper is None else problem.upper[active],
-            None if problem.original_weights is None else problem.original_weights[:, active],
-            None if problem.l1_weights is None else problem.l1_weights[:, active])
         if options.get("initial") is not None:
-            options = dict(options, initial=np.asarray(options["initial"])[:, active])
-        result = _solve_admm(sub_problem, **options)
+            options["initial"] = np.asarray(options["initial"])[:, active]
+        result = _solve_admm(problem.neurons(active), **options)
         U[:, active] = result.U
     final = make_result(problem, U, status=result.status if result else "optimal",
                         message=(result.message if result else "every neuron keeps its budget with zero weights"),
@@ -99,6 +93,38 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
                         backend="admm", info=result.info if result else {})
     final.info["screened_neurons"] = int((~active).sum())
     return final
+
+
+def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_scale=None, equilibrate=True,
+                        warm_start=True, initial=None, **_) -> dict:
+    """The layer-level numbers of the iteration, {"rho", "beta", "response_scale"}, from the whole layer.
+
+    beta balances the two consensus blocks: the mean eigenvalue trace(G)/N of the (equilibrated) Gram matrix G
+    by default (measured best on MNIST layers), 0.09 max diag G in the published form (its c0^2); rho sets the
+    threshold 1/(rho beta) at the typical magnitude of the warm start's weights (of X's scale without one);
+    response_scale = max|Y| scales the absolute tolerances. Solving any subset of the neurons with these as
+    options iterates every neuron exactly as the whole layer does (neuron blocks on several workers).
+    """
+    row_norms = np.linalg.norm(problem.X, axis=1)
+    scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones_like(row_norms)
+    gram_diagonal = (row_norms / scale) ** 2  # trace and max diag of G need only the row norms
+    if beta is None:
+        beta = gram_diagonal.sum() / gram_diagonal.size
+    elif beta == "published":
+        beta = 0.09 * gram_diagonal.max()
+    beta = float(beta) if beta else 1.0  # beta = 0 only when X = 0, which needs no iteration
+    if rho == "published":
+        rho = 1.0 / beta
+    elif rho is None:
+        start_weights = initial if initial is not None else problem.original_weights
+        typical = float(np.abs(np.asarray(start_weights) * scale[:, None]).mean()) if (
+            warm_start and start_weights is not None) else 0.0
+        if typical == 0:
+            typical = 1.0 / np.sqrt(max(float(gram_diagonal.sum()) / gram_diagonal.size, 1e-300))
+        rho = 1.0 / (beta * typical)
+    if response_scale is None:
+        response_scale = float(np.max(np.abs(problem.Y)))
+    return {"rho": float(rho), "beta": beta, "response_scale": max(float(response_scale), 1e-300)}
 
 
 def _check_options(problem, options) -> None:
@@ -160,31 +186,12 @@ def _project(xp, A, s: _WorkingSet, relu: bool, coupled: bool):
     return inside + s.off_omega * xp.minimum(A, s.upper) if relu else inside
 
 
-def _initial_penalties(xp, gram, rho, beta, W0s):
-    """beta balances the two consensus blocks: the mean eigenvalue trace(G)/N of the (equilibrated) Gram matrix
-    by default (measured best on MNIST layers), 0.09 max diag G in the published form (its c0^2); rho sets the
-    threshold 1/(rho beta) at the typical magnitude of the warm start's weights (of X's scale without one)."""
-    if beta is None:
-        beta = float(xp.trace(gram)) / gram.shape[0]
-    elif beta == "published":
-        beta = 0.09 * float(xp.diag(gram).max())
-    beta = float(beta)
-    if rho == "published":
-        return beta, 1.0 / beta
-    if rho is not None:
-        return beta, float(rho)
-    typical = float(xp.abs(W0s).mean()) if W0s is not None else 0.0
-    if typical == 0:
-        typical = 1.0 / np.sqrt(max(float(xp.trace(gram)) / gram.shape[0], 1e-300))
-    return beta, 1.0 / (beta * typical)
-
-
 def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "float64", max_iter: int = 10_000,
                 rel_tol: float = 1e-4, abs_tol: float = 1e-7, rho=None, beta=None, adaptive_rho: bool = True,
                 relaxation: float = 1.6, check_every: int = 10, warm_start: bool = True, equilibrate: bool = True,
                 stopping: str = "residuals", step_tol: float | None = None, restore: bool = True,
                 restore_rounds: int = 4, violation_tol: float = 1e-5, anderson: int = 5,
-                initial=None, callback=None) -> LayerResult:
+                response_scale: float | None = None, initial=None, callback=None) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device "cpu" | "cuda"; dtype "float64" | "float32" (iterations; the checks and measures are float64).
@@ -192,6 +199,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     abs_tol * max|Y| * sqrt(dim) + rel_tol * (scale of the iterates); `violation_tol` is relative to max|Y|.
     `stopping="step"` instead stops when ||U_k - U_{k-1}||_F < step_tol (the published rule).
     `initial` (N, M) starts the iteration there instead of at the original weights (reweighting rounds).
+    rho, beta and response_scale (max|Y|) are layer-level numbers; solve_admm fills them in (iteration_constants).
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
     """
     start = time.perf_counter()
@@ -199,7 +207,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     dt = np.dtype(dtype)
     N, P, M = problem.shape
     relu, coupled = problem.activation == "relu", not problem.per_neuron
-    y_scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
+    y_scale = response_scale
 
     X64 = xp.asarray(problem.X)
     Y64 = xp.asarray(problem.Y)
@@ -216,7 +224,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     start_weights = initial if initial is not None else problem.original_weights
     if warm_start and start_weights is not None:
         W0s = xp.asarray(start_weights) * scale[:, None]
-    beta, rho0 = _initial_penalties(xp, gram64, rho, beta, W0s)
+    beta, rho0 = float(beta), float(rho)
     U_out = np.zeros((N, M))
     status_out = np.full(M, "max_iter", dtype=object)
     if x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is the sparsest one
@@ -339,11 +347,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         if adaptive_rho and s.neurons.size and checks % rho_update_checks == 0:
             keep = ~done
             tiny = float(np.finfo(dt).tiny)
-            import os
-            if os.environ.get("RHO_RULE") == "raw":
-                ratio = xp.sqrt(primal[keep] / xp.maximum(dual[keep], tiny))
-            else:
-                ratio = xp.sqrt((primal[keep] / xp.maximum(iterate_scale[keep], tiny))
+            ratio = xp.sqrt((primal[keep] / xp.maximum(iterate_scale[keep], tiny))
                             / xp.maximum(dual[keep] / xp.maximum(dual_scale[keep], tiny), tiny))
             ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.2, 5.0), 1.0)
             ratio = (xp.clip(s.rho * ratio, rho_limits[0], rho_limits[1]) / s.rho).astype(dt)
@@ -365,17 +369,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
 
 
 def _assemble(problem, U, statuses, iterations, start, info) -> LayerResult:
-    counts = {status: int(np.sum(statuses == status)) for status in _STATUS_ORDER}
-    overall = next(status for status in _STATUS_ORDER if counts[status] or status == "optimal")
-    described = {
-        "optimal": "converged and within budget",
-        "max_iter": "stopped before converging (max_iter or callback)",
-        "inaccurate": "converged but missed the budget after the restoration rounds",
-        "infeasible": "certified infeasible: the budget cannot be met",
-    }
-    message = "; ".join(f"{counts[k]} of {len(statuses)} neurons {described[k]}" for k in _STATUS_ORDER if counts[k])
-    if not problem.per_neuron:
-        message = f"layer {described[overall]}"
-    info = dict(info, neuron_status=counts)
+    counts = {status: int(np.sum(statuses == status)) for status in SEVERITY}
+    overall, message = summarize_statuses(counts, problem.per_neuron)
     return make_result(problem, U, status=overall, message=message, iterations=iterations,
-                       seconds=time.perf_counter() - start, backend="admm", info=info)
+                       seconds=time.perf_counter() - start, backend="admm", info=dict(info, neuron_status=counts))

@@ -92,8 +92,11 @@ class Anderson:
             gram, rhs = gram.sum(axis=0, keepdims=True), rhs.sum(axis=0, keepdims=True)
         trace = xp.trace(gram, axis1=1, axis2=2)[:, None, None]
         identity = xp.eye(self.memory, dtype=gram.dtype)[None]
-        # Ridge regularization keeps cleared (all-zero) memory slots and near-collinear ones harmless.
-        gamma = xp.linalg.solve(gram + (1e-8 * trace + 1e-30) * identity, rhs)
+        # Ridge regularization keeps cleared (all-zero) memory slots and near-collinear ones harmless; it must
+        # stay above the working precision (float32) to keep the system solvable.
+        ridge = max(1e-8, 10 * float(xp.finfo(gram.dtype).eps))
+        gamma = xp.linalg.solve(gram + (ridge * trace + 1e-30) * identity, rhs)
+        gamma = xp.where(xp.isfinite(gamma), gamma, 0)  # a neuron whose system failed takes the plain step
         if self.coupled:
             gamma = xp.broadcast_to(gamma, (g_z.shape[0],) + gamma.shape[1:])
         gammaT = gamma.transpose(0, 2, 1)
@@ -109,13 +112,16 @@ class Anderson:
             self.accelerated = self.accelerated & ~mask
 
     def rescale(self, changed, zeta) -> None:
-        """A change of rho_m divides the scaled duals, so the current point becomes `zeta`; the changed
-        neurons forget their memory (differences across a rescaling are meaningless)."""
-        if self.zeta is not None and bool(changed.any()):
-            self.clear(changed)
-            self.previous = None
-            self.accelerated = None
-            self.zeta = zeta
+        """A change of rho_m divides the scaled duals, so neuron m's current point becomes its row of `zeta`;
+        the changed neurons forget their memory (differences across a rescaling are meaningless). The others
+        keep theirs: no neuron's iteration depends on another's."""
+        if self.zeta is None or not bool(changed.any()):
+            return
+        xp = self.xp
+        self.clear(changed)
+        self.fresh = changed if self.fresh is None else self.fresh | changed
+        self.zeta = (xp.where(changed[:, None], zeta[0], self.zeta[0]),
+                     xp.where(changed[None, :], zeta[1], self.zeta[1]))
 
     def keep(self, mask) -> None:
         """Restrict to the neurons still iterating."""
@@ -132,7 +138,8 @@ class Anderson:
             self.fallback = tuple(a[mask] for a in self.fallback)
         if self.accelerated is not None:
             self.accelerated = self.accelerated[mask]
-        self.fresh = None
+        if self.fresh is not None:
+            self.fresh = self.fresh[mask]
 
 
 def memory_or_none(xp, memory: int, coupled: bool):

@@ -29,9 +29,9 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
         off_omega = y * s.off_omega
         support = support + total((off_omega * s.upper).sum(axis=1))
         negative = xp.sqrt(total((xp.minimum(off_omega, 0) ** 2).sum(axis=1)))
-    y_norm = float(xp.sqrt((s.Y * s.Y).sum()))
+    y_norm = xp.sqrt(total((s.Y * s.Y).sum(axis=1)))  # per neuron: no neuron's test depends on another's
     return ((size > 0) & (aty <= tol * x_norm * size) & (negative <= tol * size)
-            & (support < -tol * max(y_norm, 1e-300) * size))
+            & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
 
 
 def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled, y_scale,

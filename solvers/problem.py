@@ -148,6 +148,21 @@ class LayerProblem:
     def per_neuron(self) -> bool:
         return np.ndim(self.eps) == 1
 
+    def neurons(self, index) -> LayerProblem:
+        """The program of the neurons `index` (a slice, indices or a mask over M) alone: with per-neuron
+        budgets the neurons are independent programs, so solving the pieces solves the layer."""
+        if not self.per_neuron:
+            raise ValueError("eps: a scalar (layer) budget couples the neurons, so the layer cannot be split")
+
+        def rows(array):
+            return None if array is None else array[index]
+
+        def columns(array):
+            return None if array is None else array[:, index]
+
+        return LayerProblem(self.X, self.Y[index], self.eps[index], self.activation, rows(self.upper),
+                            columns(self.original_weights), columns(self.l1_weights))
+
     def upper_bound(self):
         """V as an array or the scalar 0."""
         return 0.0 if self.upper is None else self.upper

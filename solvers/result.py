@@ -9,6 +9,14 @@ import numpy as np
 from .problem import LayerProblem
 
 STATUSES = ("optimal", "max_iter", "infeasible", "inaccurate")
+#: The statuses from worst to best: a layer's status is the worst of its neurons'.
+SEVERITY = ("infeasible", "max_iter", "inaccurate", "optimal")
+_DESCRIBED = {
+    "optimal": "converged and within budget",
+    "max_iter": "stopped before converging (max_iter or callback)",
+    "inaccurate": "converged but missed the budget after the restoration rounds",
+    "infeasible": "certified infeasible: the budget cannot be met",
+}
 
 
 @dataclass
@@ -76,3 +84,13 @@ def within_budget(problem: LayerProblem, result: LayerResult, fit_rtol: float, v
     """Does the result keep fit <= eps (1 + fit_rtol) and the Omega^c violation <= violation_tol max|Y|
     (every neuron, for per-neuron budgets)? The test is LayerProblem.columns_within_budget's."""
     return bool(problem.columns_within_budget(result.U, fit_rtol, violation_tol).all())
+
+
+def summarize_statuses(counts: dict[str, int], per_neuron: bool) -> tuple[str, str]:
+    """The layer's status (the worst one counted) and a message from per-neuron status counts."""
+    overall = next(status for status in SEVERITY if counts.get(status) or status == "optimal")
+    if not per_neuron:
+        return overall, f"layer {_DESCRIBED[overall]}"
+    total = sum(counts.values())
+    return overall, "; ".join(f"{counts[status]} of {total} neurons {_DESCRIBED[status]}"
+                              for status in SEVERITY if counts.get(status))

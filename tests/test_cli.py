@@ -40,6 +40,20 @@ def test_trim_end_to_end_in_a_subprocess(files):
     assert saved_report.nonzeros_after < saved_report.nonzeros_before
 
 
+def test_trim_on_worker_processes_in_a_subprocess(files):
+    folder, model, x = files
+    out = folder / "trimmed.pt"
+    completed = subprocess.run(
+        [sys.executable, "-m", "nettrim.cli", "trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
+         "--out", str(out), "--workers", "2", "--block-size", "4", "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    serial, _ = nettrim.trim(model, x, progress=False, block_size=4)
+    pooled = torch.load(out, weights_only=False)
+    assert all(torch.equal(a, b) for a, b in zip(serial.state_dict().values(), pooled.state_dict().values(),
+                                                 strict=True))
+
+
 def test_trim_writes_a_pickled_module_for_other_suffixes(files):
     folder, model, x = files
     code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
@@ -55,6 +69,8 @@ def test_trim_writes_a_pickled_module_for_other_suffixes(files):
     (["--calib", "model.pt"], "--calib: .* does not hold a tensor"),
     (["--calib", "calib.pt", "--mode", "parallel", "--layers", "fc"], "layers: 'fc' matches no"),
     (["--calib", "wrong.npy"], r"layer '0' \(Linear, in_features=12\)"),
+    (["--calib", "calib.pt", "--workers", "0"], "workers must be a positive int"),
+    (["--calib", "calib.pt", "--workers", "2", "--dask", "tcp://127.0.0.1:1"], "--workers and --dask"),
 ])
 def test_trim_errors_exit_2_and_write_nothing(files, capsys, arguments, message):
     folder, _, _ = files
