@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 import solvers
 from solvers import LayerProblem, LayerResult
-from solvers.blocks import block_options, merge_results, neuron_blocks
+from solvers.blocks import block_options, neuron_blocks
+from solvers.result import merge_results
 
 #: Automatic splitting keeps blocks at least this many neurons: each block repeats the layer's factorization.
 MIN_BLOCK_SIZE = 16

@@ -41,8 +41,10 @@ tightened from the third round on): what is returned as "optimal" keeps Proposit
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,7 +52,7 @@ from .anderson import memory_or_none
 from .arrays import array_module, to_host
 from .feasibility import accept_or_tighten, certify_infeasible
 from .problem import LayerProblem
-from .result import SEVERITY, LayerResult, make_result, summarize_statuses, within_budget
+from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
 
 #: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
 #: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
@@ -67,32 +69,113 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     Neurons whose zero weights already keep their budget (||y_m|| <= eps_m and V >= 0 on Omega^c) have the
     optimum u_m = 0 (objective 0 is the least possible); with per-neuron budgets they are screened out and
     only the others are iterated. A dead neuron (y_m = 0 everywhere) is one of them.
+
+    memory_limit (bytes): the working arrays of the iterated neurons must fit in it, or the neurons are solved
+    in chunks that do (per-neuron budgets), each sharing X moved to the device and factored once; on CUDA the
+    default is 90% of the free device memory, on the CPU no limit. tf32=True lets CuPy's float32 products use
+    TF32 tensor cores (faster, 10-bit mantissas in the products; the returned weights are still measured in
+    float64 against their budget); info["tf32"] says whether it was on.
     """
     _check_options(problem, options)  # before screening, so bad options are refused even when nothing is iterated
     options = dict(options, **iteration_constants(problem, **options))
-    if not problem.per_neuron:
-        return _solve_admm(problem, **options)
     start = time.perf_counter()
-    fit_of_zero = np.linalg.norm(np.where(problem.omega, problem.Y, 0.0), axis=1)
-    upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
-                         else np.all((problem.upper >= 0) | problem.omega, axis=1))
-    active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
-    if active.all():
-        return _solve_admm(problem, **options)
-    N, _, M = problem.shape
-    U = np.zeros((N, M))
-    result = None
-    if active.any():
-        if options.get("initial") is not None:
-            options["initial"] = np.asarray(options["initial"])[:, active]
-        result = _solve_admm(problem.neurons(active), **options)
-        U[:, active] = result.U
+    xp = array_module(options.get("device", "cpu"))
+    with _tensor_float32(xp, options.get("dtype", "float64"), options.pop("tf32", False)) as tf32:
+        if not problem.per_neuron:
+            _neurons_per_chunk(problem, options)  # refuses a layer that does not fit
+            result = _solve_admm(problem, **options)
+            result.info["tf32"] = tf32
+            return result
+        fit_of_zero = np.linalg.norm(np.where(problem.omega, problem.Y, 0.0), axis=1)
+        upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
+                             else np.all((problem.upper >= 0) | problem.omega, axis=1))
+        active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
+        if active.all():
+            result = _solve_in_chunks(problem, options)
+            result.info["tf32"] = tf32
+            return result
+        N, _, M = problem.shape
+        U = np.zeros((N, M))
+        result = None
+        if active.any():
+            if options.get("initial") is not None:
+                options["initial"] = np.asarray(options["initial"])[:, active]
+            result = _solve_in_chunks(problem.neurons(active), options)
+            U[:, active] = result.U
     final = make_result(problem, U, status=result.status if result else "optimal",
                         message=(result.message if result else "every neuron keeps its budget with zero weights"),
                         iterations=result.iterations if result else 0, seconds=time.perf_counter() - start,
                         backend="admm", info=result.info if result else {})
-    final.info["screened_neurons"] = int((~active).sum())
+    final.info.update(screened_neurons=int((~active).sum()), tf32=tf32)
     return final
+
+
+def _solve_in_chunks(problem: LayerProblem, options: dict) -> LayerResult:
+    """The per-neuron program in chunks of neurons that fit options["memory_limit"] (one chunk when it fits)."""
+    N, _, M = problem.shape
+    chunk = _neurons_per_chunk(problem, options)
+    if chunk >= M:
+        return _solve_admm(problem, **options)
+    start = time.perf_counter()
+    xp, dt = array_module(options.get("device", "cpu")), np.dtype(options.get("dtype", "float64"))
+    prepared = _LayerInput.prepare(xp, problem.X, dt, options.get("equilibrate", True), options["beta"])
+    blocks = [slice(first, min(first + chunk, M)) for first in range(0, M, chunk)]
+    results = []
+    for block in blocks:
+        chunk_options = dict(options, prepared=prepared)
+        if options.get("initial") is not None:
+            chunk_options["initial"] = np.asarray(options["initial"])[:, block]
+        results.append(_solve_admm(problem.neurons(block), **chunk_options))
+    merged = merge_results(problem, blocks, results, time.perf_counter() - start)
+    merged.info["chunks"] = len(blocks)
+    return merged
+
+
+def _neurons_per_chunk(problem: LayerProblem, options: dict) -> int:
+    """How many neurons' working arrays fit in the memory limit next to the layer's X and its factorization.
+
+    Estimate, in bytes: X in float64 and in the working precision plus three N x N matrices, fixed; per neuron,
+    its rows of Y, Omega, V (float64) and about 14 + 2 * anderson P-long and 10 + 2 * anderson N-long arrays
+    in the working precision (iterates, duals, temporaries, Anderson's memory).
+    """
+    N, P, M = problem.shape
+    limit = options.get("memory_limit")
+    device = options.get("device", "cpu")
+    if limit is None:
+        if device == "cpu":
+            return M
+        xp = array_module(device)
+        limit = int(0.9 * (xp.cuda.Device().mem_info[0] + xp.get_default_memory_pool().free_bytes()))
+    itemsize, anderson = np.dtype(options.get("dtype", "float64")).itemsize, int(options.get("anderson", 5))
+    fixed = N * P * (8 + itemsize) + 3 * N * N * 8
+    per_neuron = P * (17 + itemsize * (14 + 2 * anderson)) + N * itemsize * (10 + 2 * anderson)
+    fitting = (limit - fixed) // per_neuron
+    if fitting < 1 or (fitting < M and not problem.per_neuron):
+        what = ("not even one neuron of this layer" if fitting < 1 else
+                "this layer, whose single (layer) budget couples the neurons so they cannot be chunked")
+        raise ValueError(
+            f"memory_limit: {limit / 2**30:.2f} GiB holds {what}: X (N x P = {N} x {P}) and its factorization need "
+            f"about {fixed / 2**30:.2f} GiB and each neuron {per_neuron / 2**20:.1f} MiB; lower the number of "
+            "samples P (max_samples)" + ("" if problem.per_neuron else " or use per-neuron budgets"))
+    return int(min(fitting, M))
+
+
+@contextlib.contextmanager
+def _tensor_float32(xp, dtype, enabled: bool):
+    """CuPy's float32 matrix products on TF32 tensor cores while the solve runs; yields whether they are."""
+    if not enabled:
+        yield False
+        return
+    if xp is np or np.dtype(dtype) != np.float32:
+        raise ValueError("tf32=True needs device='cuda' and dtype='float32'")
+    from cupy._core import _routines_linalg as linalg  # CuPy's compute-type switch has no public alias
+
+    previous = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+    try:
+        yield True
+    finally:
+        linalg.set_compute_type(np.float32, previous)
 
 
 def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_scale=None, equilibrate=True,
@@ -127,6 +210,32 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     return {"rho": float(rho), "beta": beta, "response_scale": max(float(response_scale), 1e-300)}
 
 
+@dataclass
+class _LayerInput:
+    """X on the device, equilibrated and factored once per layer: what every neuron chunk shares."""
+
+    X64: object       # X, float64
+    X: object         # Xs = D^-1 X in the working precision
+    gram: object      # Xs Xs^T
+    inverse: object   # (Xs Xs^T + beta I)^-1
+    scale: object     # D, the row norms of X (ones without equilibration)
+    unscale: object   # 1 / D as an (N, 1) column in the working precision
+    x_norm: float     # ||Xs||_2
+
+    @classmethod
+    def prepare(cls, xp, X, dt, equilibrate: bool, beta: float) -> _LayerInput:
+        X64 = xp.asarray(X)
+        row_norms = xp.sqrt((X64 * X64).sum(axis=1))
+        scale = xp.where(row_norms > 0, row_norms, 1.0) if equilibrate else xp.ones(X64.shape[0])
+        Xs64 = X64 / scale[:, None]
+        gram64 = Xs64 @ Xs64.T
+        eigenvalues, eigenvectors = xp.linalg.eigh(gram64)
+        eigenvalues = xp.maximum(eigenvalues, 0)
+        inverse = ((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T).astype(dt)
+        return cls(X64, Xs64.astype(dt), gram64.astype(dt), inverse, scale, (1.0 / scale).astype(dt)[:, None],
+                   float(xp.sqrt(eigenvalues.max())))
+
+
 def _check_options(problem, options) -> None:
     """Refuse bad options with a ValueError naming them (unknown names raise TypeError, as for any call)."""
     bound = inspect.signature(_solve_admm).bind(problem, **options)
@@ -145,6 +254,9 @@ def _check_options(problem, options) -> None:
         raise ValueError(f"stopping must be 'residuals' or 'step', got {stopping!r}")
     if values["rel_tol"] < 0 or values["abs_tol"] < 0:
         raise ValueError("rel_tol and abs_tol must be >= 0")
+    limit = values["memory_limit"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
+        raise ValueError(f"memory_limit must be a positive number of bytes or None, got {limit!r}")
     initial = values["initial"]
     if initial is not None:
         N, _, M = problem.shape
@@ -191,7 +303,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
                 relaxation: float = 1.6, check_every: int = 10, warm_start: bool = True, equilibrate: bool = True,
                 stopping: str = "residuals", step_tol: float | None = None, restore: bool = True,
                 restore_rounds: int = 4, violation_tol: float = 1e-5, anderson: int = 5,
-                response_scale: float | None = None, initial=None, callback=None) -> LayerResult:
+                response_scale: float | None = None, initial=None, callback=None, memory_limit=None, tf32=False,
+                prepared: _LayerInput | None = None) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device "cpu" | "cuda"; dtype "float64" | "float32" (iterations; the checks and measures are float64).
@@ -200,6 +313,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     `stopping="step"` instead stops when ||U_k - U_{k-1}||_F < step_tol (the published rule).
     `initial` (N, M) starts the iteration there instead of at the original weights (reweighting rounds).
     rho, beta and response_scale (max|Y|) are layer-level numbers; solve_admm fills them in (iteration_constants).
+    memory_limit (bytes; on CUDA the free device memory by default) and tf32 (CuPy float32 products on tensor
+    cores) are solve_admm's: see there. `prepared` is the layer input factored once for several neuron chunks.
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
     """
     start = time.perf_counter()
@@ -209,17 +324,12 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     relu, coupled = problem.activation == "relu", not problem.per_neuron
     y_scale = response_scale
 
-    X64 = xp.asarray(problem.X)
     Y64 = xp.asarray(problem.Y)
     omega64 = xp.asarray(problem.omega)
     upper64 = xp.asarray(problem.upper) if problem.upper is not None else 0.0
-    row_norms = xp.sqrt((X64 * X64).sum(axis=1))
-    scale = xp.where(row_norms > 0, row_norms, 1.0) if equilibrate else xp.ones(N)
-    Xs64 = X64 / scale[:, None]
-    gram64 = Xs64 @ Xs64.T
-    eigenvalues, eigenvectors = xp.linalg.eigh(gram64)
-    eigenvalues = xp.maximum(eigenvalues, 0)
-    x_norm = float(xp.sqrt(eigenvalues.max()))
+    layer = prepared if prepared is not None else _LayerInput.prepare(xp, problem.X, dt, equilibrate, float(beta))
+    X64, X, gram, inverse, scale, unscale = layer.X64, layer.X, layer.gram, layer.inverse, layer.scale, layer.unscale
+    x_norm = layer.x_norm
     W0s = None
     start_weights = initial if initial is not None else problem.original_weights
     if warm_start and start_weights is not None:
@@ -229,13 +339,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     status_out = np.full(M, "max_iter", dtype=object)
     if x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is the sparsest one
         return _assemble(problem, U_out, np.full(M, "optimal", dtype=object), 0, start, {"note": "X is zero"})
-    inverse = ((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T).astype(dt)
-    gram = gram64.astype(dt)
-    X = Xs64.astype(dt)
-    unscale = (1.0 / scale).astype(dt)[:, None]  # U = Us / d
     cost = unscale if problem.l1_weights is None else xp.asarray(problem.l1_weights).astype(dt) * unscale
     cost = xp.broadcast_to(cost, (N, M)).copy()  # the objective sum_ij C_ij |Us_ij| / d_i, per working column
-    del gram64, eigenvectors, Xs64
 
     U = (W0s if W0s is not None else xp.zeros((N, M))).astype(dt)
     # Aim inside the budget by the fit error the tolerance allows (||W^T X - Z|| <~ rel_tol ||y_Omega||), so a

@@ -1,4 +1,4 @@
-"""A layer program as blocks of neurons, and the blocks' results as one layer result.
+"""A layer program as blocks of neurons (their results become one with result.merge_results).
 
 With per-neuron budgets eps_m the program separates: minimize sum_m ||u_m||_1 subject to constraints on row m
 alone is M independent programs, so any partition of the neurons into blocks solves the layer, block by block
@@ -15,7 +15,6 @@ import numpy as np
 
 from .admm import iteration_constants
 from .problem import LayerProblem
-from .result import LayerResult, make_result, summarize_statuses
 
 
 def neuron_blocks(problem: LayerProblem, count: int, min_size: int = 1) -> list[slice]:
@@ -35,33 +34,3 @@ def block_options(problem: LayerProblem, backend: str, options: dict) -> dict:
     if backend != "admm":
         return dict(options)
     return dict(options, **iteration_constants(problem, **options))
-
-
-def merge_results(problem: LayerProblem, blocks: list[slice], results: list[LayerResult],
-                  seconds: float) -> LayerResult:
-    """One LayerResult for the layer from its blocks' results (measured again on the whole layer).
-
-    status: the worst block's; iterations: the most any block took; seconds: the wall time given;
-    info["blocks"]: each block's neurons, status, iterations and seconds.
-    """
-    if len(results) == 1 and blocks[0] == slice(0, problem.shape[2]):
-        result = results[0]
-        return make_result(problem, result.U, status=result.status, message=result.message,
-                           iterations=result.iterations, seconds=seconds, backend=result.backend, info=result.info)
-    N, _, M = problem.shape
-    U = np.zeros((N, M))
-    for block, result in zip(blocks, results, strict=True):
-        U[:, block] = result.U
-    pairs = list(zip(blocks, results, strict=True))
-    info = {"blocks": [{"neurons": [block.start, block.stop], "status": result.status,
-                        "iterations": result.iterations, "seconds": result.seconds} for block, result in pairs]}
-    counts = [result.info.get("neuron_status") for result in results]
-    if all(count is not None for count in counts):
-        info["neuron_status"] = {key: sum(count.get(key, 0) for count in counts) for key in counts[0]}
-        status, message = summarize_statuses(info["neuron_status"], per_neuron=True)
-    else:
-        status, _ = summarize_statuses({result.status: 1 for result in results}, per_neuron=False)
-        message = "; ".join(f"neurons {block.start}:{block.stop}: {result.message}" for block, result in pairs)
-    return make_result(problem, U, status=status, message=message,
-                       iterations=max(result.iterations for result in results), seconds=seconds,
-                       backend=results[0].backend, info=info)

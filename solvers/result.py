@@ -94,3 +94,33 @@ def summarize_statuses(counts: dict[str, int], per_neuron: bool) -> tuple[str, s
     total = sum(counts.values())
     return overall, "; ".join(f"{counts[status]} of {total} neurons {_DESCRIBED[status]}"
                               for status in SEVERITY if counts.get(status))
+
+
+def merge_results(problem: LayerProblem, blocks: list[slice], results: list[LayerResult],
+                  seconds: float) -> LayerResult:
+    """One LayerResult for the layer from its blocks' results (measured again on the whole layer).
+
+    status: the worst block's; iterations: the most any block took; seconds: the wall time given;
+    info["blocks"]: each block's neurons, status, iterations and seconds.
+    """
+    if len(results) == 1 and blocks[0] == slice(0, problem.shape[2]):
+        result = results[0]
+        return make_result(problem, result.U, status=result.status, message=result.message,
+                           iterations=result.iterations, seconds=seconds, backend=result.backend, info=result.info)
+    N, _, M = problem.shape
+    U = np.zeros((N, M))
+    for block, result in zip(blocks, results, strict=True):
+        U[:, block] = result.U
+    pairs = list(zip(blocks, results, strict=True))
+    info = {"blocks": [{"neurons": [block.start, block.stop], "status": result.status,
+                        "iterations": result.iterations, "seconds": result.seconds} for block, result in pairs]}
+    counts = [result.info.get("neuron_status") for result in results]
+    if all(count is not None for count in counts):
+        info["neuron_status"] = {key: sum(count.get(key, 0) for count in counts) for key in counts[0]}
+        status, message = summarize_statuses(info["neuron_status"], per_neuron=True)
+    else:
+        status, _ = summarize_statuses({result.status: 1 for result in results}, per_neuron=False)
+        message = "; ".join(f"neurons {block.start}:{block.stop}: {result.message}" for block, result in pairs)
+    return make_result(problem, U, status=status, message=message,
+                       iterations=max(result.iterations for result in results), seconds=seconds,
+                       backend=results[0].backend, info=info)

@@ -110,3 +110,39 @@ def test_bad_options_are_refused_even_when_every_neuron_is_screened():
         solve(problem, device="tpu")
     with pytest.raises(TypeError, match="max_iters"):
         solve(problem, max_iters=10)
+
+
+def _limit_for(problem, neurons: int, dtype="float64", anderson=5) -> int:
+    """The memory_limit that holds `neurons` neurons of the problem (the estimate in admm._neurons_per_chunk)."""
+    N, P, _ = problem.shape
+    itemsize = np.dtype(dtype).itemsize
+    fixed = N * P * (8 + itemsize) + 3 * N * N * 8
+    return fixed + neurons * (P * (17 + itemsize * (14 + 2 * anderson)) + N * itemsize * (10 + 2 * anderson))
+
+
+def test_a_memory_limit_solves_the_neurons_in_chunks_that_fit():
+    problem = random_problem(5, N=30, P=300, M=14, per_neuron=True, cascade=True)
+    options = {"dtype": "float64", "anderson": 0}
+    whole = solve(problem, **options)
+    chunked = solve(problem, **options, memory_limit=_limit_for(problem, 5, anderson=0))
+    assert chunked.info["chunks"] == 3 and len(chunked.info["blocks"]) == 3
+    assert np.abs(chunked.U - whole.U).max() <= 1e-9 * np.abs(whole.U).max()
+    assert chunked.status == whole.status
+
+
+def test_a_memory_limit_too_small_for_the_layer_says_what_to_change():
+    problem = random_problem(5, N=30, P=300, M=14, per_neuron=True)
+    with pytest.raises(ValueError, match=r"memory_limit: .* holds not even one neuron .*max_samples"):
+        solve(problem, memory_limit=_limit_for(problem, 0))
+    coupled = random_problem(6, N=30, P=300, M=14, per_neuron=False)
+    with pytest.raises(ValueError, match="cannot be chunked"):
+        solve(coupled, memory_limit=_limit_for(coupled, 5))
+    with pytest.raises(ValueError, match="memory_limit must be a positive"):
+        solve(problem, memory_limit=-1)
+
+
+def test_tf32_needs_cuda():
+    problem = random_problem(5, N=10, P=50, M=3, per_neuron=True)
+    with pytest.raises(ValueError, match="tf32=True needs device='cuda'"):
+        solve(problem, tf32=True)
+    assert solve(problem).info["tf32"] is False

@@ -20,3 +20,14 @@ def test_cuda_matches_cpu(per_neuron, dtype):
     assert gpu.objective == pytest.approx(cpu.objective, rel=5e-3)
     assert np.all(np.asarray(gpu.fit) <= np.asarray(problem.eps) * (1 + 1e-3))
     assert gpu.max_violation <= 1e-5 * np.abs(problem.Y).max()
+
+
+def test_cuda_chunks_and_tf32():
+    problem = random_problem(22, N=40, P=2000, M=24, per_neuron=True, cascade=True)
+    cpu = solve(problem, dtype="float32")
+    chunked = solve(problem, device="cuda", dtype="float32", memory_limit=2_000_000)
+    assert chunked.info.get("chunks", 1) > 1
+    assert chunked.objective == pytest.approx(cpu.objective, rel=5e-3)
+    fast = solve(problem, device="cuda", dtype="float32", tf32=True)
+    assert fast.info["tf32"] is True and fast.status == "optimal", fast.message
+    assert np.all(np.asarray(fast.fit) <= np.asarray(problem.eps) * (1 + 1e-3))

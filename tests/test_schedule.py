@@ -19,7 +19,8 @@ from nettrim import trim
 from nettrim.schedule import BlockError, Scheduler, SharedArray
 from networks import images, inputs, mlp, small_cnn
 from solvers import solve
-from solvers.blocks import block_options, merge_results, neuron_blocks
+from solvers.blocks import block_options, neuron_blocks
+from solvers.result import merge_results
 
 BLOCKS = 8  # neurons per block; the serial runs use the same blocks, solved one after another
 
