@@ -62,3 +62,16 @@ def test_magnitude_pruning_keeps_the_largest_entries_per_layer():
         assert np.count_nonzero(U) == keep
         assert np.abs(W[U == 0]).max() <= np.abs(W[U != 0]).min()
         np.testing.assert_array_equal(U[U != 0], W[U != 0])
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_quick(tmp_path):
+    out = tmp_path / "scaling.json"
+    _load("scaling").main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert {row["varied"] for row in saved["sweeps"]} == {"P", "N", "M"}
+    assert all(row["within_budget"] for row in saved["sweeps"])
+    in_process = [row for row in saved["workers"] if row["workers"] == 0 and row["block_size"] is not None]
+    assert [row["difference_to_same_blocks_in_process"] for row in in_process] == [0.0, 0.0]
+    assert {row["workers"] for row in saved["workers"]} == {0, 2}
+    assert "| mode | where |" in out.with_suffix(".md").read_text()

@@ -1,0 +1,188 @@
+"""Scaling: the ADMM's time against P, N and M on the CPU; a whole trim in this process against 1 and 2 local
+worker processes; and, where CuPy sees an NVIDIA GPU, the GPU path against the published fixed-rho
+configuration on the same GPU.
+
+One run, same process, same data:
+- sweeps: seeded synthetic ReLU layers (X Gaussian with a bias row, W Gaussian with half its entries zero,
+  per-neuron budgets g = 0.05), one of P, N, M varied around (N, P, M) = (200, 4000, 100);
+- workers: LeNet-300-100 (the demo's model, cached) trimmed whole in cascade and parallel mode on P seeded
+  training images: in this process as one piece per layer, then in blocks of 150 neurons (layer 1 in two
+  blocks) in this process and with workers=1 and 2; each blocked run's largest weight difference to the
+  in-process blocked run (relative to that run's largest weight), and the weights kept;
+- gpu (only with CUDA): LeNet-300-100 cascade at P = 55,000, LeNet-5 cascade (its convs at max_samples
+  positions), and layer 1 of LeNet-300-100 at P = 55,000 with the ADMM and with solvers.PUBLISHED_OPTIONS.
+Writes benchmarks/results/scaling.json and scaling.md.
+
+    python -m benchmarks.scaling            # about 6 minutes on 2 cores
+    python -m benchmarks.scaling --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: this file's folder would shadow the `solvers` package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import nettrim  # noqa: E402
+import solvers  # noqa: E402
+from nettrim.schedule import available_cores  # noqa: E402
+from nettrim.zoo import mnist_inputs, trained  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL = {"base": (200, 4000, 100), "P": [1000, 2000, 4000, 8000], "N": [100, 200, 400, 800], "M": [25, 50, 100, 200],
+        "samples": 5000, "epochs": 10, "workers": [1, 2], "block_size": 150}
+QUICK = {"base": (40, 400, 20), "P": [200, 400], "N": [20, 40], "M": [10, 20], "samples": 300, "epochs": 1,
+         "workers": [2], "block_size": 150}
+
+
+def synthetic_layer(N: int, P: int, M: int, seed: int = 0, g: float = 0.05) -> solvers.LayerProblem:
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.standard_normal((N - 1, P)), np.ones((1, P))])
+    W = rng.standard_normal((N, M)) * (rng.random((N, M)) < 0.5) / np.sqrt(N)
+    Y = np.maximum(W.T @ X, 0)
+    return solvers.LayerProblem(X, Y, solvers.relative_budget(Y, g, per_neuron=True), original_weights=W)
+
+
+def sweeps(config: dict) -> list[dict]:
+    rows = []
+    for varied in ("P", "N", "M"):
+        for value in config[varied]:
+            N, P, M = config["base"]
+            N, P, M = (value if varied == "N" else N), (value if varied == "P" else P), (value if varied == "M" else M)
+            problem = synthetic_layer(N, P, M)
+            start = time.perf_counter()
+            result = solvers.solve(problem, dtype="float32")
+            rows.append({"varied": varied, "N": N, "P": P, "M": M, "seconds": round(time.perf_counter() - start, 3),
+                         "iterations": result.iterations, "status": result.status,
+                         "kept": result.nonzeros / result.U.size,
+                         "within_budget": bool(problem.columns_within_budget(result.U).all())})
+            print(f"sweep {varied}: N={N} P={P} M={M}: {rows[-1]['seconds']} s", flush=True)
+    return rows
+
+
+def _largest_difference(reference: torch.nn.Module, other: torch.nn.Module) -> float:
+    return max(float((a - b).abs().max() / a.abs().max()) for a, b in
+               zip(reference.state_dict().values(), other.state_dict().values(), strict=True))
+
+
+def workers(config: dict) -> list[dict]:
+    model = trained("lenet_300_100", epochs=config["epochs"])
+    images, _ = mnist_inputs("lenet_300_100", "train")
+    chosen = np.sort(np.random.default_rng(0).choice(len(images), config["samples"], replace=False))
+    calibration = images[chosen]
+    rows = []
+    for mode in ("cascade", "parallel"):
+        reference = None
+        for count, block_size in [(None, None), (None, config["block_size"]),
+                                  *[(count, config["block_size"]) for count in config["workers"]]]:
+            start = time.perf_counter()
+            trimmed, report = nettrim.trim(model, calibration, epsilon=0.1, mode=mode, workers=count,
+                                           block_size=block_size, progress=False)
+            seconds = time.perf_counter() - start
+            if block_size is not None and reference is None:
+                reference = trimmed
+            rows.append({"mode": mode, "workers": count or 0, "block_size": block_size, "P": config["samples"],
+                         "seconds": round(seconds, 2), "kept": report.kept,
+                         "status": [layer.status for layer in report.layers],
+                         "difference_to_same_blocks_in_process": (None if block_size is None else
+                                                                  _largest_difference(reference, trimmed))})
+            print(f"{mode}, workers={count}, block_size={block_size}: {seconds:.1f} s", flush=True)
+    return rows
+
+
+def gpu() -> dict | None:
+    """The H200 targets of issue 4, measured only where CuPy sees a GPU."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            return None
+    except Exception:  # no CuPy or no driver: no GPU run
+        return None
+    results = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+    for name, samples in (("lenet_300_100", 55_000), ("lenet5", 55_000)):
+        model = trained(name, epochs=10)
+        images, _ = mnist_inputs(name, "train")
+        calibration = images[:samples]
+        nettrim.trim(model, calibration[:500], device="cuda", progress=False)  # CUDA context and kernels warm
+        start = time.perf_counter()
+        _, report = nettrim.trim(model, calibration, device="cuda", progress=False, max_samples=55_000)
+        results[name] = {"P_images": samples, "seconds": round(time.perf_counter() - start, 3), "kept": report.kept,
+                         "layers": [{"name": layer.name, "samples": layer.samples, "seconds": layer.seconds,
+                                     "status": layer.status} for layer in report.layers]}
+    images, _ = mnist_inputs("lenet_300_100", "train")
+    model = trained("lenet_300_100", epochs=10)
+    X = np.vstack([images[:55_000].numpy().T.astype(np.float64), np.ones((1, 55_000))])
+    W = np.vstack([model[0].weight.detach().numpy().T, model[0].bias.detach().numpy()[None]]).astype(np.float64)
+    Y = np.maximum(W.T @ X, 0)
+    problem = solvers.LayerProblem(X, Y, solvers.relative_budget(Y, 0.05, per_neuron=True), original_weights=W)
+    for run, options in (("admm", {}), ("published", solvers.PUBLISHED_OPTIONS)):
+        start = time.perf_counter()
+        result = solvers.solve(problem, device="cuda", dtype="float32", **options)
+        results[f"layer1_{run}"] = {"seconds": round(time.perf_counter() - start, 3), "status": result.status,
+                                    "l1": result.objective, "nonzeros": result.nonzeros,
+                                    "neurons_within_budget": int(problem.columns_within_budget(result.U).sum())}
+    results["layer1_speedup"] = results["layer1_published"]["seconds"] / results["layer1_admm"]["seconds"]
+    return results
+
+
+def markdown(report: dict) -> str:
+    cores = report["machine"]["cores"]
+    lines = [f"ADMM on synthetic ReLU layers (float32, per-neuron g = 0.05), {cores} CPU cores:", "",
+             "| varied | N | P | M | seconds | iterations | kept | within budget |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in report["sweeps"]:
+        lines.append(f"| {row['varied']} | {row['N']} | {row['P']} | {row['M']} | {row['seconds']:.2f} | "
+                     f"{row['iterations']} | {100 * row['kept']:.1f}% | {row['within_budget']} |")
+    lines += ["", f"LeNet-300-100 trimmed whole (g = 0.1, P = {report['workers'][0]['P']}), in this process and on "
+              "local worker processes:", "",
+              "| mode | where | block size | seconds | speed-up | weights kept | difference to in-process blocks |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    serial = {row["mode"]: row["seconds"] for row in report["workers"] if row["block_size"] is None}
+    for row in report["workers"]:
+        where = f"{row['workers']} workers" if row["workers"] else "in process"
+        difference = row["difference_to_same_blocks_in_process"]
+        lines.append(f"| {row['mode']} | {where} | {row['block_size'] or 'whole layer'} | {row['seconds']:.1f} | "
+                     f"{serial[row['mode']] / row['seconds']:.2f}x | {100 * row['kept']:.1f}% | "
+                     f"{'-' if difference is None else f'{difference:.1e}'} |")
+    if report.get("gpu"):
+        g = report["gpu"]
+        lines += ["", f"GPU ({g['device']}): LeNet-300-100 cascade at P = 55,000: {g['lenet_300_100']['seconds']} s; "
+                  f"LeNet-5 cascade: {g['lenet5']['seconds']} s; layer 1 at P = 55,000: ADMM "
+                  f"{g['layer1_admm']['seconds']} s against the published configuration "
+                  f"{g['layer1_published']['seconds']} s ({g['layer1_speedup']:.1f}x)."]
+    else:
+        lines += ["", "No GPU on this machine: the GPU targets were not measured."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sweeps, a briefly trained model, P = 300")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU runs even where CUDA is present")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else FULL
+    report = {"machine": {"cores": available_cores(), "python": platform.python_version(),
+                          "numpy": np.__version__, "torch": torch.__version__},
+              "config": config, "sweeps": sweeps(config), "workers": workers(config),
+              "gpu": None if args.no_gpu or args.quick else gpu()}
+    table = markdown(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
