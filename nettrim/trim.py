@@ -87,8 +87,9 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     executor, workers, block_size: where the layer programs are solved (nettrim/schedule.py): by default in
                  this process; workers=N on a local pool of N processes; executor= any concurrent.futures
                  executor or a dask.distributed Client. Each layer is split into blocks of neurons (block_size
-                 per task), and in parallel mode the layers are solved concurrently. The result is the
-                 in-process one up to floating-point summation order.
+                 per task), and in parallel mode the layers are solved concurrently. With the same block_size
+                 and BLAS thread count the result equals the in-process one; where the thread counts differ,
+                 float32 rounding can move single neurons (README, benchmarks/scaling.py).
 
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
     every layer has been trimmed: an error or Ctrl-C leaves it as it was.
