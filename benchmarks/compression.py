@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
+from benchmarks.results_files import write_results  # noqa: E402
 from nettrim.layers import select_layers  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
@@ -177,11 +178,8 @@ def main(argv=None) -> dict:
     previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     report = run(QUICK if args.quick else FULL, args.seed, args.progress,
                  checkpoint=lambda partial: args.out.write_text(json.dumps(partial, indent=2)), previous=previous)
-    args.out.write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    args.out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, report, markdown(report))
     plot(report, args.out.with_suffix(".png"))
-    print(table)
     return report
 
 

@@ -20,7 +20,6 @@ Writes benchmarks/results/scaling.json and scaling.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 import solvers  # noqa: E402
+from benchmarks.results_files import write_results  # noqa: E402
 from nettrim.schedule import available_cores  # noqa: E402
 from nettrim.zoo import mnist_inputs, trained  # noqa: E402
 
@@ -176,11 +176,7 @@ def main(argv=None) -> dict:
                           "numpy": np.__version__, "torch": torch.__version__},
               "config": config, "sweeps": sweeps(config), "workers": workers(config),
               "gpu": None if args.no_gpu or args.quick else gpu()}
-    table = markdown(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+    write_results(args.out, report, markdown(report))
     return report
 
 

@@ -16,7 +16,6 @@ eps_m = g ||y_m||. Writes JSON and a markdown table (benchmarks/results/).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: this file's folder would shado
 import numpy as np  # noqa: E402
 
 import solvers  # noqa: E402
+from benchmarks.results_files import write_results  # noqa: E402
 from nettrim.datasets import load_mnist  # noqa: E402
 from nettrim.zoo import trained_lenet_300_100  # noqa: E402
 
@@ -154,11 +154,7 @@ def main(argv=None) -> dict:
         args.samples, args.scs_neurons, args.published_max_iter = 400, 2, 300
     report = run(args.samples, args.g, args.seed, args.epochs, args.scs_neurons, args.published_max_iter,
                  {"dtype": args.dtype})
-    table = markdown(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+    write_results(args.out, report, markdown(report))
     return report
 
 
