@@ -34,13 +34,46 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
             & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
 
 
+def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
+    """A lower bound on each neuron's optimal objective (the layer's, repeated, when coupled) from the duals.
+
+    The dual of  min sum_i c_i |u_i|  s.t.  X^T u in C  is  max -sigma_C(lam)  s.t.  |(X lam)_i| <= c_i, lam >= 0
+    on Omega^c, with the support function sigma_C(lam) = <y, lam_Omega> + eps ||lam_Omega|| + <v, lam_Omega^c>.
+    The ADMM's lam = rho Dz is >= 0 on Omega^c (Dz = zeta - Proj_C(zeta)) but meets the box only at the limit,
+    so it is scaled into it: t = 1 / max(1, max_i |(X lam)_i| / c_i), and -t sigma_C(lam) <= the optimum by weak
+    duality, for the user's eps and V (not the tightened internal ones). Exact up to rounding in the working
+    precision. XDz is X Dz^T (N x k); returns float64 values in the scaled variables, whose objective
+    sum_i c_i |Us_i| equals the user's.
+    """
+    def total(values):
+        return xp.full_like(values, values.sum()) if coupled else values
+
+    lam = s.rho[:, None] * Dz
+    on_omega = lam * s.on_omega
+    linear = (on_omega * s.Y).sum(axis=1)
+    if relu and not np.isscalar(true_upper):
+        linear = linear + (lam * s.off_omega * true_upper).sum(axis=1)
+    quadratic = (on_omega * on_omega).sum(axis=1)
+    sigma = total(linear.astype(np.float64)) + true_eps * xp.sqrt(total(quadratic.astype(np.float64)))
+    box = xp.abs(s.rho[None, :] * XDz)
+    over = xp.where(s.cost > 0, box / xp.where(s.cost > 0, s.cost, 1), xp.where(box > 0, xp.inf, 0)).max(axis=0)
+    if coupled:
+        over = xp.full_like(over, over.max())
+    return -sigma / xp.maximum(over.astype(np.float64), 1.0)
+
+
 def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled, y_scale,
-                       violation_tol, finalize, restore_rounds_total):
-    """Measure the converged neurons' sparse iterates exactly; finalize those within budget (or out of
-    restoration rounds), tighten the others' internal budget and bound by twice the measured excess."""
-    idx = to_host(converged).astype(bool)
+                       violation_tol, finalize, restore_rounds_total, certified=None):
+    """Measure the candidates' sparse iterates exactly and finalize those within budget.
+
+    Candidates are the neurons `converged` by residuals and those whose duality gap is `certified` small. A
+    converged neuron that misses its budget gets its internal budget and bound tightened by twice the measured
+    excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates on."""
+    candidates = converged if certified is None else converged | certified
+    may_tighten = to_host(converged).astype(bool)[to_host(candidates).astype(bool)]
+    idx = to_host(candidates).astype(bool)
     neurons = s.neurons[idx]
-    U_cols = (s.W[:, converged] * unscale).astype(np.float64)
+    U_cols = (s.W[:, candidates] * unscale).astype(np.float64)
     response = U_cols.T @ X64
     Y, omega = Y64[neurons], omega64[neurons]
     fit2 = (xp.where(omega, response - Y, 0) ** 2).sum(axis=1)
@@ -58,10 +91,11 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
     violating = hinge.max(axis=1) > violation_tol * y_scale
     if coupled:
         violating = violating.any() | xp.zeros_like(violating)
-    failed = (over > 1e-12 * y_scale) | violating
+    missed = to_host((over > 1e-12 * y_scale) | violating)
+    ok = ~missed
+    failed = missed & may_tighten  # the certified-only candidates that missed just iterate on
     rounds = s.rounds_left[idx]
-    give_up = to_host(failed) & (rounds == 0)
-    ok = ~to_host(failed)
+    give_up = failed & (rounds == 0)
     done = np.zeros(s.neurons.size, dtype=bool)
     done[np.flatnonzero(idx)[ok]] = True
     finalize_mask = xp.asarray(done)
@@ -72,7 +106,7 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
         give_up_mask[np.flatnonzero(idx)[give_up]] = True
         finalize(xp.asarray(give_up_mask), "inaccurate")
         done |= give_up_mask
-    retry = to_host(failed) & (rounds > 0)
+    retry = failed & (rounds > 0)
     if retry.any():
         positions = np.flatnonzero(idx)[retry]
         dt = s.Y.dtype

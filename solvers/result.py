@@ -32,6 +32,9 @@ class LayerResult:
     eps:             the budget, same form as fit.
     max_violation:   max over Omega^c of (U^T X - V)_+.
     response_error:  ||act(U^T X) - Y|| in fit's form (Proposition 1 bounds it by eps).
+    info:            backend details; the ADMM's info["l1_lower_bound"] is a certified lower bound on the
+                     optimal objective (per neuron, an (M,) array, for per-neuron budgets), so
+                     1 - sum(bound) / objective bounds how far U's l1 can be from the optimum.
     """
 
     U: np.ndarray
@@ -101,7 +104,8 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
     """One LayerResult for the layer from its blocks' results (measured again on the whole layer).
 
     status: the worst block's; iterations: the most any block took; seconds: the wall time given;
-    info["blocks"]: each block's neurons, status, iterations and seconds.
+    info["blocks"]: each block's neurons, status, iterations and seconds; info["l1_lower_bound"]: the blocks'
+    per-neuron bounds, side by side.
     """
     if len(results) == 1 and blocks[0] == slice(0, problem.shape[2]):
         result = results[0]
@@ -114,6 +118,9 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
     pairs = list(zip(blocks, results, strict=True))
     info = {"blocks": [{"neurons": [block.start, block.stop], "status": result.status,
                         "iterations": result.iterations, "seconds": result.seconds} for block, result in pairs]}
+    bounds = [result.info.get("l1_lower_bound") for result in results]
+    if all(np.ndim(bound) == 1 for bound in bounds):
+        info["l1_lower_bound"] = np.concatenate(bounds)
     counts = [result.info.get("neuron_status") for result in results]
     if all(count is not None for count in counts):
         info["neuron_status"] = {key: sum(count.get(key, 0) for count in counts) for key in counts[0]}

@@ -56,6 +56,11 @@ def test_admm_matches_clarabel(case, dtype):
         assert np.all(np.asarray(result.response_error) <= np.asarray(problem.eps) * (1 + 1e-3))
     if dead and activation == "relu" and per_neuron and not cascade:  # u = 0 is feasible only when V >= 0
         assert np.all(result.U[:, :dead] == 0)
+    # The certified lower bound (weak duality) never exceeds the oracle's optimum, per neuron, and is tight.
+    bound = result.info["l1_lower_bound"]
+    optimum = np.abs(reference.U).sum(axis=0) if per_neuron else reference.objective
+    assert np.all(bound <= optimum * (1 + 1e-6) + 1e-9)
+    assert np.sum(bound) >= result.objective * (1 - 1e-2)
     # The reported numbers are those of the returned U.
     measured = problem.evaluate(result.U)
     assert result.objective == pytest.approx(measured["objective"], rel=1e-12)
