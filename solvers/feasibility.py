@@ -63,7 +63,7 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
 
 
 def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled, y_scale,
-                       violation_tol, finalize, restore_rounds_total, certified=None):
+                       violation_tol, finalize, restore_rounds_total, certified=None, repair=None):
     """Measure the candidates' sparse iterates exactly and finalize those within budget.
 
     Candidates are the neurons `converged` by residuals and those whose duality gap is `certified` small. A
@@ -92,15 +92,25 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
     if coupled:
         violating = violating.any() | xp.zeros_like(violating)
     missed = to_host((over > 1e-12 * y_scale) | violating)
-    ok = ~missed
+    positions = np.flatnonzero(idx)
+    repaired = np.zeros(positions.size, dtype=bool)
+    if repair is not None and missed.any():  # first try to restore the budget on the support found
+        fixed = repair([int(p) for p in positions[missed & (s.repair_wait[positions] <= 0)]])
+        if fixed:
+            repaired = np.isin(positions, list(fixed))
+            mask = np.zeros(s.neurons.size, dtype=bool)
+            mask[positions[repaired]] = True
+            finalize(xp.asarray(mask), "optimal", np.stack([fixed[p] for p in positions[repaired]], axis=1))
+            missed &= ~repaired
+    ok = ~missed & ~repaired
     failed = missed & may_tighten  # the certified-only candidates that missed just iterate on
     rounds = s.rounds_left[idx]
     give_up = failed & (rounds == 0)
     done = np.zeros(s.neurons.size, dtype=bool)
-    done[np.flatnonzero(idx)[ok]] = True
-    finalize_mask = xp.asarray(done)
+    done[positions[ok]] = True
     if ok.any():
-        finalize(finalize_mask, "optimal")
+        finalize(xp.asarray(done), "optimal")
+    done[positions[repaired]] = True
     if give_up.any():
         give_up_mask = np.zeros(s.neurons.size, dtype=bool)
         give_up_mask[np.flatnonzero(idx)[give_up]] = True

@@ -121,6 +121,9 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
     bounds = [result.info.get("l1_lower_bound") for result in results]
     if all(np.ndim(bound) == 1 for bound in bounds):
         info["l1_lower_bound"] = np.concatenate(bounds)
+    repaired = [result.info.get("repaired") for result in results]
+    if all(count is not None for count in repaired):
+        info["repaired"] = sum(repaired)
     counts = [result.info.get("neuron_status") for result in results]
     if all(count is not None for count in counts):
         info["neuron_status"] = {key: sum(count.get(key, 0) for count in counts) for key in counts[0]}
