@@ -33,7 +33,8 @@ def repair_on_support(xp, X, y, omega, upper, w, target: float, tau: float, roun
     X_omega = X_support[:, omega]
     eigenvalues, Q = xp.linalg.eigh(X_omega @ X_omega.T)
     eigenvalues = xp.maximum(eigenvalues, 0)
-    mu_scale = float((X_support * X_support).sum()) / support.size  # mean ||x_i||^2 over all samples, on S
+    flat = X_support.ravel()
+    mu_scale = float(flat @ flat) / support.size  # mean ||x_i||^2 over all samples, on S
     if not mu_scale > 0:
         return None
     outside = ~omega
@@ -67,7 +68,7 @@ def repair_on_support(xp, X, y, omega, upper, w, target: float, tau: float, roun
         low, high = -8.0, 8.0  # log10(mu / mu_scale)
         if fit(rotated_correction(mu_scale * 10**low)) > target:
             return None
-        for _ in range(30):
+        for _ in range(24):  # log10 mu to 1e-6
             middle = (low + high) / 2
             if fit(rotated_correction(mu_scale * 10**middle)) <= target:
                 low = middle

@@ -110,6 +110,10 @@ def test_bad_options_are_refused_even_when_every_neuron_is_screened():
         solve(problem, device="tpu")
     with pytest.raises(TypeError, match="max_iters"):
         solve(problem, max_iters=10)
+    with pytest.raises(ValueError, match="gap_tol"):
+        solve(problem, gap_tol=-1e-3)
+    with pytest.raises(ValueError, match="gap_patience"):
+        solve(problem, gap_patience=0)
 
 
 def _limit_for(problem, neurons: int, dtype="float64", anderson=5) -> int:

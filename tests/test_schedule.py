@@ -12,11 +12,12 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 import nettrim.schedule
 from instances import random_problem
 from nettrim import trim
-from nettrim.schedule import BlockError, Scheduler, SharedArray
+from nettrim.schedule import BlockError, Scheduler, SharedArray, available_cores
 from networks import images, inputs, mlp, small_cnn
 from solvers import solve
 from solvers.blocks import block_options, neuron_blocks
@@ -38,10 +39,17 @@ def model_and_data():
     return mlp(seed=3, sizes=(12, 40, 24, 4)), inputs(400)
 
 
+def _worker_arithmetic(workers: int):
+    """The BLAS thread count of each of `workers` pool workers, for the in-process run they are compared with:
+    products summed in another order round differently, and the stopping decisions can carry that further."""
+    return threadpool_limits(limits=max(1, available_cores() // workers))
+
+
 @pytest.fixture(scope="module")
 def serial_cascade(model_and_data):
     model, x = model_and_data
-    return trim(model, x, epsilon=0.1, progress=False, block_size=BLOCKS)
+    with _worker_arithmetic(2):
+        return trim(model, x, epsilon=0.1, progress=False, block_size=BLOCKS)
 
 
 def _solve_in_blocks(problem, count, options):
@@ -98,7 +106,8 @@ def test_thread_pool_in_parallel_mode_with_reweighting(model_and_data):
 
 def test_conv_model_on_a_process_pool():
     model, x = small_cnn(seed=2), images(40)
-    serial, _ = trim(model, x, epsilon=0.1, progress=False, block_size=2)
+    with _worker_arithmetic(2):
+        serial, _ = trim(model, x, epsilon=0.1, progress=False, block_size=2)
     pooled, _ = trim(model, x, epsilon=0.1, progress=False, workers=2, block_size=2)
     assert _max_relative_difference(serial, pooled) <= 1e-6
 
