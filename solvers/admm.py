@@ -70,6 +70,8 @@ from .result import SEVERITY, LayerResult, make_result, merge_results, summarize
 #: equilibration, stop when ||dU||_F < 5e-9 N M, and return the soft-thresholded iterate as it is.
 #: Checks a neuron waits after a failed repair before its next one (repairs cost about one iteration each).
 REPAIR_WAIT_CHECKS = 5
+#: A repair is tried when it costs at most this share of the flops the neuron's iterations have cost so far.
+REPAIR_COST_SHARE = 0.2
 
 PUBLISHED_OPTIONS = dict(
     rho="published", beta="published", adaptive_rho=False, relaxation=1.0, warm_start=False,
@@ -403,6 +405,12 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
 
     l1_weights = None if problem.l1_weights is None else xp.asarray(problem.l1_weights)
     repaired_neurons = []
+    omega_sizes = problem.omega.sum(axis=1)
+
+    def repair_pays(support: int, omega_size: int) -> bool:
+        """Does a repair cost (in flops: its Gram matrix and eigendecomposition, about 10 s^3) at most
+        REPAIR_COST_SHARE of what this neuron's iterations have cost so far (two N x P products each)?"""
+        return support**2 * omega_size + 10 * support**3 <= REPAIR_COST_SHARE * iteration * 4 * N * P
 
     def repair(positions):
         """{position: repaired weights (N,), float64} for the working-set positions whose repair on their support
@@ -410,6 +418,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         repaired = {}
         for position in positions:  # gap_allowed: this check's tolerance, set in the loop below
             neuron = int(s.neurons[position])
+            if not repair_pays(int((s.W[:, position] != 0).sum()), int(omega_sizes[neuron])):
+                continue  # asked again at later checks, when the iterations it may save cost more
             upper = upper64 if np.isscalar(upper64) else upper64[neuron]
             weights = repair_on_support(xp, X64, Y64[neuron], omega64[neuron], upper, (s.W[:, position] * unscale[:, 0])
                                         .astype(np.float64), (1 - 1e-4) * float(problem.eps[neuron]),
