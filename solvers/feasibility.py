@@ -68,7 +68,9 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
 
     Candidates are the neurons `converged` by residuals and those whose duality gap is `certified` small. A
     converged neuron that misses its budget gets its internal budget and bound tightened by twice the measured
-    excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates on."""
+    excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates on. With
+    `repair` (admm.py's, over repair.py), a candidate that misses is first repaired on its support: a repaired one
+    is final with its repaired weights and is neither tightened nor counted as missing."""
     candidates = converged if certified is None else converged | certified
     may_tighten = to_host(converged).astype(bool)[to_host(candidates).astype(bool)]
     idx = to_host(candidates).astype(bool)
@@ -113,18 +115,18 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
     done[positions[repaired]] = True
     if give_up.any():
         give_up_mask = np.zeros(s.neurons.size, dtype=bool)
-        give_up_mask[np.flatnonzero(idx)[give_up]] = True
+        give_up_mask[positions[give_up]] = True
         finalize(xp.asarray(give_up_mask), "inaccurate")
         done |= give_up_mask
     retry = failed & (rounds > 0)
     if retry.any():
-        positions = np.flatnonzero(idx)[retry]
+        retrying = positions[retry]
         dt = s.Y.dtype
         if coupled:
             s.eps = max(s.eps - 2 * float(over[0]), 0.0)
         else:
             shrink = xp.zeros(s.neurons.size, dtype=dt)
-            shrink[xp.asarray(positions)] = (2 * over[xp.asarray(retry)]).astype(dt)
+            shrink[xp.asarray(retrying)] = (2 * over[xp.asarray(retry)]).astype(dt)
             s.eps = xp.maximum(s.eps - shrink[:, None], 0)
         if relu and float(hinge.max()) > 0:
             # A uniform margin on the neuron's whole Omega^c bound (shifting only the violated entries moves
@@ -132,9 +134,9 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
             if np.isscalar(s.upper):
                 s.upper = xp.full(s.Y.shape, s.upper, dtype=dt)
             margin = 2 * hinge[xp.asarray(retry)].max(axis=1, keepdims=True)
-            s.upper[xp.asarray(positions)] -= margin.astype(dt) * s.off_omega[xp.asarray(positions)]
-        s.rounds_left[positions] -= 1
+            s.upper[xp.asarray(retrying)] -= margin.astype(dt) * s.off_omega[xp.asarray(retrying)]
+        s.rounds_left[retrying] -= 1
         # From the third round on, also tighten the tolerances of those neurons.
-        repeat = positions[s.rounds_left[positions] < restore_rounds_total - 2]
+        repeat = retrying[s.rounds_left[retrying] < restore_rounds_total - 2]
         s.tol_factor[xp.asarray(repeat)] *= 0.3
     return xp.asarray(done)
