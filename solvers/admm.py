@@ -55,6 +55,7 @@ import contextlib
 import inspect
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -68,7 +69,7 @@ from .result import SEVERITY, LayerResult, make_result, merge_results, summarize
 #: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
 #: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
 #: equilibration, stop when ||dU||_F < 5e-9 N M, and return the soft-thresholded iterate as it is.
-#: Checks a neuron waits after a failed repair before its next one (repairs cost about one iteration each).
+#: Checks a neuron waits after a failed repair before trying again.
 REPAIR_WAIT_CHECKS = 5
 #: A repair is tried when it costs at most this share of the flops the neuron's iterations have cost so far.
 REPAIR_COST_SHARE = 0.2
@@ -412,11 +413,11 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         REPAIR_COST_SHARE of what this neuron's iterations have cost so far (two N x P products each)?"""
         return support**2 * omega_size + 10 * support**3 <= REPAIR_COST_SHARE * iteration * 4 * N * P
 
-    def repair(positions):
+    def repair(positions, gap_allowed):
         """{position: repaired weights (N,), float64} for the working-set positions whose repair on their support
-        keeps the budget and stays within gap_tol of their certified bound (repair.py); the others wait."""
+        keeps the budget and stays within gap_allowed of their certified bound (repair.py); the others wait."""
         repaired = {}
-        for position in positions:  # gap_allowed: this check's tolerance, set in the loop below
+        for position in positions:
             neuron = int(s.neurons[position])
             if not repair_pays(int((s.W[:, position] != 0).sum()), int(omega_sizes[neuron])):
                 continue  # asked again at later checks, when the iterations it may save cost more
@@ -503,7 +504,8 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         if bool((converged | certified).any()):
             done |= accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled,
                                        y_scale, violation_tol, finalize, restore_rounds, certified,
-                                       None if coupled or not repair_misses else repair)
+                                       None if coupled or not repair_misses else partial(repair,
+                                                                                         gap_allowed=gap_allowed))
         s.repair_wait -= 1
         if accelerator is not None:
             accelerator.clear(converged)
