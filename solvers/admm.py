@@ -26,17 +26,18 @@ it per neuron (type-II Anderson acceleration with a safeguard, as SCS 3 does), w
 remaining iterations on the same benchmark.
 
 Stopping uses primal and dual residuals with absolute and relative tolerances (Boyd et al. 2011, sec. 3.3),
-per neuron, checked every `check_every` iterations (a check costs three extra X-products). At a check the
-scaled dual also gives each neuron a certified lower bound on its optimal l1 (feasibility.dual_bound, weak
-duality), and a neuron whose sparse iterate keeps its budget exactly and whose objective is within gap_tol of
-that bound is final too, whatever its residuals: that is what the user asks for (on MNIST layer 1 the duality
-gap reaches 0.5% well before the residuals reach rel_tol). The scaled-dual increment is also tested as a
+per neuron, checked every `check_every` iterations (a check makes four X-products instead of one, and the
+next iteration reuses two of them for its right-hand side). At a check the scaled dual also gives each neuron
+a certified lower bound on its optimal l1 (feasibility.dual_bound, weak duality), and a neuron whose sparse
+iterate keeps its budget exactly and whose objective is within gap_tol of that bound is final too, whatever
+its residuals: that is what the user asks for (on MNIST layer 1 the duality gap reaches 0.5% well before the
+residuals reach rel_tol). The scaled-dual increment is also tested as a
 certificate of primal infeasibility. With per-neuron budgets a neuron that is final leaves the working set,
 so the products shrink as the layer converges; info["l1_lower_bound"] keeps each neuron's certified bound.
 
 Repair. A candidate (converged, or certified by its gap) whose sparse iterate misses its budget, nearly
-always by a small excess over the Omega^c bound, is first repaired on the support it found (repair.py: the
-smallest correction that puts the violated samples under their bound and keeps the fit within the budget); the
+always by a small excess over the Omega^c bound, is first repaired on the support it found (repair.py: a
+small correction that puts the violated samples under their bound and keeps the fit within the budget); the
 repaired weights are final when they stay within gap_tol of the certified bound, and info["repaired"] counts
 them. On MNIST layer 1 (P = 10,000) this finishes most neurons 100-200 iterations earlier, with a lower l1.
 
@@ -69,15 +70,12 @@ from .result import SEVERITY, LayerResult, make_result, merge_results, summarize
 #: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
 #: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
 #: equilibration, stop when ||dU||_F < 5e-9 N M, and return the soft-thresholded iterate as it is.
-#: Checks a neuron waits after a failed repair before trying again.
-REPAIR_WAIT_CHECKS = 5
-#: A repair is tried when it costs at most this share of the flops the neuron's iterations have cost so far.
-REPAIR_COST_SHARE = 0.2
-
 PUBLISHED_OPTIONS = dict(
     rho="published", beta="published", adaptive_rho=False, relaxation=1.0, warm_start=False,
     equilibrate=False, stopping="step", restore=False, anderson=0,
 )
+#: Checks a neuron waits after a failed repair before trying again.
+REPAIR_WAIT_CHECKS = 5
 
 
 def solve_admm(problem: LayerProblem, **options) -> LayerResult:
@@ -242,7 +240,7 @@ class _LayerInput:
 
     @classmethod
     def prepare(cls, xp, X, dt, equilibrate: bool, beta: float) -> _LayerInput:
-        X64 = xp.ascontiguousarray(xp.asarray(X))  # row gathers (repair.py) need C order
+        X64 = xp.ascontiguousarray(xp.asarray(X))  # Xs and X inherit the order: repair.py gathers rows
         row_norms = xp.sqrt((X64 * X64).sum(axis=1))
         scale = xp.where(row_norms > 0, row_norms, 1.0) if equilibrate else xp.ones(X64.shape[0])
         Xs64 = X64 / scale[:, None]
@@ -394,6 +392,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     a = relaxation
     accelerator = memory_or_none(xp, anderson, coupled) if stopping == "residuals" else None
     iteration, history, stopped_by_callback = 0, [], False
+    products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
 
     def per_budget(values):  # per-neuron values, or the layer's total for every neuron
         return xp.full_like(values, values.sum()) if coupled else values
@@ -406,25 +405,18 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
 
     l1_weights = None if problem.l1_weights is None else xp.asarray(problem.l1_weights)
     repaired_neurons = []
-    omega_sizes = problem.omega.sum(axis=1)
 
-    def repair_pays(support: int, omega_size: int) -> bool:
-        """Does a repair cost (in flops: its Gram matrix and eigendecomposition, about 10 s^3) at most
-        REPAIR_COST_SHARE of what this neuron's iterations have cost so far (two N x P products each)?"""
-        return support**2 * omega_size + 10 * support**3 <= REPAIR_COST_SHARE * iteration * 4 * N * P
-
-    def repair(positions, gap_allowed):
+    def repair(positions, responses, gap_allowed):
         """{position: repaired weights (N,), float64} for the working-set positions whose repair on their support
-        keeps the budget and stays within gap_allowed of their certified bound (repair.py); the others wait."""
+        keeps the budget and stays within gap_allowed of their certified bound (repair.py; `responses` are
+        their sparse iterates' responses, measured in float64); the others wait."""
         repaired = {}
-        for position in positions:
+        for position, response in zip(positions, responses, strict=True):
             neuron = int(s.neurons[position])
-            if not repair_pays(int((s.W[:, position] != 0).sum()), int(omega_sizes[neuron])):
-                continue  # asked again at later checks, when the iterations it may save cost more
             upper = upper64 if np.isscalar(upper64) else upper64[neuron]
-            weights = repair_on_support(xp, X64, Y64[neuron], omega64[neuron], upper, (s.W[:, position] * unscale[:, 0])
-                                        .astype(np.float64), (1 - 1e-4) * float(problem.eps[neuron]),
-                                        0.1 * violation_tol * y_scale)
+            weights = repair_on_support(xp, X, response, Y64[neuron], omega64[neuron], upper,
+                                        (s.W[:, position] * unscale[:, 0]).astype(np.float64),
+                                        (1 - 1e-4) * float(problem.eps[neuron]), 0.1 * violation_tol * y_scale, scale)
             objective = None if weights is None else float(
                 (xp.abs(weights) if l1_weights is None else l1_weights[:, neuron] * xp.abs(weights)).sum())
             if objective is not None and objective - float(s.lower_bound[position]) <= gap_allowed * objective:
@@ -437,11 +429,14 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     while iteration < max_iter and s.neurons.size:
         iteration += 1
         check = stopping == "residuals" and (iteration % check_every == 0 or iteration == max_iter)
-        if check:
-            XZ, XD = X @ s.Z.T, X @ s.Dz.T
+        if check and products is None:
+            products = (X @ s.Z.T, X @ s.Dz.T)
+        if products is not None:
+            XZ, XD = products
             rhs = XZ - XD + beta * (s.W - s.Dw)
         else:
             rhs = X @ (s.Z - s.Dz).T + beta * (s.W - s.Dw)
+        products = None
         U_previous = s.U
         U = inverse @ rhs
         XU = U.T @ X
@@ -470,6 +465,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz_new^T is
         # a product of its own (not an update from G U): the dual bound needs it accurate.
         XZ_new, XD_new = X @ Z_new.T, X @ Dz_new.T
+        products = (XZ_new, XD_new)  # the next iteration's right-hand side needs them too
         rho = s.rho
         primal = xp.sqrt(per_budget(((XU - Z_new) ** 2).sum(axis=1) + beta * ((U - W_new) ** 2).sum(axis=0)))
         dual = xp.sqrt(per_budget(rho**2 * ((XZ_new - XZ + beta * (W_new - W_old)) ** 2).sum(axis=0)))
@@ -511,6 +507,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
             accelerator.clear(converged)
         if bool(done.any()):
             s.keep(~done)
+            products = (XZ_new[:, ~done], XD_new[:, ~done])
             if accelerator is not None:
                 accelerator.keep(~done)
         checks += 1
@@ -523,6 +520,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
             ratio = (xp.clip(s.rho * ratio, rho_limits[0], rho_limits[1]) / s.rho).astype(dt)
             s.rho = s.rho * ratio
             s.Dz = s.Dz / ratio[:, None]
+            products = (products[0], products[1] / ratio[None, :])
             s.Dw = s.Dw / ratio[None, :]
             if accelerator is not None:
                 accelerator.rescale(ratio != 1, (s.Z + s.Dz, s.W + s.Dw))

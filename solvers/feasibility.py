@@ -97,7 +97,8 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
     positions = np.flatnonzero(idx)
     repaired = np.zeros(positions.size, dtype=bool)
     if repair is not None and missed.any():  # first try to restore the budget on the support found
-        fixed = repair([int(p) for p in positions[missed & (s.repair_wait[positions] <= 0)]])
+        chosen = missed & (s.repair_wait[positions] <= 0)
+        fixed = repair([int(p) for p in positions[chosen]], response[xp.asarray(chosen)])
         if fixed:
             repaired = np.isin(positions, list(fixed))
             mask = np.zeros(s.neurons.size, dtype=bool)
