@@ -14,7 +14,9 @@ class LayerReport:
     eps is the layer's Frobenius budget (sqrt(sum eps_m^2) for per-neuron budgets); fit_ratio is the largest
     ||(U^T X - Y)_Omega|| / eps (per neuron, or for the layer); violation is the largest Omega^c excess
     (U^T X - V)_+ relative to max|Y|; dense_fallback counts the neurons (columns) that kept their original
-    weights because the solver's weights missed the budget (unconverged or infeasible).
+    weights because the solver's weights missed the budget (unconverged or infeasible); certified_gap is how
+    far the solver's l1 is proven to be from the layer program's optimum (the ADMM's weak-duality bound;
+    None for the cvxpy backend).
     """
 
     name: str
@@ -34,6 +36,7 @@ class LayerReport:
     dense_fallback: int = 0
     g: float = 0.0                        # the relative budget used (0 = the inherited cascade budget alone)
     target_sparsity: float | None = None
+    certified_gap: float | None = None
 
     @property
     def weights(self) -> int:
@@ -105,19 +108,21 @@ class Report:
     def from_dict(cls, data: dict) -> Report:
         return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
                    reweight=data.get("reweight", 0), folded_batchnorm=dict(data.get("folded_batchnorm", {})),
-                   layers=[LayerReport(**{key: row[key] for key in _FIELDS}) for row in data["layers"]])
+                   layers=[LayerReport(**{key: row[key] for key in _FIELDS if key in row}) for row in data["layers"]])
 
     def table(self) -> str:
         header = ("layer", "kind", "act", "W (N x M)", "P", "nonzeros", "kept", "eps", "fit/eps", "viol",
-                  "iters", "sec", "status")
+                  "l1 gap", "iters", "sec", "status")
         rows = [header]
         for r in self.layers:
             status = r.status + (f" ({r.dense_fallback} dense)" if r.dense_fallback else "")
             rows.append((r.name, r.kind, r.activation, " x ".join(map(str, r.shape)), str(r.samples),
                          f"{r.nonzeros_before} -> {r.nonzeros_after}", f"{100 * r.kept:.1f}%", f"{r.eps:.4g}",
-                         f"{r.fit_ratio:.4f}", f"{r.violation:.1e}", str(r.iterations), f"{r.seconds:.1f}", status))
+                         f"{r.fit_ratio:.4f}", f"{r.violation:.1e}",
+                         "-" if r.certified_gap is None else f"{100 * r.certified_gap:.2f}%", str(r.iterations),
+                         f"{r.seconds:.1f}", status))
         rows.append(("total", "", "", str(self.weights), "", f"{self.nonzeros_before} -> {self.nonzeros_after}",
-                     f"{100 * self.kept:.1f}%", "", "", "", "", f"{self.seconds:.1f}", ""))
+                     f"{100 * self.kept:.1f}%", "", "", "", "", "", f"{self.seconds:.1f}", ""))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                  for row in rows]

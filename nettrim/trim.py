@@ -326,7 +326,7 @@ def _layer_report(layer: Layer, solved: _Solved, g: float, target: float | None,
         eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
         violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
         status=result.status, message=message, dense_fallback=solved.dense_fallback, g=g,
-        target_sparsity=target)
+        target_sparsity=target, certified_gap=result.certified_gap)
 
 
 def _commit(model: nn.Module, work: nn.Module, order: list[Layer], folded: dict[str, str]) -> None:

@@ -58,6 +58,15 @@ class LayerResult:
     def nonzeros(self) -> int:
         return int(np.count_nonzero(self.U))
 
+    @property
+    def certified_gap(self) -> float | None:
+        """1 - sum(info["l1_lower_bound"]) / objective: U's l1 is proven within this fraction of the optimum
+        (None when the backend gives no bound; a neuron without a bound counts as 0, which is always one)."""
+        bound = self.info.get("l1_lower_bound")
+        if bound is None:
+            return None
+        return 1.0 - float(np.nansum(bound)) / self.objective if self.objective else 0.0
+
     def __repr__(self) -> str:
         fit_ratio = np.max(np.asarray(self.fit) / np.maximum(np.asarray(self.eps), 1e-300))
         return (

@@ -42,7 +42,8 @@ def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: floa
     """`rounds` reweighting rounds after a plain solve; solve_once(problem, initial) solves one program.
 
     Returns the result on the plain program (objective ||U||_1) of the last round's U, with each round's
-    l1, nonzeros, status and iterations in info["rounds"].
+    l1, nonzeros, status and iterations in info["rounds"]. Its info["l1_lower_bound"], when the backend gives
+    one, is round 0's: a bound on the plain program's optimum (the weighted rounds' bounds are not).
     """
     if not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"reweight must be an int >= 0, got {rounds!r}")
@@ -50,6 +51,7 @@ def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: floa
         raise ValueError(f"delta must be a positive number, got {delta!r}")
     start = time.perf_counter()
     result = solve_once(problem, None)
+    plain_bound = result.info.get("l1_lower_bound")
     U = result.U
     history = [_round_summary(0, result, U)]
     iterations = result.iterations
@@ -63,9 +65,11 @@ def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: floa
         iterations += result.iterations
         history.append(_round_summary(round_number, result, U, kept_previous=int((~keep).sum())))
     message = f"{result.message}; reweighted l1, {len(history) - 1} rounds"
+    info = {key: value for key, value in result.info.items() if key != "l1_lower_bound"}
+    if plain_bound is not None:
+        info["l1_lower_bound"] = plain_bound
     return make_result(problem, U, status=result.status, message=message, iterations=iterations,
-                       seconds=time.perf_counter() - start, backend=result.backend,
-                       info=dict(result.info, rounds=history))
+                       seconds=time.perf_counter() - start, backend=result.backend, info=dict(info, rounds=history))
 
 
 def _round_summary(number: int, result: LayerResult, U: np.ndarray, kept_previous: int = 0) -> dict:

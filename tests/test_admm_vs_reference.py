@@ -61,6 +61,7 @@ def test_admm_matches_clarabel(case, dtype):
     optimum = np.abs(reference.U).sum(axis=0) if per_neuron else reference.objective
     assert np.all(bound <= optimum * (1 + 1e-6) + 1e-9)
     assert np.sum(bound) >= result.objective * (1 - 1e-2)
+    assert result.certified_gap == pytest.approx(1 - np.sum(bound) / result.objective, rel=1e-12)
     # The reported numbers are those of the returned U.
     measured = problem.evaluate(result.U)
     assert result.objective == pytest.approx(measured["objective"], rel=1e-12)

@@ -38,6 +38,18 @@ def test_reweighting_sparsifies_within_the_same_budget(seed, backend):
     assert np.all(problem.columns_within_budget(result.U))
 
 
+def test_the_reweighted_result_keeps_the_plain_programs_certified_bound():
+    """The weighted rounds' bounds are on other objectives: the one returned is round 0's, below the plain
+    program's optimum (Clarabel's), so the reweighted U's l1 is measured against the l1 optimum."""
+    problem = random_problem(1, N=30, P=200, M=6, g=0.2, density=0.6, per_neuron=True)
+    plain = solvers.solve(problem)
+    reweighted = solvers.solve(problem, reweight=2)
+    optimum = np.abs(solvers.solve(problem, backend="cvxpy").U).sum(axis=0)
+    np.testing.assert_array_equal(reweighted.info["l1_lower_bound"], plain.info["l1_lower_bound"])
+    assert np.all(reweighted.info["l1_lower_bound"] <= optimum * (1 + 1e-6))
+    assert 0 <= plain.certified_gap <= reweighted.certified_gap
+
+
 def test_reweighted_admm_and_clarabel_reach_similar_sparsity():
     problem = random_problem(0, N=30, P=200, M=6, g=0.2, density=0.6, per_neuron=True)
     ours = solvers.solve(problem, reweight=2, dtype="float64", rel_tol=1e-6)

@@ -265,7 +265,9 @@ def test_calibration_as_an_iterable_of_labelled_batches():
 def test_report_table_and_json_round_trip(cascade_mlp, tmp_path):
     report = cascade_mlp[3]
     text = str(report)
-    assert "fit/eps" in text and "total" in text and "cascade" in text
+    assert "fit/eps" in text and "total" in text and "cascade" in text and "l1 gap" in text
+    for row in report.layers:  # the ADMM's certified gap, gap_tol = 0.5% for the neurons its gap test ended
+        assert 0 <= row.certified_gap <= 5e-3 and f"{100 * row.certified_gap:.2f}%" in text
     report.to_json(tmp_path / "report.json")
     again = nettrim.Report.from_dict(__import__("json").loads((tmp_path / "report.json").read_text()))
     assert again.to_dict() == report.to_dict()
