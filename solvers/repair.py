@@ -40,7 +40,6 @@ def repair_on_support(xp, X, response, y, omega, upper, w, target: float, tau: f
         return None
     X_support = X[support]
     X_omega = X_support[:, omega]
-
     outside = ~omega
     violated = xp.zeros(omega.shape, dtype=bool)
     weights = w[support].astype(np.float64)
