@@ -14,6 +14,7 @@ the other tasks are cancelled and nothing is skipped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import os
@@ -107,6 +108,7 @@ class Scheduler:
         self._outstanding: set = set()  # submitted futures not yet gathered (cancelled on abort)
         self._lock = threading.Lock()  # layers may be solved from several threads (parallel mode)
         self._directory: Path | None = None
+        self._file_numbers = itertools.count()  # file names are never reused, even after release()
         if workers is not None:
             threads = max(1, available_cores() // workers)
             executor = self._own_pool = ProcessPoolExecutor(
@@ -208,7 +210,7 @@ class Scheduler:
         elif isinstance(self.executor, ProcessPoolExecutor):
             if self._directory is None:
                 self._directory = Path(tempfile.mkdtemp(prefix="nettrim-"))
-            path = self._directory / f"X-{len(list(self._directory.iterdir()))}-{id(X)}.npy"
+            path = self._directory / f"X-{next(self._file_numbers)}.npy"
             np.save(path, X)
             handle = SharedArray(str(path))
         else:  # threads share memory; any other executor gets X with each task
