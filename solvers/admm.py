@@ -60,6 +60,7 @@ from functools import partial
 
 import numpy as np
 
+from . import feasibility
 from .anderson import memory_or_none
 from .arrays import array_module, to_host
 from .feasibility import accept_or_tighten, certify_infeasible, dual_bound
@@ -394,8 +395,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
     iteration, history, stopped_by_callback = 0, [], False
     products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
 
-    def per_budget(values):  # per-neuron values, or the layer's total for every neuron
-        return xp.full_like(values, values.sum()) if coupled else values
+    per_budget = partial(feasibility.per_budget, xp, coupled=coupled)
 
     def finalize(mask, status, weights=None):
         idx = s.neurons[to_host(mask).astype(bool)]

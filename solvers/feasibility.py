@@ -8,6 +8,24 @@ import numpy as np
 from .arrays import to_host
 
 
+def per_budget(xp, values, coupled: bool):
+    """Per-neuron values, or (coupled: one budget for the layer) their total repeated for every neuron."""
+    return xp.full_like(values, values.sum()) if coupled else values
+
+
+def support_function(xp, s, lam, eps, upper, coupled: bool):
+    """sigma_C(lam) = <y, lam_Omega> + eps ||lam_Omega|| + <v, lam_Omega^c> per neuron (the layer's, repeated,
+    when coupled), in float64: the support function of C for lam >= 0 on Omega^c (+inf otherwise, which the
+    callers rule out). Omega^c is empty for a linear layer."""
+    on_omega = lam * s.on_omega
+    linear = (on_omega * s.Y).sum(axis=1)
+    if not (np.isscalar(upper) and upper == 0):
+        linear = linear + (lam * s.off_omega * upper).sum(axis=1)
+    quadratic = (on_omega * on_omega).sum(axis=1)
+    return (per_budget(xp, linear.astype(np.float64), coupled)
+            + eps * xp.sqrt(per_budget(xp, quadratic.astype(np.float64), coupled)))
+
+
 def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1e-6):
     """Neurons (all of them when coupled) whose scaled-dual increment certifies infeasibility.
 
@@ -16,19 +34,13 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
     (OSQP's test, Banjac et al. 2019).
     """
     def total(values):
-        return xp.full_like(values, values.sum()) if coupled else values
+        return per_budget(xp, values, coupled)
 
     y = s.rho[:, None] * dDz
     size = xp.sqrt(total((y * y).sum(axis=1)))
     aty = xp.sqrt(total((((XdDz + beta * dDw) * s.rho[None, :]) ** 2).sum(axis=0)))
-    on_omega = y * s.on_omega if relu else y
-    eps = s.eps if coupled else s.eps.ravel()
-    support = total((on_omega * s.Y).sum(axis=1)) + eps * xp.sqrt(total((on_omega * on_omega).sum(axis=1)))
-    negative = xp.zeros_like(size)
-    if relu:
-        off_omega = y * s.off_omega
-        support = support + total((off_omega * s.upper).sum(axis=1))
-        negative = xp.sqrt(total((xp.minimum(off_omega, 0) ** 2).sum(axis=1)))
+    support = support_function(xp, s, y, s.eps if coupled else s.eps.ravel(), s.upper if relu else 0.0, coupled)
+    negative = xp.sqrt(total((xp.minimum(y * s.off_omega, 0) ** 2).sum(axis=1))) if relu else xp.zeros_like(size)
     y_norm = xp.sqrt(total((s.Y * s.Y).sum(axis=1)))  # per neuron: no neuron's test depends on another's
     return ((size > 0) & (aty <= tol * x_norm * size) & (negative <= tol * size)
             & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
@@ -45,16 +57,8 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
     precision. XDz is X Dz^T (N x k); returns float64 values in the scaled variables, whose objective
     sum_i c_i |Us_i| equals the user's.
     """
-    def total(values):
-        return xp.full_like(values, values.sum()) if coupled else values
-
     lam = s.rho[:, None] * Dz
-    on_omega = lam * s.on_omega
-    linear = (on_omega * s.Y).sum(axis=1)
-    if relu and not np.isscalar(true_upper):
-        linear = linear + (lam * s.off_omega * true_upper).sum(axis=1)
-    quadratic = (on_omega * on_omega).sum(axis=1)
-    sigma = total(linear.astype(np.float64)) + true_eps * xp.sqrt(total(quadratic.astype(np.float64)))
+    sigma = support_function(xp, s, lam, true_eps, true_upper if relu else 0.0, coupled)
     box = xp.abs(s.rho[None, :] * XDz)
     over = xp.where(s.cost > 0, box / xp.where(s.cost > 0, s.cost, 1), xp.where(box > 0, xp.inf, 0)).max(axis=0)
     if coupled:

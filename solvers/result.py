@@ -59,13 +59,19 @@ class LayerResult:
         return int(np.count_nonzero(self.U))
 
     @property
-    def certified_gap(self) -> float | None:
-        """1 - sum(info["l1_lower_bound"]) / objective: U's l1 is proven within this fraction of the optimum
-        (None when the backend gives no bound; a neuron without a bound counts as 0, which is always one)."""
+    def l1_lower_bound(self) -> float | None:
+        """sum(info["l1_lower_bound"]): no weights that meet the constraints have a lower objective (None when the
+        backend gives no bound; a neuron without a bound counts as 0, which is always one)."""
         bound = self.info.get("l1_lower_bound")
-        if bound is None:
+        return None if bound is None else float(np.nansum(bound))
+
+    @property
+    def certified_gap(self) -> float | None:
+        """1 - l1_lower_bound / objective: U's l1 is proven within this fraction of the optimum (None without a
+        bound)."""
+        if self.l1_lower_bound is None:
             return None
-        return 1.0 - float(np.nansum(bound)) / self.objective if self.objective else 0.0
+        return 1.0 - self.l1_lower_bound / self.objective if self.objective else 0.0
 
     def __repr__(self) -> str:
         fit_ratio = np.max(np.asarray(self.fit) / np.maximum(np.asarray(self.eps), 1e-300))
