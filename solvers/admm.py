@@ -81,7 +81,7 @@ REPAIR_WAIT_CHECKS = 5
 #: Residual balancing moved most neurons of MNIST layer 1 (P = 10,000) from a threshold at 1 to 25 (193 of 288)
 #: or 5 (81); starting at 5 took 10 to 25% off the layers of LeNet-300-100 and LeNet-5. A start from `initial`
 #: (a previous round's solution, reweighting) keeps 1: at 5 the demo's second layer took 39 s instead of 21 s.
-THRESHOLD_OVER_TYPICAL = 5.0
+THRESHOLD_OVER_MEAN_WEIGHT = 5.0
 
 
 def solve_admm(problem: LayerProblem, **options) -> LayerResult:
@@ -207,7 +207,7 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
 
     beta balances the two consensus blocks: the mean eigenvalue trace(G)/N of the (equilibrated) Gram matrix G
     by default (measured best on MNIST layers), 0.09 max diag G in the published form (its c0^2); rho sets the
-    threshold 1/(rho beta) at THRESHOLD_OVER_TYPICAL times the mean magnitude of the original weights, at the
+    threshold 1/(rho beta) at THRESHOLD_OVER_MEAN_WEIGHT times the mean magnitude of the original weights, at the
     mean magnitude of `initial` when given, at X's scale without a warm start; response_scale = max|Y| scales
     the absolute tolerances. Solving any subset of the neurons with these as options iterates every neuron
     exactly as the whole layer does (neuron blocks on several workers).
@@ -223,7 +223,7 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     if rho == "published":
         rho = 1.0 / beta
     elif rho is None:
-        start_weights, factor = ((problem.original_weights, THRESHOLD_OVER_TYPICAL) if initial is None
+        start_weights, factor = ((problem.original_weights, THRESHOLD_OVER_MEAN_WEIGHT) if initial is None
                                  else (initial, 1.0))
         threshold = factor * float(np.abs(np.asarray(start_weights) * scale[:, None]).mean()) if (
             warm_start and start_weights is not None) else 0.0

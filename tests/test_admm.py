@@ -153,15 +153,15 @@ def test_tf32_needs_cuda():
 
 
 def test_rho_starts_the_threshold_at_the_warm_starts_scale():
-    """1/(rho beta) = THRESHOLD_OVER_TYPICAL mean|D W0| from the trained weights, mean|D U| from `initial` (a
+    """1/(rho beta) = THRESHOLD_OVER_MEAN_WEIGHT mean|D W0| from the trained weights, mean|D U| from `initial` (a
     previous round's solution), in the equilibrated variables D U; `rho` given is kept."""
-    from solvers.admm import THRESHOLD_OVER_TYPICAL, iteration_constants
+    from solvers.admm import THRESHOLD_OVER_MEAN_WEIGHT, iteration_constants
 
     problem = random_problem(3, N=20, P=200, M=6, per_neuron=True)
     row_norms = np.linalg.norm(problem.X, axis=1)[:, None]
     constants = iteration_constants(problem)
     threshold = 1 / (constants["rho"] * constants["beta"])
-    assert threshold == pytest.approx(THRESHOLD_OVER_TYPICAL * np.abs(problem.original_weights * row_norms).mean())
+    assert threshold == pytest.approx(THRESHOLD_OVER_MEAN_WEIGHT * np.abs(problem.original_weights * row_norms).mean())
     initial = np.where(np.abs(problem.original_weights) > 0.5, problem.original_weights, 0.0)
     constants = iteration_constants(problem, initial=initial)
     assert 1 / (constants["rho"] * constants["beta"]) == pytest.approx(np.abs(initial * row_norms).mean())
