@@ -69,9 +69,10 @@ class LayerResult:
     def certified_gap(self) -> float | None:
         """1 - l1_lower_bound / objective: U's l1 is proven within this fraction of the optimum (None without a
         bound)."""
-        if self.l1_lower_bound is None:
+        bound = self.l1_lower_bound
+        if bound is None:
             return None
-        return 1.0 - self.l1_lower_bound / self.objective if self.objective else 0.0
+        return 1.0 - bound / self.objective if self.objective else 0.0
 
     def __repr__(self) -> str:
         fit_ratio = np.max(np.asarray(self.fit) / np.maximum(np.asarray(self.eps), 1e-300))
