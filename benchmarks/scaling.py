@@ -9,6 +9,9 @@ One run, same process, same data:
   training images: in this process as one piece per layer, then in blocks of 150 neurons (layer 1 in two
   blocks) in this process and with workers=1 and 2; each blocked run's largest weight difference to the
   in-process blocked run (relative to that run's largest weight), and the weights kept;
+- memory: a synthetic layer solved whole, then under a memory_limit that holds a fifth of its neurons next to X
+  (neuron chunks), then under one that holds as many with X kept on the host and moved in blocks of samples at
+  every product (sample chunking): the cost of streaming X, here on the CPU where nothing actually moves;
 - gpu (only with CUDA): LeNet-300-100 cascade at P = 55,000, LeNet-5 cascade (its convs at max_samples
   positions), and layer 1 of LeNet-300-100 at P = 55,000 with the ADMM and with solvers.PUBLISHED_OPTIONS.
 Writes benchmarks/results/scaling.json and scaling.md.
@@ -39,9 +42,9 @@ from nettrim.zoo import mnist_inputs, trained  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"base": (200, 4000, 100), "P": [1000, 2000, 4000, 8000], "N": [100, 200, 400, 800], "M": [25, 50, 100, 200],
-        "samples": 5000, "epochs": 10, "workers": [1, 2], "block_size": 150}
+        "samples": 5000, "epochs": 10, "workers": [1, 2], "block_size": 150, "memory": (800, 8000, 100)}
 QUICK = {"base": (40, 400, 20), "P": [200, 400], "N": [20, 40], "M": [10, 20], "samples": 300, "epochs": 1,
-         "workers": [2], "block_size": 150}
+         "workers": [2], "block_size": 150, "memory": (100, 400, 20)}
 
 
 def synthetic_layer(N: int, P: int, M: int, seed: int = 0, g: float = 0.05) -> solvers.LayerProblem:
@@ -66,6 +69,28 @@ def sweeps(config: dict) -> list[dict]:
                          "kept": result.nonzeros / result.U.size,
                          "within_budget": bool(problem.columns_within_budget(result.U).all())})
             print(f"sweep {varied}: N={N} P={P} M={M}: {rows[-1]['seconds']} s", flush=True)
+    return rows
+
+
+def memory(config: dict) -> list[dict]:
+    N, P, M = config["memory"]
+    problem = synthetic_layer(N, P, M)
+    sizes = solvers.admm.memory_sizes(problem, "float32")
+    neurons = M // 5
+    limits = {"whole": None,
+              "neuron chunks": sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"],
+              "neuron chunks, X streamed": int(sizes["factorization"] + (neurons + 0.5) * sizes["per_neuron"]
+                                               / (1 - solvers.admm.STREAMED_BLOCKS_SHARE))}
+    rows = []
+    for name, limit in limits.items():
+        start = time.perf_counter()
+        result = solvers.solve(problem, dtype="float32", memory_limit=limit)
+        rows.append({"run": name, "N": N, "P": P, "M": M, "memory_limit": limit,
+                     "seconds": round(time.perf_counter() - start, 3), "chunks": result.info.get("chunks", 1),
+                     "sample_blocks": result.info.get("sample_blocks", 1), "repaired": result.info["repaired"],
+                     "iterations": result.iterations, "status": result.status, "l1": result.objective,
+                     "within_budget": bool(problem.columns_within_budget(result.U).all())})
+        print(f"memory: {name}: {rows[-1]['seconds']} s", flush=True)
     return rows
 
 
@@ -154,6 +179,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['mode']} | {where} | {row['block_size'] or 'whole layer'} | {row['seconds']:.1f} | "
                      f"{serial[row['mode']] / row['seconds']:.2f}x | {100 * row['kept']:.1f}% | "
                      f"{'-' if difference is None else f'{difference:.1e}'} |")
+    memory_rows = report["memory"]
+    first = memory_rows[0]
+    lines += ["", f"One synthetic layer (N = {first['N']}, P = {first['P']}, M = {first['M']}, float32) under a "
+              "memory_limit, on the CPU:", "",
+              "| run | chunks | sample blocks | seconds | time / chunks | repaired | l1 / whole | within budget |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    chunked = memory_rows[1]["seconds"]
+    for row in memory_rows:
+        lines.append(f"| {row['run']} | {row['chunks']} | {row['sample_blocks']} | {row['seconds']:.2f} | "
+                     f"{row['seconds'] / chunked:.2f} | {row['repaired']} | {row['l1'] / first['l1']:.5f} | "
+                     f"{row['within_budget']} |")
     if report.get("gpu"):
         g = report["gpu"]
         lines += ["", f"GPU ({g['device']}): LeNet-300-100 cascade at P = 55,000: {g['lenet_300_100']['seconds']} s; "
@@ -174,7 +210,7 @@ def main(argv=None) -> dict:
     config = QUICK if args.quick else FULL
     report = {"machine": {"cores": available_cores(), "python": platform.python_version(),
                           "numpy": np.__version__, "torch": torch.__version__},
-              "config": config, "sweeps": sweeps(config), "workers": workers(config),
+              "config": config, "sweeps": sweeps(config), "memory": memory(config), "workers": workers(config),
               "gpu": None if args.no_gpu or args.quick else gpu()}
     write_results(args.out, report, markdown(report))
     return report

@@ -67,6 +67,7 @@ from .feasibility import accept_or_tighten, certify_infeasible, dual_bound
 from .problem import LayerProblem
 from .repair import repair_on_support
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
+from .samples import SampleBlocks
 
 #: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
 #: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
@@ -82,6 +83,9 @@ REPAIR_WAIT_CHECKS = 5
 #: or 5 (81); starting at 5 took 10 to 25% off the layers of LeNet-300-100 and LeNet-5. A start from `initial`
 #: (a previous round's solution, reweighting) keeps 1: at 5 the demo's second layer took 39 s instead of 21 s.
 THRESHOLD_OVER_MEAN_WEIGHT = 5.0
+#: The share of memory_limit that the blocks of an X kept on the host may take on the device (the rest holds
+#: the neurons' working arrays): the transfers per product are all of X whatever the block size.
+STREAMED_BLOCKS_SHARE = 0.25
 
 
 def solve_admm(problem: LayerProblem, **options) -> LayerResult:
@@ -91,8 +95,10 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     optimum u_m = 0 (objective 0 is the least possible); with per-neuron budgets they are screened out and
     only the others are iterated. A dead neuron (y_m = 0 everywhere) is one of them.
 
-    memory_limit (bytes): the working arrays of the iterated neurons must fit in it, or the neurons are solved
-    in chunks that do (per-neuron budgets), each sharing X moved to the device and factored once; on CUDA the
+    memory_limit (bytes): X and the working arrays of the iterated neurons must fit in it, or the neurons are
+    solved in chunks that do (per-neuron budgets), each sharing X moved to the device and factored once; when X
+    itself leaves no room for one neuron (or, with a layer budget, for all of them), it stays on the host and
+    every product moves it to the device in blocks of samples (samples.py; info["sample_blocks"]). On CUDA the
     default is 90% of the free device memory, on the CPU no limit. tf32=True lets CuPy's float32 products use
     TF32 tensor cores (faster, 10-bit mantissas in the products; the returned weights are still measured in
     float64 against their budget); info["tf32"] says whether it was on.
@@ -102,16 +108,11 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     start = time.perf_counter()
     xp = array_module(options.get("device", "cpu"))
     with _tensor_float32(xp, options.get("dtype", "float64"), options.pop("tf32", False)) as tf32:
-        if not problem.per_neuron:
-            _neurons_per_chunk(problem, options)  # refuses a layer that does not fit
-            result = _solve_admm(problem, **options)
-            result.info["tf32"] = tf32
-            return result
         fit_of_zero = np.linalg.norm(np.where(problem.omega, problem.Y, 0.0), axis=1)
         upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
                              else np.all((problem.upper >= 0) | problem.omega, axis=1))
         active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
-        if active.all():
+        if active.all() or not problem.per_neuron:  # a layer budget couples the neurons: none is screened
             result = _solve_in_chunks(problem, options)
             result.info["tf32"] = tf32
             return result
@@ -134,14 +135,20 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
 
 
 def _solve_in_chunks(problem: LayerProblem, options: dict) -> LayerResult:
-    """The per-neuron program in chunks of neurons that fit options["memory_limit"] (one chunk when it fits)."""
-    N, _, M = problem.shape
-    chunk = _neurons_per_chunk(problem, options)
-    if chunk >= M:
+    """The program in chunks of neurons (per-neuron budgets) and blocks of samples that fit
+    options["memory_limit"]: one chunk with X on the device when it fits."""
+    N, P, M = problem.shape
+    chunk, samples_per_block = _memory_plan(problem, options)
+    if chunk >= M and samples_per_block is None:
         return _solve_admm(problem, **options)
     start = time.perf_counter()
     xp, dt = array_module(options.get("device", "cpu")), np.dtype(options.get("dtype", "float64"))
-    prepared = _LayerInput.prepare(xp, problem.X, dt, options.get("equilibrate", True), options["beta"])
+    prepared = _LayerInput.prepare(xp, problem.X, dt, options.get("equilibrate", True), options["beta"],
+                                   samples_per_block)
+    if chunk >= M:
+        result = _solve_admm(problem, **options, prepared=prepared)
+        result.info["sample_blocks"] = len(prepared.X.blocks)
+        return result
     blocks = [slice(first, min(first + chunk, M)) for first in range(0, M, chunk)]
     results = []
     for block in blocks:
@@ -151,36 +158,56 @@ def _solve_in_chunks(problem: LayerProblem, options: dict) -> LayerResult:
         results.append(_solve_admm(problem.neurons(block), **chunk_options))
     merged = merge_results(problem, blocks, results, time.perf_counter() - start)
     merged.info["chunks"] = len(blocks)
+    if samples_per_block is not None:
+        merged.info["sample_blocks"] = len(prepared.X.blocks)
     return merged
 
 
-def _neurons_per_chunk(problem: LayerProblem, options: dict) -> int:
-    """How many neurons' working arrays fit in the memory limit next to the layer's X and its factorization.
+def memory_sizes(problem: LayerProblem, dtype="float64", anderson: int = 5) -> dict:
+    """The device memory the ADMM needs, estimated in bytes: {"per_neuron", "factorization", "X"}.
 
-    Estimate, in bytes: X in float64 and in the working precision plus three N x N matrices, fixed; per neuron,
-    its rows of Y, Omega, V (float64) and about 14 + 2 * anderson P-long and 10 + 2 * anderson N-long arrays
-    in the working precision (iterates, duals, temporaries, Anderson's memory).
+    Per neuron, its rows of Y, Omega, V (float64) and about 14 + 2 * anderson P-long and 10 + 2 * anderson N-long
+    arrays in the working precision (iterates, duals, temporaries, Anderson's memory); the factorization, three
+    N x N float64 matrices; X on the device, in float64 and in the working precision.
+    """
+    N, P, _ = problem.shape
+    itemsize = np.dtype(dtype).itemsize
+    return {"per_neuron": P * (17 + itemsize * (14 + 2 * anderson)) + N * itemsize * (10 + 2 * anderson),
+            "factorization": 3 * N * N * 8, "X": N * P * (8 + itemsize)}
+
+
+def _memory_plan(problem: LayerProblem, options: dict) -> tuple[int, int | None]:
+    """(neurons per chunk, samples per block of a streamed X or None for X on the device) within memory_limit.
+
+    X stays on the device (memory_sizes) unless that leaves no room for the neurons that must be solved together
+    (one, or all M with a layer budget); then two float64 blocks of its samples take at most
+    STREAMED_BLOCKS_SHARE of what the factorization leaves.
     """
     N, P, M = problem.shape
     limit = options.get("memory_limit")
     device = options.get("device", "cpu")
     if limit is None:
         if device == "cpu":
-            return M
+            return M, None
         xp = array_module(device)
         limit = int(0.9 * (xp.cuda.Device().mem_info[0] + xp.get_default_memory_pool().free_bytes()))
-    itemsize, anderson = np.dtype(options.get("dtype", "float64")).itemsize, int(options.get("anderson", 5))
-    fixed = N * P * (8 + itemsize) + 3 * N * N * 8
-    per_neuron = P * (17 + itemsize * (14 + 2 * anderson)) + N * itemsize * (10 + 2 * anderson)
-    fitting = (limit - fixed) // per_neuron
-    if fitting < 1 or (fitting < M and not problem.per_neuron):
-        what = ("not even one neuron of this layer" if fitting < 1 else
+    sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)))
+    per_neuron, factorization = sizes["per_neuron"], sizes["factorization"]
+    together = 1 if problem.per_neuron else M
+    resident = factorization + sizes["X"]
+    if limit - resident >= together * per_neuron:
+        return int(min((limit - resident) // per_neuron, M)), None
+    samples_per_block = int(min(P, max(1, (STREAMED_BLOCKS_SHARE * (limit - factorization)) // (2 * N * 8))))
+    fitting = (limit - factorization - 2 * N * samples_per_block * 8) // per_neuron
+    if fitting < together:
+        what = ("not even one neuron of this layer" if problem.per_neuron else
                 "this layer, whose single (layer) budget couples the neurons so they cannot be chunked")
         raise ValueError(
-            f"memory_limit: {limit / 2**30:.2f} GiB holds {what}: X (N x P = {N} x {P}) and its factorization need "
-            f"about {fixed / 2**30:.2f} GiB and each neuron {per_neuron / 2**20:.1f} MiB; lower the number of "
-            "samples P (max_samples)" + ("" if problem.per_neuron else " or use per-neuron budgets"))
-    return int(min(fitting, M))
+            f"memory_limit: {limit / 2**30:.2f} GiB holds {what}: each neuron's arrays need "
+            f"{per_neuron / 2**20:.1f} MiB (P = {P} samples), the factorization of X X^T {factorization / 2**20:.1f} "
+            f"MiB; lower the number of samples P (max_samples)" + ("" if problem.per_neuron else
+                                                                  " or use per-neuron budgets"))
+    return int(min(fitting, M)), samples_per_block
 
 
 @contextlib.contextmanager
@@ -239,25 +266,37 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
 class _LayerInput:
     """X on the device, equilibrated and factored once per layer: what every neuron chunk shares."""
 
-    X64: object       # X, float64
-    X: object         # Xs = D^-1 X in the working precision
+    X64: SampleBlocks  # X, float64
+    X: SampleBlocks    # Xs = D^-1 X in the working precision
     inverse: object   # (Xs Xs^T + beta I)^-1
     scale: object     # D, the row norms of X (ones without equilibration)
     unscale: object   # 1 / D as an (N, 1) column in the working precision
     x_norm: float     # ||Xs||_2
 
     @classmethod
-    def prepare(cls, xp, X, dt, equilibrate: bool, beta: float) -> _LayerInput:
-        X64 = xp.ascontiguousarray(xp.asarray(X))  # Xs and X inherit the order: repair.py gathers rows
-        row_norms = xp.sqrt((X64 * X64).sum(axis=1))
-        scale = xp.where(row_norms > 0, row_norms, 1.0) if equilibrate else xp.ones(X64.shape[0])
-        Xs64 = X64 / scale[:, None]
-        gram64 = Xs64 @ Xs64.T
+    def prepare(cls, xp, X, dt, equilibrate: bool, beta: float, samples_per_block: int | None = None) -> _LayerInput:
+        """On the device whole, or (samples_per_block given) on the host in blocks moved at each product."""
+        if samples_per_block is None:
+            X64 = xp.ascontiguousarray(xp.asarray(X))  # Xs and X inherit the order: repair.py gathers rows
+            row_norms = xp.sqrt((X64 * X64).sum(axis=1))
+            scale = xp.where(row_norms > 0, row_norms, 1.0) if equilibrate else xp.ones(X64.shape[0])
+            Xs64 = X64 / scale[:, None]
+            gram64 = Xs64 @ Xs64.T
+            X64, Xs = SampleBlocks.on_device(xp, X64), SampleBlocks.on_device(xp, Xs64.astype(dt))
+        else:
+            row_norms = np.linalg.norm(X, axis=1)
+            host_scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones(X.shape[0])
+            X64 = SampleBlocks.on_host(xp, X, samples_per_block)
+            # A repair gathers its support's rows of Xs into the room of the two float64 blocks (_memory_plan).
+            max_rows = 2 * X.shape[0] * samples_per_block * 8 // (X.shape[1] * dt.itemsize)
+            Xs = SampleBlocks.on_host(xp, X, samples_per_block, lambda block: (block / host_scale[:, None]).astype(dt),
+                                      max_rows)
+            scale = xp.asarray(host_scale)
+            gram64 = X64.gram() / xp.outer(scale, scale)
         eigenvalues, eigenvectors = xp.linalg.eigh(gram64)
         eigenvalues = xp.maximum(eigenvalues, 0)
         inverse = ((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T).astype(dt)
-        return cls(X64, Xs64.astype(dt), inverse, scale, (1.0 / scale).astype(dt)[:, None],
-                   float(xp.sqrt(eigenvalues.max())))
+        return cls(X64, Xs, inverse, scale, (1.0 / scale).astype(dt)[:, None], float(xp.sqrt(eigenvalues.max())))
 
 
 def _check_options(problem, options) -> None:
@@ -393,7 +432,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         U=U, W=U.copy(), Z=None, cost=cost, Dz=xp.zeros((M, P), dtype=dt), Dw=xp.zeros((N, M), dtype=dt),
         rho=xp.full((M,), rho0, dtype=dt), rounds_left=np.full(M, restore_rounds if restore else 0),
         tol_factor=xp.ones(M, dtype=dt), lower_bound=xp.full((M,), np.nan), repair_wait=np.zeros(M, dtype=int))
-    s.Z = _project(xp, U.T @ X, s, relu, coupled)
+    s.Z = _project(xp, X.left_times(U.T), s, relu, coupled)
     rho_limits = (rho0 * 1e-3, rho0 * 1e3)
     rho_update_checks, checks = 5, 0
     step_tol = 5e-9 * N * M if step_tol is None else step_tol
@@ -419,6 +458,9 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         their sparse iterates' responses, measured in float64); the others wait."""
         repaired = {}
         for position, response in zip(positions, responses, strict=True):
+            if int(xp.count_nonzero(s.W[:, position])) > X.max_rows:  # X streamed: its rows would not fit
+                s.repair_wait[position] = REPAIR_WAIT_CHECKS
+                continue
             neuron = int(s.neurons[position])
             upper = upper64 if np.isscalar(upper64) else upper64[neuron]
             weights = repair_on_support(xp, X, response, Y64[neuron], omega64[neuron], upper,
@@ -437,16 +479,16 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         iteration += 1
         check = stopping == "residuals" and (iteration % check_every == 0 or iteration == max_iter)
         if check and products is None:
-            products = (X @ s.Z.T, X @ s.Dz.T)
+            products = X.times_transposed(s.Z, s.Dz)
         if products is not None:
             XZ, XD = products
             rhs = XZ - XD + beta * (s.W - s.Dw)
         else:
-            rhs = X @ (s.Z - s.Dz).T + beta * (s.W - s.Dw)
+            rhs = X.times_transposed(s.Z - s.Dz)[0] + beta * (s.W - s.Dw)
         products = None
         U_previous = s.U
         U = inverse @ rhs
-        XU = U.T @ X
+        XU = X.left_times(U.T)
         Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
         W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
         zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw  # the fixed-point variable, see anderson.py
@@ -470,9 +512,9 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
             continue
 
         # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz_new^T is
-        # a product of its own (not an update from G U): the dual bound needs it accurate.
-        XZ_new, XD_new = X @ Z_new.T, X @ Dz_new.T
-        products = (XZ_new, XD_new)  # the next iteration's right-hand side needs them too
+        # a product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
+        # right-hand side reuses both products.
+        XZ_new, XD_new = products = X.times_transposed(Z_new, Dz_new)
         rho = s.rho
         primal = xp.sqrt(per_budget(((XU - Z_new) ** 2).sum(axis=1) + beta * ((U - W_new) ** 2).sum(axis=0)))
         dual = xp.sqrt(per_budget(rho**2 * ((XZ_new - XZ + beta * (W_new - W_old)) ** 2).sum(axis=0)))

@@ -74,13 +74,14 @@ def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, rel
     converged neuron that misses its budget gets its internal budget and bound tightened by twice the measured
     excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates on. With
     `repair` (admm.py's, over repair.py), a candidate that misses is first repaired on its support: a repaired one
-    is final with its repaired weights and is neither tightened nor counted as missing."""
+    is final with its repaired weights and is neither tightened nor counted as missing. X64 is the layer's X in
+    float64 (samples.SampleBlocks)."""
     candidates = converged if certified is None else converged | certified
     may_tighten = to_host(converged).astype(bool)[to_host(candidates).astype(bool)]
     idx = to_host(candidates).astype(bool)
     neurons = s.neurons[idx]
     U_cols = (s.W[:, candidates] * unscale).astype(np.float64)
-    response = U_cols.T @ X64
+    response = X64.left_times(U_cols.T)
     Y, omega = Y64[neurons], omega64[neurons]
     fit2 = (xp.where(omega, response - Y, 0) ** 2).sum(axis=1)
     if relu:

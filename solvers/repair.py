@@ -29,7 +29,8 @@ def repair_on_support(xp, X, response, y, omega, upper, w, target: float, tau: f
     """Weights w' with the support of w, x_p^T w' <= v_p - tau on Omega^c and fit <= target, or None.
 
     X (N, P), float32 or float64: the layer's input, or its rows divided by row_scale (the ADMM's equilibrated
-    data; the corrections are then smallest in those coordinates); w (N,) float64 and its response w^T X measured
+    data; the corrections are then smallest in those coordinates), an array or samples.SampleBlocks (only the
+    support's rows X[support] are read); w (N,) float64 and its response w^T X measured
     in float64 are in the layer's coordinates, as are the weights returned; y, omega, upper:
     the neuron's rows (upper a row or the scalar 0); target: the fit to reach on Omega; tau: the margin below the
     bound. None when no correction on the support meets both (as many violated samples as weights, or a fit

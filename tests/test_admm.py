@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from instances import random_problem
+from instances import random_problem, resident_memory_limit, streamed_memory_limit
 from solvers import PUBLISHED_OPTIONS, LayerProblem, relative_budget, solve, within_budget
 
 
@@ -116,31 +116,58 @@ def test_bad_options_are_refused_even_when_every_neuron_is_screened():
         solve(problem, gap_patience=0)
 
 
-def _limit_for(problem, neurons: int, dtype="float64", anderson=5) -> int:
-    """The memory_limit that holds `neurons` neurons of the problem (the estimate in admm._neurons_per_chunk)."""
-    N, P, _ = problem.shape
-    itemsize = np.dtype(dtype).itemsize
-    fixed = N * P * (8 + itemsize) + 3 * N * N * 8
-    return fixed + neurons * (P * (17 + itemsize * (14 + 2 * anderson)) + N * itemsize * (10 + 2 * anderson))
-
-
 def test_a_memory_limit_solves_the_neurons_in_chunks_that_fit():
     problem = random_problem(5, N=30, P=300, M=14, per_neuron=True, cascade=True)
     options = {"dtype": "float64", "anderson": 0}
     whole = solve(problem, **options)
-    chunked = solve(problem, **options, memory_limit=_limit_for(problem, 5, anderson=0))
+    chunked = solve(problem, **options, memory_limit=resident_memory_limit(problem, 5, anderson=0))
     assert chunked.info["chunks"] == 3 and len(chunked.info["blocks"]) == 3
+    assert "sample_blocks" not in chunked.info  # X fits: it is on the device whole
     assert np.abs(chunked.U - whole.U).max() <= 1e-9 * np.abs(whole.U).max()
     assert chunked.status == whole.status
+
+
+@pytest.mark.parametrize("per_neuron", [True, False])
+def test_a_layer_whose_x_leaves_no_room_streams_its_samples(per_neuron):
+    """X (N x P) bigger than the limit allows next to the neurons: it stays on the host and every product moves
+    it in blocks of samples; the iteration (repairs included) is the same up to rounding."""
+    # Supports of about 20 of 100 weights: their rows fit next to the iteration, so every repair still runs.
+    problem = random_problem(7, N=100, P=300, M=8, per_neuron=per_neuron, cascade=True, density=0.2)
+    together = 1 if per_neuron else 8  # the neurons that must be solved at once
+    limit = streamed_memory_limit(problem, 4 if per_neuron else 8)
+    assert limit < resident_memory_limit(problem, together)  # X on the device leaves no room for them
+    whole = solve(problem)
+    streamed = solve(problem, memory_limit=limit)
+    assert streamed.info["sample_blocks"] > 1
+    assert streamed.info.get("chunks", 1) == (2 if per_neuron else 1)
+    assert streamed.status == whole.status == "optimal"
+    assert np.abs(streamed.U - whole.U).max() <= 1e-9 * np.abs(whole.U).max()
+    assert streamed.iterations == whole.iterations
+    assert streamed.info["repaired"] == whole.info["repaired"]
+
+
+def test_a_streamed_layer_matches_clarabel():
+    """With room for 4 neurons the supports' rows (about 45 of 100) fit for their repairs; with room for one they
+    do not, and the neurons iterate to the end instead."""
+    problem = random_problem(8, N=100, P=300, M=6, per_neuron=True, cascade=True)
+    reference = solve(problem, backend="cvxpy", solver="CLARABEL")
+    for dtype, neurons, repaired in [("float64", 4, 6), ("float32", 4, 6), ("float64", 1, 0), ("float32", 1, 0)]:
+        streamed = solve(problem, dtype=dtype, memory_limit=streamed_memory_limit(problem, neurons, dtype))
+        assert streamed.info["sample_blocks"] > 1 and streamed.info["chunks"] == -(-6 // neurons)
+        assert streamed.info["repaired"] == repaired
+        assert streamed.status == "optimal", streamed.message
+        assert streamed.objective == pytest.approx(reference.objective, rel=5e-3)
+        assert np.all(np.asarray(streamed.fit) <= np.asarray(problem.eps) * (1 + 1e-9))
+        assert streamed.max_violation <= 1e-5 * np.abs(problem.Y).max()
 
 
 def test_a_memory_limit_too_small_for_the_layer_says_what_to_change():
     problem = random_problem(5, N=30, P=300, M=14, per_neuron=True)
     with pytest.raises(ValueError, match=r"memory_limit: .* holds not even one neuron .*max_samples"):
-        solve(problem, memory_limit=_limit_for(problem, 0))
+        solve(problem, memory_limit=streamed_memory_limit(problem, 0))
     coupled = random_problem(6, N=30, P=300, M=14, per_neuron=False)
-    with pytest.raises(ValueError, match="cannot be chunked"):
-        solve(coupled, memory_limit=_limit_for(coupled, 5))
+    with pytest.raises(ValueError, match="cannot be chunked.*max_samples.*per-neuron budgets"):
+        solve(coupled, memory_limit=streamed_memory_limit(coupled, 10))
     with pytest.raises(ValueError, match="memory_limit must be a positive"):
         solve(problem, memory_limit=-1)
 

@@ -74,4 +74,7 @@ def test_scaling_benchmark_quick(tmp_path):
     in_process = [row for row in saved["workers"] if row["workers"] == 0 and row["block_size"] is not None]
     assert [row["difference_to_same_blocks_in_process"] for row in in_process] == [0.0, 0.0]
     assert {row["workers"] for row in saved["workers"]} == {0, 2}
+    whole, chunked, streamed = saved["memory"]
+    assert (chunked["chunks"], chunked["sample_blocks"]) == (5, 1) and streamed["chunks"] == 5
+    assert streamed["sample_blocks"] > 1 and all(row["within_budget"] for row in saved["memory"])
     assert "| mode | where |" in out.with_suffix(".md").read_text()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from instances import random_problem
+from instances import random_problem, resident_memory_limit, streamed_memory_limit
 from solvers import solve
 
 pytestmark = pytest.mark.gpu
@@ -31,3 +31,18 @@ def test_cuda_chunks_and_tf32():
     fast = solve(problem, device="cuda", dtype="float32", tf32=True)
     assert fast.info["tf32"] is True and fast.status == "optimal", fast.message
     assert np.all(np.asarray(fast.fit) <= np.asarray(problem.eps) * (1 + 1e-3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_streams_an_x_that_leaves_no_room(dtype):
+    """X kept on the host and moved in blocks of samples at every product: the CPU's iteration, same answers."""
+    problem = random_problem(23, N=200, P=3000, M=8, per_neuron=True, cascade=True)
+    limit = streamed_memory_limit(problem, 3, dtype)
+    assert limit < resident_memory_limit(problem, 1, dtype)
+    cpu = solve(problem, dtype=dtype)
+    gpu = solve(problem, device="cuda", dtype=dtype, memory_limit=limit)
+    assert gpu.info["sample_blocks"] > 1 and gpu.info["chunks"] == 3
+    assert gpu.status == "optimal", gpu.message
+    assert gpu.objective == pytest.approx(cpu.objective, rel=5e-3)
+    assert np.all(np.asarray(gpu.fit) <= np.asarray(problem.eps) * (1 + 1e-9))
+    assert gpu.max_violation <= 1e-5 * np.abs(problem.Y).max()
