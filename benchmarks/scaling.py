@@ -16,7 +16,7 @@ One run, same process, same data:
   positions), and layer 1 of LeNet-300-100 at P = 55,000 with the ADMM and with solvers.PUBLISHED_OPTIONS.
 Writes benchmarks/results/scaling.json and scaling.md.
 
-    python -m benchmarks.scaling            # about 6 minutes on 2 cores
+    python -m benchmarks.scaling            # about 3 minutes on 2 cores
     python -m benchmarks.scaling --quick    # seconds
 """
 
