@@ -12,6 +12,7 @@ import solvers
 from nettrim.layers import select_layers
 from nettrim.signals import capture
 from networks import images, inputs, mlp, small_cnn
+from solvers.samples import SampleBlocks
 
 FIT_RTOL = 1e-3  # the solver's promise: fit <= eps (1 + 1e-3), Omega^c violation <= 1e-5 max|Y|
 
@@ -155,6 +156,28 @@ def test_conv_model_with_batchnorm_in_cascade_mode():
     assert all(row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5 for row in report.layers)
     assert report.nonzeros_after < report.nonzeros_before
     assert trimmed.training == model.training
+
+
+def test_a_memory_limit_streams_the_samples_of_a_conv_layer_that_does_not_fit(monkeypatch):
+    """conv1 at 1,536 positions: its X (19 x 1,536) leaves no room for a neuron under 400 kB, so it is moved in
+    blocks of samples; the smaller layers keep X whole. Same budgets kept, about the same sparsity."""
+    model, x = small_cnn(), images(24)
+    streamed_shapes = []
+    on_host = SampleBlocks.on_host.__func__
+
+    def spy(cls, xp, X, *args, **kwargs):
+        streamed_shapes.append(X.shape)
+        return on_host(cls, xp, X, *args, **kwargs)
+
+    monkeypatch.setattr(SampleBlocks, "on_host", classmethod(spy))
+    _, whole = nettrim.trim(model, x, epsilon=0.05, max_samples=1536, progress=False)
+    assert streamed_shapes == []
+    _, limited = nettrim.trim(model, x, epsilon=0.05, max_samples=1536, progress=False,
+                              solver_options={"memory_limit": 400_000})
+    assert set(streamed_shapes) == {(19, 1536)}
+    for row, reference in zip(limited.layers, whole.layers, strict=True):
+        assert row.status == "optimal" and row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
+        assert abs(row.nonzeros_after - reference.nonzeros_after) <= 0.05 * reference.nonzeros_after
 
 
 def test_conv_samples_are_seeded_and_identical_on_every_pass():
