@@ -137,7 +137,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
 def _solve_in_chunks(problem: LayerProblem, options: dict) -> LayerResult:
     """The program in chunks of neurons (per-neuron budgets) and blocks of samples that fit
     options["memory_limit"]: one chunk with X on the device when it fits."""
-    N, P, M = problem.shape
+    M = problem.shape[2]
     chunk, samples_per_block = _memory_plan(problem, options)
     if chunk >= M and samples_per_block is None:
         return _solve_admm(problem, **options)
@@ -264,7 +264,8 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
 
 @dataclass
 class _LayerInput:
-    """X on the device, equilibrated and factored once per layer: what every neuron chunk shares."""
+    """X equilibrated and factored once per layer, on the device (or streamed to it): what every neuron chunk
+    shares."""
 
     X64: SampleBlocks  # X, float64
     X: SampleBlocks    # Xs = D^-1 X in the working precision
@@ -458,7 +459,7 @@ def _solve_admm(problem: LayerProblem, *, device: str = "cpu", dtype: str = "flo
         their sparse iterates' responses, measured in float64); the others wait."""
         repaired = {}
         for position, response in zip(positions, responses, strict=True):
-            if int(xp.count_nonzero(s.W[:, position])) > X.max_rows:  # X streamed: its rows would not fit
+            if X.max_rows < N and int(xp.count_nonzero(s.W[:, position])) > X.max_rows:  # X streamed: no room
                 s.repair_wait[position] = REPAIR_WAIT_CHECKS
                 continue
             neuron = int(s.neurons[position])
