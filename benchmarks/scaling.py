@@ -26,6 +26,7 @@ import argparse
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: this file's folder would shadow the `solvers` package
@@ -75,12 +76,8 @@ def sweeps(config: dict) -> list[dict]:
 def memory(config: dict) -> list[dict]:
     N, P, M = config["memory"]
     problem = synthetic_layer(N, P, M)
-    sizes = solvers.admm.memory_sizes(problem, "float32")
-    neurons = M // 5
-    limits = {"whole": None,
-              "neuron chunks": sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"],
-              "neuron chunks, X streamed": int(sizes["factorization"] + (neurons + 0.5) * sizes["per_neuron"]
-                                               / (1 - solvers.admm.STREAMED_BLOCKS_SHARE))}
+    limit_for = partial(solvers.admm.memory_limit_for, problem, M // 5, "float32")
+    limits = {"whole": None, "neuron chunks": limit_for(), "neuron chunks, X streamed": limit_for(streamed=True)}
     rows = []
     for name, limit in limits.items():
         start = time.perf_counter()

@@ -176,6 +176,21 @@ def memory_sizes(problem: LayerProblem, dtype="float64", anderson: int = 5) -> d
             "factorization": 3 * N * N * 8, "X": N * P * (8 + itemsize)}
 
 
+def memory_limit_for(problem: LayerProblem, neurons: int, dtype="float64", anderson: int = 5,
+                     streamed: bool = False) -> int:
+    """The memory_limit (bytes) at which the ADMM solves `neurons` neurons per chunk with X on the device, or
+    (streamed=True, when that is less than X on the device needs) with X moved in blocks of samples."""
+    sizes = memory_sizes(problem, dtype, anderson)
+    if not streamed:
+        return sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"]
+    return int(sizes["factorization"] + (neurons + 0.5) * sizes["per_neuron"] / (1 - STREAMED_BLOCKS_SHARE))
+
+
+def _streamed_blocks_bytes(N: int, samples_per_block: int) -> int:
+    """The device room of a streamed X: two float64 blocks of its samples (one moving, one in use)."""
+    return 2 * N * samples_per_block * 8
+
+
 def _memory_plan(problem: LayerProblem, options: dict) -> tuple[int, int | None]:
     """(neurons per chunk, samples per block of a streamed X or None for X on the device) within memory_limit.
 
@@ -198,7 +213,7 @@ def _memory_plan(problem: LayerProblem, options: dict) -> tuple[int, int | None]
     if limit - resident >= together * per_neuron:
         return int(min((limit - resident) // per_neuron, M)), None
     samples_per_block = int(min(P, max(1, (STREAMED_BLOCKS_SHARE * (limit - factorization)) // (2 * N * 8))))
-    fitting = (limit - factorization - 2 * N * samples_per_block * 8) // per_neuron
+    fitting = (limit - factorization - _streamed_blocks_bytes(N, samples_per_block)) // per_neuron
     if fitting < together:
         what = ("not even one neuron of this layer" if problem.per_neuron else
                 "this layer, whose single (layer) budget couples the neurons so they cannot be chunked")
@@ -288,8 +303,8 @@ class _LayerInput:
             row_norms = np.linalg.norm(X, axis=1)
             host_scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones(X.shape[0])
             X64 = SampleBlocks.on_host(xp, X, samples_per_block)
-            # A repair gathers its support's rows of Xs into the room of the two float64 blocks (_memory_plan).
-            max_rows = 2 * X.shape[0] * samples_per_block * 8 // (X.shape[1] * dt.itemsize)
+            # A repair gathers its support's rows of Xs into the blocks' room.
+            max_rows = _streamed_blocks_bytes(X.shape[0], samples_per_block) // (X.shape[1] * dt.itemsize)
             Xs = SampleBlocks.on_host(xp, X, samples_per_block, lambda block: (block / host_scale[:, None]).astype(dt),
                                       max_rows)
             scale = xp.asarray(host_scale)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers import LayerProblem, admm, relative_budget
+from solvers import LayerProblem, relative_budget
 
 
 def random_problem(seed: int, *, N: int = 24, P: int = 120, M: int = 5, activation: str = "relu",
@@ -37,15 +37,3 @@ def random_problem(seed: int, *, N: int = 24, P: int = 120, M: int = 5, activati
     else:
         eps = float(np.sqrt(1.1 * (gap**2).sum() + (g * np.linalg.norm(Y)) ** 2))
     return LayerProblem(Xhat, Y, eps, activation, upper=upper, original_weights=W)
-
-
-def resident_memory_limit(problem: LayerProblem, neurons: int, dtype="float64", anderson=5) -> int:
-    """The memory_limit that holds `neurons` neurons of the problem next to its X on the device."""
-    sizes = admm.memory_sizes(problem, dtype, anderson)
-    return sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"]
-
-
-def streamed_memory_limit(problem: LayerProblem, neurons: int, dtype="float64") -> int:
-    """A memory_limit that holds `neurons` neurons with X streamed (its blocks take STREAMED_BLOCKS_SHARE)."""
-    sizes = admm.memory_sizes(problem, dtype)
-    return int(sizes["factorization"] + (neurons + 0.5) * sizes["per_neuron"] / (1 - admm.STREAMED_BLOCKS_SHARE))

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from instances import random_problem, resident_memory_limit, streamed_memory_limit
+from instances import random_problem
 from solvers import PUBLISHED_OPTIONS, LayerProblem, relative_budget, solve, within_budget
+from solvers.admm import memory_limit_for
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -120,7 +121,7 @@ def test_a_memory_limit_solves_the_neurons_in_chunks_that_fit():
     problem = random_problem(5, N=30, P=300, M=14, per_neuron=True, cascade=True)
     options = {"dtype": "float64", "anderson": 0}
     whole = solve(problem, **options)
-    chunked = solve(problem, **options, memory_limit=resident_memory_limit(problem, 5, anderson=0))
+    chunked = solve(problem, **options, memory_limit=memory_limit_for(problem, 5, anderson=0))
     assert chunked.info["chunks"] == 3 and len(chunked.info["blocks"]) == 3
     assert "sample_blocks" not in chunked.info  # X fits: it is on the device whole
     assert np.abs(chunked.U - whole.U).max() <= 1e-9 * np.abs(whole.U).max()
@@ -134,8 +135,8 @@ def test_a_layer_whose_x_leaves_no_room_streams_its_samples(per_neuron):
     # Supports of about 20 of 100 weights: their rows fit next to the iteration, so every repair still runs.
     problem = random_problem(7, N=100, P=300, M=8, per_neuron=per_neuron, cascade=True, density=0.2)
     together = 1 if per_neuron else 8  # the neurons that must be solved at once
-    limit = streamed_memory_limit(problem, 4 if per_neuron else 8)
-    assert limit < resident_memory_limit(problem, together)  # X on the device leaves no room for them
+    limit = memory_limit_for(problem, 4 if per_neuron else 8, streamed=True)
+    assert limit < memory_limit_for(problem, together)  # X on the device leaves no room for them
     whole = solve(problem)
     streamed = solve(problem, memory_limit=limit)
     assert streamed.info["sample_blocks"] > 1
@@ -152,7 +153,8 @@ def test_a_streamed_layer_matches_clarabel():
     problem = random_problem(8, N=100, P=300, M=6, per_neuron=True, cascade=True)
     reference = solve(problem, backend="cvxpy", solver="CLARABEL")
     for dtype, neurons, repaired in [("float64", 4, 6), ("float32", 4, 6), ("float64", 1, 0), ("float32", 1, 0)]:
-        streamed = solve(problem, dtype=dtype, memory_limit=streamed_memory_limit(problem, neurons, dtype))
+        limit = memory_limit_for(problem, neurons, dtype, streamed=True)
+        streamed = solve(problem, dtype=dtype, memory_limit=limit)
         assert streamed.info["sample_blocks"] > 1 and streamed.info["chunks"] == -(-6 // neurons)
         assert streamed.info["repaired"] == repaired
         assert streamed.status == "optimal", streamed.message
@@ -164,10 +166,10 @@ def test_a_streamed_layer_matches_clarabel():
 def test_a_memory_limit_too_small_for_the_layer_says_what_to_change():
     problem = random_problem(5, N=30, P=300, M=14, per_neuron=True)
     with pytest.raises(ValueError, match=r"memory_limit: .* holds not even one neuron .*max_samples"):
-        solve(problem, memory_limit=streamed_memory_limit(problem, 0))
+        solve(problem, memory_limit=memory_limit_for(problem, 0, streamed=True))
     coupled = random_problem(6, N=30, P=300, M=14, per_neuron=False)
     with pytest.raises(ValueError, match="cannot be chunked.*max_samples.*per-neuron budgets"):
-        solve(coupled, memory_limit=streamed_memory_limit(coupled, 10))
+        solve(coupled, memory_limit=memory_limit_for(coupled, 10, streamed=True))
     with pytest.raises(ValueError, match="memory_limit must be a positive"):
         solve(problem, memory_limit=-1)
 

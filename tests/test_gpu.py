@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from instances import random_problem, resident_memory_limit, streamed_memory_limit
+from instances import random_problem
 from solvers import solve
+from solvers.admm import memory_limit_for
 
 pytestmark = pytest.mark.gpu
 
@@ -37,8 +38,8 @@ def test_cuda_chunks_and_tf32():
 def test_cuda_streams_an_x_that_leaves_no_room(dtype):
     """X kept on the host and moved in blocks of samples at every product: the CPU's iteration, same answers."""
     problem = random_problem(23, N=200, P=3000, M=8, per_neuron=True, cascade=True)
-    limit = streamed_memory_limit(problem, 3, dtype)
-    assert limit < resident_memory_limit(problem, 1, dtype)
+    limit = memory_limit_for(problem, 3, dtype, streamed=True)
+    assert limit < memory_limit_for(problem, 1, dtype)
     cpu = solve(problem, dtype=dtype)
     gpu = solve(problem, device="cuda", dtype=dtype, memory_limit=limit)
     assert gpu.info["sample_blocks"] > 1 and gpu.info["chunks"] == 3
