@@ -39,7 +39,7 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
                         help=f"relative budget g: eps = g ||Y||_F per layer (default {epsilon})")
     parser.add_argument("--mode", choices=MODES, default="cascade")
     parser.add_argument("--backend", choices=("admm", "cvxpy"), default="admm")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the ADMM runs")
+    parser.add_argument("--device", default="cpu", help="where the ADMM runs: cpu, cuda or cuda:K (default cpu)")
     parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
     parser.add_argument("--reweight", type=int, default=0, help="rounds of reweighted l1 (sparser; default 0)")
     parser.add_argument("--target-sparsity", type=float,

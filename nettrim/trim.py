@@ -55,7 +55,7 @@ _FIT_RTOL, _VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fi
 
 
 def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] = DEFAULT_EPSILON,
-         mode: str = "cascade", backend: str = "admm", device: str = "cpu", inplace: bool = False,
+         mode: str = "cascade", backend: str = "admm", device="cpu", inplace: bool = False,
          progress: bool = True, layers=None, exclude=None, relu_layers=None, budget: str = "neuron",
          gamma: float = 1.1, kappa: float | None = None, reweight: int = 0,
          target_sparsity: float | Mapping[str, float] | None = None, max_epsilon: float = 0.5,
@@ -69,7 +69,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  (full match) to g: an exact name wins over a regex, then the first matching regex; layers no
                  key matches use 0.05. In cascade mode g only sets the first trimmed layer's budget.
     mode:        "cascade" or "parallel" (see the module docstring); gamma and kappa are cascade factors.
-    backend:     "admm" (device "cpu" or "cuda") or "cvxpy"; solver_options go to solvers.solve.
+    backend:     "admm" or "cvxpy"; solver_options go to solvers.solve. device (admm): "cpu", "cuda" or
+                 "cuda:K" (CuPy when installed, otherwise torch), a torch.device, or an array API device.
     layers, exclude: module types, names or regexes selecting the layers (default: every Linear and Conv2d).
     relu_layers: names of the layers whose output goes straight into a ReLU, for models torch.fx cannot
                  trace, TorchScript ones included (BatchNorm is then not folded); by default this is read from
@@ -202,13 +203,12 @@ def _check_options(mode, backend, budget, gamma, kappa, max_samples) -> None:
         raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
 
 
-def _solver_options(backend: str, device: str, solver_options) -> dict:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+def _solver_options(backend: str, device, solver_options) -> dict:
     if backend == "cvxpy":
         if device != "cpu":
             raise ValueError("device: the cvxpy backend runs on the CPU only (device='cuda' needs backend='admm')")
         return dict(solver_options or {})
+    solvers.backend(device)  # a device that is not one, or a GPU that is not there, is refused before any work
     return {**DEFAULT_ADMM_OPTIONS, "device": device, **(solver_options or {})}
 
 

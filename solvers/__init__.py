@@ -7,7 +7,7 @@
 """
 
 from .admm import PUBLISHED_OPTIONS, solve_admm
-from .arrays import array_module
+from .arrays import backend, device_to_host_transfers
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget
@@ -41,6 +41,7 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "LayerProblem", "LayerResult", "PUBLISHED_OPTIONS", "array_module",
-    "relative_budget", "solve", "solve_admm", "solve_reference", "solve_reweighted", "within_budget",
+    "ACTIVATIONS", "BACKENDS", "LayerProblem", "LayerResult", "PUBLISHED_OPTIONS", "backend",
+    "device_to_host_transfers", "relative_budget", "solve", "solve_admm", "solve_reference", "solve_reweighted",
+    "within_budget",
 ]

@@ -15,10 +15,12 @@ Vectors of neuron m are row m of zeta_z (M x P) with column m of zeta_w (N x M).
 
 from __future__ import annotations
 
+from array_api_compat import device as device_of
+
 
 class Anderson:
-    def __init__(self, xp, memory: int, safeguard: float = 1.0, coupled: bool = False):
-        self.xp, self.memory, self.safeguard, self.coupled = xp, memory, safeguard, coupled
+    def __init__(self, be, memory: int, safeguard: float = 1.0, coupled: bool = False):
+        self.be, self.xp, self.memory, self.safeguard, self.coupled = be, be.xp, memory, safeguard, coupled
         self.zeta = None  # the current point (zeta_z, zeta_w)
         self.previous = None  # (g_z, g_w^T, f_z, f_w^T) at the previous point
         self.dG = self.dF = None  # ((M, memory, P), (M, memory, N)) each
@@ -29,8 +31,9 @@ class Anderson:
         self.fresh = None  # neurons whose previous residual is unknown (after a rejection): record no difference
 
     def _norms(self, g_z, g_wT):
-        norms = (g_z * g_z).sum(axis=1) + (g_wT * g_wT).sum(axis=1)
-        return self.xp.full_like(norms, norms.sum()) if self.coupled else norms
+        xp = self.xp
+        norms = xp.sum(g_z * g_z, axis=1) + xp.sum(g_wT * g_wT, axis=1)
+        return xp.zeros_like(norms) + xp.sum(norms) if self.coupled else norms
 
     def step(self, f_z, f_w, accelerate: bool):
         """Given the plain image T(zeta_k) = (f_z, f_w), return zeta_{k+1}."""
@@ -44,42 +47,42 @@ class Anderson:
         M = f_z.shape[0]
         if self.dG is None:
             shapes = ((M, self.memory, f_z.shape[1]), (M, self.memory, f_wT.shape[1]))
-            self.dG = tuple(xp.zeros(shape, f_z.dtype) for shape in shapes)
-            self.gram = xp.zeros((M, self.memory, self.memory), f_z.dtype)  # dG dG^T, kept up to date
+            self.dG = tuple(xp.zeros(shape, dtype=f_z.dtype, device=device_of(f_z)) for shape in shapes)
+            self.gram = xp.zeros((M, self.memory, self.memory), dtype=f_z.dtype, device=device_of(f_z))  # dG dG^T
             self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
         rejected = None
         if self.previous is not None:
             if self.accelerated is not None:
                 rejected = self.accelerated & (norms > self.safeguard**2 * self.previous[4])
             s = self.slot % self.memory
-            self.dG[0][:, s], self.dG[1][:, s] = g_z - self.previous[0], g_wT - self.previous[1]
-            self.dF[0][:, s], self.dF[1][:, s] = f_z - self.previous[2], f_wT - self.previous[3]
+            self.dG[0][:, s, :], self.dG[1][:, s, :] = g_z - self.previous[0], g_wT - self.previous[1]
+            self.dF[0][:, s, :], self.dF[1][:, s, :] = f_z - self.previous[2], f_wT - self.previous[3]
             if self.fresh is not None:
                 for array in self.dG + self.dF:
-                    array[self.fresh, s] = 0
-            column = (self.dG[0] @ self.dG[0][:, s, :, None] + self.dG[1] @ self.dG[1][:, s, :, None])[..., 0]
+                    array[:, s, :] = xp.where(self.fresh[:, None], 0.0, array[:, s, :])
+            column = (self.dG[0] @ self.dG[0][:, s, :, None] + self.dG[1] @ self.dG[1][:, s, :, None])[:, :, 0]
             self.gram[:, s, :] = column
             self.gram[:, :, s] = column
             self.slot += 1
         self.fresh = None
         if not accelerate:
             rejected = None
-        if rejected is not None and bool(rejected.any()):
+        if rejected is not None and self.be.might_be_true(rejected):  # no sync on a device: where() is cheaper
             self.fresh = rejected
             self.clear(rejected)
             back_z, back_wT = self.fallback
             f_z = xp.where(rejected[:, None], back_z, f_z)
             f_wT = xp.where(rejected[:, None], back_wT, f_wT)
-            g_z = xp.where(rejected[:, None], 0, g_z)
-            g_wT = xp.where(rejected[:, None], 0, g_wT)
+            g_z = xp.where(rejected[:, None], 0.0, g_z)
+            g_wT = xp.where(rejected[:, None], 0.0, g_wT)
         self.previous = (g_z, g_wT, f_z, f_wT, norms)
         self.fallback = (f_z, f_wT)
         if not accelerate or self.slot == 0:
             new_z, new_wT = f_z, f_wT
-            self.accelerated = xp.zeros(M, dtype=bool)
+            self.accelerated = xp.zeros(M, dtype=xp.bool, device=device_of(f_z))
         else:
             new_z, new_wT = self._extrapolate(g_z, g_wT, f_z, f_wT)
-            self.accelerated = xp.ones(M, dtype=bool) if rejected is None else ~rejected
+            self.accelerated = xp.ones(M, dtype=xp.bool, device=device_of(f_z)) if rejected is None else ~rejected
         self.zeta = (new_z, new_wT.T)
         return self.zeta
 
@@ -89,25 +92,25 @@ class Anderson:
         gram = self.gram
         rhs = dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]
         if self.coupled:  # one least-squares problem for the whole layer
-            gram, rhs = gram.sum(axis=0, keepdims=True), rhs.sum(axis=0, keepdims=True)
-        trace = xp.trace(gram, axis1=1, axis2=2)[:, None, None]
-        identity = xp.eye(self.memory, dtype=gram.dtype)[None]
+            gram, rhs = xp.sum(gram, axis=0, keepdims=True), xp.sum(rhs, axis=0, keepdims=True)
+        identity = xp.eye(self.memory, dtype=gram.dtype, device=device_of(gram))[None, ...]
+        trace = xp.sum(gram * identity, axis=(1, 2))[:, None, None]
         # Ridge regularization keeps cleared (all-zero) memory slots and near-collinear ones harmless; it must
         # stay above the working precision (float32) to keep the system solvable.
         ridge = max(1e-8, 10 * float(xp.finfo(gram.dtype).eps))
         gamma = xp.linalg.solve(gram + (ridge * trace + 1e-30) * identity, rhs)
-        gamma = xp.where(xp.isfinite(gamma), gamma, 0)  # a neuron whose system failed takes the plain step
+        gamma = xp.where(xp.isfinite(gamma), gamma, 0.0)  # a neuron whose system failed takes the plain step
         if self.coupled:
             gamma = xp.broadcast_to(gamma, (g_z.shape[0],) + gamma.shape[1:])
-        gammaT = gamma.transpose(0, 2, 1)
-        return f_z - (gammaT @ self.dF[0])[:, 0], f_wT - (gammaT @ self.dF[1])[:, 0]
+        gammaT = xp.permute_dims(gamma, (0, 2, 1))
+        return f_z - (gammaT @ self.dF[0])[:, 0, :], f_wT - (gammaT @ self.dF[1])[:, 0, :]
 
     def clear(self, mask) -> None:
         """Forget the memory of the neurons in mask (after a rejected step, a rho change or a new budget)."""
         if self.dG is None:
             return
         for array in self.dG + self.dF + (self.gram,):
-            array[mask] = 0
+            array[mask] = 0.0
         if self.accelerated is not None:
             self.accelerated = self.accelerated & ~mask
 
@@ -115,7 +118,7 @@ class Anderson:
         """A change of rho_m divides the scaled duals, so neuron m's current point becomes its row of `zeta`;
         the changed neurons forget their memory (differences across a rescaling are meaningless). The others
         keep theirs: no neuron's iteration depends on another's."""
-        if self.zeta is None or not bool(changed.any()):
+        if self.zeta is None or not self.be.might_be_true(changed):
             return
         xp = self.xp
         self.clear(changed)
@@ -123,27 +126,29 @@ class Anderson:
         self.zeta = (xp.where(changed[:, None], zeta[0], self.zeta[0]),
                      xp.where(changed[None, :], zeta[1], self.zeta[1]))
 
-    def keep(self, mask) -> None:
-        """Restrict to the neurons still iterating."""
+    def keep(self, index) -> None:
+        """Restrict to the neurons still iterating, at positions `index` (an integer array on the device)."""
         if self.zeta is None:
             return
-        self.zeta = (self.zeta[0][mask], self.zeta[1][:, mask])
+        xp = self.xp
+
+        def rows(array):
+            return None if array is None else xp.take(array, index, axis=0)
+
+        self.zeta = (rows(self.zeta[0]), xp.take(self.zeta[1], index, axis=1))
         if self.dG is not None:
-            self.dG = tuple(a[mask] for a in self.dG)
-            self.dF = tuple(a[mask] for a in self.dF)
-            self.gram = self.gram[mask]
+            self.dG = tuple(rows(a) for a in self.dG)
+            self.dF = tuple(rows(a) for a in self.dF)
+            self.gram = rows(self.gram)
         if self.previous is not None:
-            self.previous = tuple(a[mask] for a in self.previous)
+            self.previous = tuple(rows(a) for a in self.previous)
         if self.fallback is not None:
-            self.fallback = tuple(a[mask] for a in self.fallback)
-        if self.accelerated is not None:
-            self.accelerated = self.accelerated[mask]
-        if self.fresh is not None:
-            self.fresh = self.fresh[mask]
+            self.fallback = tuple(rows(a) for a in self.fallback)
+        self.accelerated, self.fresh = rows(self.accelerated), rows(self.fresh)
 
 
-def memory_or_none(xp, memory: int, coupled: bool):
+def memory_or_none(be, memory: int, coupled: bool):
     if memory < 0:
         raise ValueError(f"anderson must be >= 0 (0 disables it), got {memory}")
-    return Anderson(xp, int(memory), coupled=coupled) if memory else None
+    return Anderson(be, int(memory), coupled=coupled) if memory else None
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import to_host
-
 
 def per_budget(xp, values, coupled: bool):
     """Per-neuron values, or (coupled: one budget for the layer) their total repeated for every neuron."""
-    return xp.full_like(values, values.sum()) if coupled else values
+    return xp.zeros_like(values) + xp.sum(values) if coupled else values
 
 
 def support_function(xp, s, lam, eps, upper, coupled: bool):
@@ -18,12 +16,12 @@ def support_function(xp, s, lam, eps, upper, coupled: bool):
     when coupled), in float64: the support function of C for lam >= 0 on Omega^c (+inf otherwise, which the
     callers rule out). Omega^c is empty for a linear layer."""
     on_omega = lam * s.on_omega
-    linear = (on_omega * s.Y).sum(axis=1)
-    if not (np.isscalar(upper) and upper == 0):
-        linear = linear + (lam * s.off_omega * upper).sum(axis=1)
-    quadratic = (on_omega * on_omega).sum(axis=1)
-    return (per_budget(xp, linear.astype(np.float64), coupled)
-            + eps * xp.sqrt(per_budget(xp, quadratic.astype(np.float64), coupled)))
+    linear = xp.sum(on_omega * s.Y, axis=1)
+    if not (isinstance(upper, float) and upper == 0):
+        linear = linear + xp.sum(lam * s.off_omega * upper, axis=1)
+    quadratic = xp.sum(on_omega * on_omega, axis=1)
+    return (per_budget(xp, xp.astype(linear, xp.float64), coupled)
+            + eps * xp.sqrt(per_budget(xp, xp.astype(quadratic, xp.float64), coupled)))
 
 
 def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1e-6):
@@ -37,11 +35,12 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1
         return per_budget(xp, values, coupled)
 
     y = s.rho[:, None] * dDz
-    size = xp.sqrt(total((y * y).sum(axis=1)))
-    aty = xp.sqrt(total((((XdDz + beta * dDw) * s.rho[None, :]) ** 2).sum(axis=0)))
-    support = support_function(xp, s, y, s.eps if coupled else s.eps.ravel(), s.upper if relu else 0.0, coupled)
-    negative = xp.sqrt(total((xp.minimum(y * s.off_omega, 0) ** 2).sum(axis=1))) if relu else xp.zeros_like(size)
-    y_norm = xp.sqrt(total((s.Y * s.Y).sum(axis=1)))  # per neuron: no neuron's test depends on another's
+    size = xp.sqrt(total(xp.sum(y * y, axis=1)))
+    aty = xp.sqrt(total(xp.sum(((XdDz + beta * dDw) * s.rho[None, :]) ** 2, axis=0)))
+    support = support_function(xp, s, y, s.eps if coupled else s.eps[:, 0], s.upper if relu else 0.0, coupled)
+    negative = (xp.sqrt(total(xp.sum(xp.minimum(y * s.off_omega, 0.0) ** 2, axis=1))) if relu
+                else xp.zeros_like(size))
+    y_norm = xp.sqrt(total(xp.sum(s.Y * s.Y, axis=1)))  # per neuron: no neuron's test depends on another's
     return ((size > 0) & (aty <= tol * x_norm * size) & (negative <= tol * size)
             & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
 
@@ -60,89 +59,101 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
     lam = s.rho[:, None] * Dz
     sigma = support_function(xp, s, lam, true_eps, true_upper if relu else 0.0, coupled)
     box = xp.abs(s.rho[None, :] * XDz)
-    over = xp.where(s.cost > 0, box / xp.where(s.cost > 0, s.cost, 1), xp.where(box > 0, xp.inf, 0)).max(axis=0)
+    priced = s.cost > 0
+    unpriced = xp.where(box > 0, xp.inf, xp.zeros_like(box))  # a free weight must have |(X lam)_i| = 0
+    over = xp.max(xp.where(priced, box / xp.where(priced, s.cost, 1.0), unpriced), axis=0)
     if coupled:
-        over = xp.full_like(over, over.max())
-    return -sigma / xp.maximum(over.astype(np.float64), 1.0)
+        over = xp.zeros_like(over) + xp.max(over)
+    return -sigma / xp.maximum(xp.astype(over, xp.float64), 1.0)
 
 
-def accept_or_tighten(xp, s, converged, X64, Y64, omega64, upper64, unscale, relu, coupled, y_scale,
-                       violation_tol, finalize, restore_rounds_total, certified=None, repair=None):
-    """Measure the candidates' sparse iterates exactly and finalize those within budget.
-
-    Candidates are the neurons `converged` by residuals and those whose duality gap is `certified` small. A
-    converged neuron that misses its budget gets its internal budget and bound tightened by twice the measured
-    excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates on. With
-    `repair` (admm.py's, over repair.py), a candidate that misses is first repaired on its support: a repaired one
-    is final with its repaired weights and is neither tightened nor counted as missing. X64 is the layer's X in
-    float64 (samples.SampleBlocks)."""
-    candidates = converged if certified is None else converged | certified
-    may_tighten = to_host(converged).astype(bool)[to_host(candidates).astype(bool)]
-    idx = to_host(candidates).astype(bool)
-    neurons = s.neurons[idx]
-    U_cols = (s.W[:, candidates] * unscale).astype(np.float64)
-    response = X64.left_times(U_cols.T)
-    Y, omega = Y64[neurons], omega64[neurons]
-    fit2 = (xp.where(omega, response - Y, 0) ** 2).sum(axis=1)
+def measure_candidates(be, s, positions: np.ndarray, X64, layer, unscale, relu: bool, coupled: bool):
+    """The candidates' sparse iterates measured exactly in float64: (weights (N, k), responses (k, P), excess
+    (k,) of the response error sqrt(fit^2 + ||(U^T X - V)_+ on Omega^c||^2) over the user's budget (the layer's,
+    repeated, when coupled), largest Omega^c violation (k,)). `positions` index the working set (host)."""
+    xp = be.xp
+    index = be.asarray(positions)
+    neurons = be.asarray(s.neurons[positions])
+    weights = xp.astype(xp.take(s.W, index, axis=1) * unscale, xp.float64)
+    response = X64.left_times(weights.T)
+    Y, omega = xp.take(layer.Y, neurons, axis=0), xp.take(layer.omega, neurons, axis=0)
+    fit2 = xp.sum(xp.where(omega, response - Y, 0.0) ** 2, axis=1)
     if relu:
-        upper = upper64[neurons] if not np.isscalar(upper64) else upper64
-        hinge = xp.where(omega, 0, xp.maximum(response - upper, 0))
+        upper = layer.upper if isinstance(layer.upper, float) else xp.take(layer.upper, neurons, axis=0)
+        hinge = xp.where(omega, 0.0, xp.maximum(response - upper, 0.0))
     else:
         hinge = xp.zeros_like(response)
-    error2 = fit2 + (hinge * hinge).sum(axis=1)
+    error2 = fit2 + xp.sum(hinge * hinge, axis=1)
     # Compared with the user's budget, not the tightened internal one.
     if coupled:
-        over = xp.maximum(xp.sqrt(error2.sum()) - s.original_eps, 0) * xp.ones_like(error2)
+        excess = xp.zeros_like(error2) + xp.maximum(xp.sqrt(xp.sum(error2)) - layer.eps, 0.0)
     else:
-        over = xp.maximum(xp.sqrt(error2) - s.original_eps[neurons], 0)
-    violating = hinge.max(axis=1) > violation_tol * y_scale
+        excess = xp.maximum(xp.sqrt(error2) - xp.take(layer.eps, neurons), 0.0)
+    return weights, response, excess, xp.max(hinge, axis=1)
+
+
+def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled: bool) -> None:
+    """Tighten the internal budget of the working-set positions `retrying` (host) by twice their measured
+    `excess` and, when they violate Omega^c, their whole Omega^c bound by twice their largest `violation`
+    (shifting only the violated entries moves the violation elsewhere). excess and violation are (k,) host
+    arrays for those positions."""
+    xp, dt = be.xp, s.Y.dtype
+    mask = np.zeros(s.neurons.size, dtype=bool)
+    mask[retrying] = True
     if coupled:
-        violating = violating.any() | xp.zeros_like(violating)
-    missed = to_host((over > 1e-12 * y_scale) | violating)
-    positions = np.flatnonzero(idx)
-    repaired = np.zeros(positions.size, dtype=bool)
-    if repair is not None and missed.any():  # first try to restore the budget on the support found
-        chosen = missed & (s.repair_wait[positions] <= 0)
-        fixed = repair([int(p) for p in positions[chosen]], response[xp.asarray(chosen)])
-        if fixed:
-            repaired = np.isin(positions, list(fixed))
-            mask = np.zeros(s.neurons.size, dtype=bool)
-            mask[positions[repaired]] = True
-            finalize(xp.asarray(mask), "optimal", np.stack([fixed[p] for p in positions[repaired]], axis=1))
-            missed &= ~repaired
-    ok = ~missed & ~repaired
-    failed = missed & may_tighten  # the certified-only candidates that missed just iterate on
-    rounds = s.rounds_left[idx]
-    give_up = failed & (rounds == 0)
+        s.eps = max(s.eps - 2 * float(excess[0]), 0.0)
+    else:
+        shrink = np.zeros(s.neurons.size)
+        shrink[retrying] = 2 * excess
+        s.eps = xp.maximum(s.eps - be.asarray(shrink[:, None], dt), 0.0)
+    if relu and float(violation.max()) > 0:
+        if isinstance(s.upper, float):
+            s.upper = xp.zeros_like(s.Y) + s.upper
+        margin = np.zeros(s.neurons.size)
+        margin[retrying] = 2 * violation
+        s.upper = s.upper - be.asarray(margin[:, None], dt) * s.off_omega
+    s.rounds_left[retrying] -= 1
+
+
+def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, X64, layer, unscale, relu, coupled,
+                      y_scale, violation_tol, finalize, restore_rounds_total, repair=None) -> np.ndarray:
+    """Measure the candidates' sparse iterates exactly and finalize those within budget; returns the host mask
+    of the working-set positions that are done.
+
+    Candidates are the neurons `converged` by residuals and those whose duality gap is `certified` small (host
+    masks). A converged neuron that misses its budget gets its internal budget and bound tightened by twice the
+    measured excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates
+    on. With `repair` (admm.py's, over repair.py), candidates that miss are first repaired on their supports:
+    a repaired one is final with its repaired weights and is neither tightened nor counted as missing. X64 is
+    the layer's X in float64 (samples.SampleBlocks). One device-to-host transfer, plus the repair's."""
+    positions = np.flatnonzero(converged | certified)
+    weights, response, excess, violation = measure_candidates(be, s, positions, X64, layer, unscale, relu, coupled)
+    excess, violation = be.to_host(be.xp.stack([excess, violation]))
+    missed = (excess > 1e-12 * y_scale) | (violation > violation_tol * y_scale)
+    if coupled:
+        missed = np.full(positions.size, bool(missed.any()))
     done = np.zeros(s.neurons.size, dtype=bool)
-    done[positions[ok]] = True
-    if ok.any():
-        finalize(xp.asarray(done), "optimal")
-    done[positions[repaired]] = True
+    if repair is not None and missed.any():  # first try to restore the budget on the support found
+        chosen = np.flatnonzero(missed & (s.repair_wait[positions] <= 0))
+        repaired = repair(positions[chosen], weights, response, chosen) if chosen.size else np.zeros(0, dtype=bool)
+        done[positions[chosen[repaired]]] = True
+        missed[chosen[repaired]] = False
+    accepted = ~missed & ~done[positions]
+    if accepted.any():
+        finalize(positions[accepted], "optimal")
+    done[positions[accepted]] = True
+    failed = missed & converged[positions]  # the certified-only candidates that missed just iterate on
+    rounds = s.rounds_left[positions]
+    give_up = failed & (rounds == 0)
     if give_up.any():
-        give_up_mask = np.zeros(s.neurons.size, dtype=bool)
-        give_up_mask[positions[give_up]] = True
-        finalize(xp.asarray(give_up_mask), "inaccurate")
-        done |= give_up_mask
+        finalize(positions[give_up], "inaccurate")
+        done[positions[give_up]] = True
     retry = failed & (rounds > 0)
     if retry.any():
         retrying = positions[retry]
-        dt = s.Y.dtype
-        if coupled:
-            s.eps = max(s.eps - 2 * float(over[0]), 0.0)
-        else:
-            shrink = xp.zeros(s.neurons.size, dtype=dt)
-            shrink[xp.asarray(retrying)] = (2 * over[xp.asarray(retry)]).astype(dt)
-            s.eps = xp.maximum(s.eps - shrink[:, None], 0)
-        if relu and float(hinge.max()) > 0:
-            # A uniform margin on the neuron's whole Omega^c bound (shifting only the violated entries moves
-            # the violation elsewhere): twice its largest violation.
-            if np.isscalar(s.upper):
-                s.upper = xp.full(s.Y.shape, s.upper, dtype=dt)
-            margin = 2 * hinge[xp.asarray(retry)].max(axis=1, keepdims=True)
-            s.upper[xp.asarray(retrying)] -= margin.astype(dt) * s.off_omega[xp.asarray(retrying)]
-        s.rounds_left[retrying] -= 1
+        tighten(be, s, retrying, excess[retry], violation[retry], relu, coupled)
         # From the third round on, also tighten the tolerances of those neurons.
-        repeat = retrying[s.rounds_left[retrying] < restore_rounds_total - 2]
-        s.tol_factor[xp.asarray(repeat)] *= 0.3
-    return xp.asarray(done)
+        repeat = np.zeros(s.neurons.size)
+        repeat[retrying[s.rounds_left[retrying] < restore_rounds_total - 2]] = 1.0
+        s.tol_factor = s.tol_factor * (1 - 0.7 * be.asarray(repeat, s.tol_factor.dtype))
+    return done

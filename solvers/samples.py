@@ -4,7 +4,7 @@ The ADMM touches X only through three products, each of which splits over blocks
 
     X A^T = sum_b X_b A_b^T     (N x k),   B X = [B X_b]_b   (k x P),   X X^T = sum_b X_b X_b^T   (N x N),
 
-and through the rows of a neuron's support (the repair, repair.py), gathered from every block.
+and through a gather of samples (the repair's violated ones, repair.py) from every block.
 
 So a layer whose X does not fit the device next to the neurons' working arrays still runs: X stays in host
 memory and each product moves it to the device one block at a time (sample chunking; the transfers then bound
@@ -15,47 +15,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import to_host
-
 
 class SampleBlocks:
-    """X as a list of column blocks; `resident` is X itself when it is one block on the device, else None;
-    `max_rows` is how many of X's rows may be gathered on the device at once."""
+    """X as a list of column blocks; `resident` is X itself when it is one block on the device, else None.
+    `be` is the arrays.Backend."""
 
-    def __init__(self, xp, blocks: list, resident: bool, max_rows: int | None = None):
-        self.xp, self.blocks = xp, blocks
+    def __init__(self, be, blocks: list, resident: bool):
+        self.be, self.blocks = be, blocks
         self.resident = blocks[0] if resident else None
         self.shape = (blocks[0].shape[0], sum(block.shape[1] for block in blocks))
-        self.max_rows = self.shape[0] if max_rows is None else max_rows
         self.dtype = blocks[0].dtype
         self.bounds = np.cumsum([0] + [block.shape[1] for block in blocks])
 
     @classmethod
-    def on_device(cls, xp, X) -> SampleBlocks:
-        return cls(xp, [X], resident=True)
+    def on_device(cls, be, X) -> SampleBlocks:
+        return cls(be, [X], resident=True)
 
     @classmethod
-    def on_host(cls, xp, X: np.ndarray, samples_per_block: int, convert=None, max_rows: int = 0) -> SampleBlocks:
+    def on_host(cls, be, X: np.ndarray, samples_per_block: int, convert=None) -> SampleBlocks:
         """Blocks of `samples_per_block` columns of the host array X, each `convert`ed once (kept on the host)."""
         P = X.shape[1]
         blocks = [X[:, first:first + samples_per_block] for first in range(0, P, samples_per_block)]
-        return cls(xp, [np.ascontiguousarray(convert(block)) if convert else block for block in blocks],
-                   resident=False, max_rows=max_rows)
+        return cls(be, [np.ascontiguousarray(convert(block)) if convert else block for block in blocks],
+                   resident=False)
 
-    def __getitem__(self, rows):
-        """X[rows] on the device, for integer indices `rows` (at most max_rows of them)."""
+    @property
+    def device_dtype(self):
+        """The dtype of the blocks on the device (the namespace's)."""
+        return self.resident.dtype if self.resident is not None else self.be.dtype(self.dtype)
+
+    def columns(self, indices):
+        """X[:, indices] on the device for the device integer array `indices` (samples, gathered from every
+        block: one transfer of the indices when X is streamed)."""
         if self.resident is not None:
-            return self.resident[rows]
-        rows = to_host(rows)
-        if rows.size > self.max_rows:
-            raise ValueError(f"{rows.size} rows of X do not fit the device next to the iteration (at most "
-                             f"{self.max_rows})")
-        return self.xp.asarray(np.concatenate([block[rows] for block in self.blocks], axis=1))
+            return self.be.xp.take(self.resident, indices, axis=1)
+        wanted = self.be.to_host(indices)
+        gathered = np.empty((self.shape[0], wanted.size), dtype=self.dtype)
+        block_of = np.searchsorted(self.bounds, wanted, side="right") - 1
+        for number, block in enumerate(self.blocks):
+            chosen = block_of == number
+            gathered[:, chosen] = block[:, wanted[chosen] - self.bounds[number]]
+        return self.be.asarray(gathered)
 
     def _on_device(self):
         """(samples slice, block on the device) for each block, moved one at a time."""
         for index, block in enumerate(self.blocks):
-            yield slice(self.bounds[index], self.bounds[index + 1]), self.xp.asarray(np.ascontiguousarray(block))
+            yield slice(int(self.bounds[index]), int(self.bounds[index + 1])), self.be.asarray(block)
 
     def times_transposed(self, *arrays) -> tuple:
         """X A^T for each A (k x P), in one pass over the blocks."""
@@ -72,18 +77,13 @@ class SampleBlocks:
         """B X for B (k x N)."""
         if self.resident is not None:
             return B @ self.resident
-        out = None
-        for samples, block in self._on_device():
-            part = B @ block
-            if out is None:
-                out = self.xp.empty((B.shape[0], self.shape[1]), dtype=part.dtype)
-            out[:, samples] = part
-        return out
+        return self.be.xp.concat([B @ block for _, block in self._on_device()], axis=1)
 
     def gram(self):
         """X X^T in float64."""
+        xp = self.be.xp
         total = 0
         for _, block in self._on_device():
-            block = block.astype(np.float64, copy=False)
+            block = xp.astype(block, xp.float64)
             total = total + block @ block.T
         return total

@@ -1,4 +1,4 @@
-"""The same ADMM code on CuPy: same answers as NumPy (skipped without a GPU)."""
+"""The same ADMM code on a CUDA device (CuPy, or torch without it): same answers as NumPy (skipped without a GPU)."""
 
 import numpy as np
 import pytest

@@ -6,8 +6,10 @@ import pytest
 
 from instances import random_problem
 from solvers import solve
+from solvers.arrays import backend
 from solvers.reference import HIGH_ACCURACY
-from solvers.repair import repair_on_support
+from solvers.repair import repair_on_supports
+from solvers.samples import SampleBlocks
 
 
 def _near_optimal_weights(seed, cascade=False):
@@ -27,15 +29,24 @@ def _near_optimal_weights(seed, cascade=False):
 
 
 def _repair(problem, w, target, equilibrated=False):
-    """repair_on_support on the layer's X, or (equilibrated) on its rows scaled to unit norm in float32, as the
-    ADMM calls it."""
-    upper = 0.0 if problem.upper is None else problem.upper[0]
+    """One neuron's repair_on_supports on the layer's X, or (equilibrated) on its rows scaled to unit norm in
+    float32, as the ADMM calls it; None when it fails."""
+    weights, ok = _repair_batch(problem, w[:, None], np.array([target]), equilibrated)
+    return weights[:, 0] if ok[0] else None
+
+
+def _repair_batch(problem, W, targets, equilibrated=False):
+    """repair_on_supports for the columns of W, each as neuron 0 of `problem` (NumPy)."""
+    be = backend("cpu")
+    k = W.shape[1]
+    upper = 0.0 if problem.upper is None else np.repeat(problem.upper[:1], k, axis=0)
     tau = 1e-6 * np.abs(problem.Y).max()
-    X, row_scale = problem.X, None
+    X, row_scale = problem.X, np.ones(problem.X.shape[0])
     if equilibrated:
         row_scale = np.linalg.norm(problem.X, axis=1)
         X = (problem.X / row_scale[:, None]).astype(np.float32)
-    return repair_on_support(np, X, w @ problem.X, problem.Y[0], problem.omega[0], upper, w, target, tau, row_scale)
+    return repair_on_supports(be, SampleBlocks.on_device(be, X), W.T @ problem.X, np.repeat(problem.Y[:1], k, axis=0),
+                              np.repeat(problem.omega[:1], k, axis=0), upper, W, targets, tau, row_scale)
 
 
 def _smallest_correction_norm(problem, w, target):
@@ -84,6 +95,26 @@ def test_the_correction_is_close_to_the_smallest_one(seed, cascade, shrink):
     correction = np.linalg.norm(repaired - w)
     assert smallest <= correction * (1 + 1e-4)  # the oracle's interior point stays a little inside the bound
     assert correction <= 1.5 * smallest
+
+
+@pytest.mark.parametrize("equilibrated", [False, True])
+def test_a_batch_of_repairs_equals_the_repairs_one_by_one(equilibrated):
+    """Neurons repaired together (their violated sets padded to the widest, their CG steps side by side) get the
+    weights each gets alone; one whose target is out of reach and one without a support fail alone."""
+    problem, w = _near_optimal_weights(1, cascade=True)
+    rng = np.random.default_rng(5)
+    columns = [w * (1 + 0.01 * rng.standard_normal(w.size)) for _ in range(3)] + [w, np.zeros_like(w)]
+    eps = float(problem.eps[0])
+    targets = np.array([0.9999 * eps, 0.99 * eps, 0.95 * eps, 1e-9, eps])
+    weights, ok = _repair_batch(problem, np.stack(columns, axis=1), targets, equilibrated)
+    alone = [_repair(problem, column, target, equilibrated) for column, target in zip(columns, targets, strict=True)]
+    np.testing.assert_array_equal(ok, [weights is not None for weights in alone])
+    assert ok[:3].sum() >= 2 and not ok[3:].any()
+    # In float32 (equilibrated) the batch's products run over the union of the neurons' supports and Omegas, so
+    # their rounding differs from a single neuron's at float32's precision.
+    rounding = 1e-5 if equilibrated else 1e-9
+    for together, single in zip(weights.T[ok], [single for single in alone if single is not None], strict=True):
+        np.testing.assert_allclose(together, single, rtol=0, atol=rounding * np.abs(single).max())
 
 
 def test_repair_refuses_a_budget_out_of_reach():

@@ -1,0 +1,332 @@
+"""The ADMM iteration of admm.py's docstring for one set of neurons sharing a prepared layer input: the state on
+the device, the bookkeeping on the host, and the two named steps, `step` (one iteration) and `check` (stopping,
+bounds, acceptance, repair, rho), with every device-to-host transfer in `check`, `finalize` or the repair.
+
+Host: which neurons are still iterating (`WorkingSet.neurons`), their restoration rounds and repair waits, and
+the output. Device: every array the iteration touches. A check moves one small array of per-neuron flags to
+the host; acceptance, repair and finalization each move a bounded number more, whatever the number of neurons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from . import feasibility
+from .anderson import memory_or_none
+from .feasibility import accept_or_tighten, certify_infeasible, dual_bound
+from .repair import repair_on_supports
+
+#: Checks a neuron waits after a failed repair before trying again.
+REPAIR_WAIT_CHECKS = 5
+#: Bytes that one batch of repairs may gather (each neuron's violated samples' columns of X, float64).
+REPAIR_BATCH_BYTES = 2**27
+#: Checks between two residual-balancing updates of rho.
+RHO_UPDATE_CHECKS = 5
+
+
+@dataclass
+class Program:
+    """The user's program on the device, for the neurons of this solve: Y (M, P) and omega in float64/bool,
+    upper V (M, P) or the float 0.0, eps (M,) per neuron or the layer's float, l1 weights (N, M) or None."""
+
+    Y: object
+    omega: object
+    upper: object
+    eps: object
+    l1_weights: object
+
+
+class WorkingSet:
+    """The neurons still iterating: `neurons` and the bookkeeping arrays on the host; the per-neuron arrays on
+    the device (neurons along axis 0 of M x P arrays, axis 1 of N x M arrays, axis 0 of vectors)."""
+
+    ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
+    COLUMNS = ("U", "W", "Dw", "cost")
+    VECTORS = ("rho", "tol_factor", "lower_bound")
+    HOST = ("neurons", "rounds_left", "repair_wait")
+
+    def __init__(self, **arrays):
+        self.__dict__.update(arrays)
+
+    def keep(self, xp, mask: np.ndarray, index) -> None:
+        """Keep the positions of the host mask `mask` (`index`: the same positions as a device integer array)."""
+        for name in self.ROWS + self.VECTORS:
+            setattr(self, name, xp.take(getattr(self, name), index, axis=0))
+        for name in self.COLUMNS:
+            setattr(self, name, xp.take(getattr(self, name), index, axis=1))
+        for name in self.HOST:
+            setattr(self, name, getattr(self, name)[mask])
+        if not isinstance(self.upper, float):
+            self.upper = xp.take(self.upper, index, axis=0)
+        if not isinstance(self.eps, float):
+            self.eps = xp.take(self.eps, index, axis=0)
+
+
+def project(xp, A, s: WorkingSet, relu: bool, coupled: bool):
+    """Euclidean projection onto C = {Z: ||(Z - Y)_Omega|| <= eps (per row, or in total), Z_Omega^c <= V}."""
+    # Float masks (multiplications) rather than boolean selections: several times faster on large layers.
+    residual = (A - s.Y) * s.on_omega if relu else A - s.Y
+    squares = xp.sum(residual * residual, axis=1, keepdims=True)
+    norms = xp.sqrt(xp.sum(squares, keepdims=True) if coupled else squares)
+    outside = norms > s.eps
+    shrink = xp.where(outside, s.eps / xp.where(outside, norms, 1.0), 1.0)
+    inside = s.Y + shrink * residual  # = 0 on Omega^c, where Y = 0 for a relu layer
+    return inside + s.off_omega * xp.minimum(A, s.upper) if relu else inside
+
+
+class Iteration:
+    """One ADMM solve of `program` on a prepared layer input (admm._LayerInput); `run()` returns (U, statuses,
+    bounds, iterations, info) on the host."""
+
+    def __init__(self, be, layer, program: Program, shape, start_weights, *, relu, coupled, dtype, original_eps,
+                 margin, options):
+        xp = self.xp = be.xp
+        self.be, self.layer, self.program, self.options = be, layer, program, options
+        self.relu, self.coupled, self.dt = relu, coupled, be.dtype(dtype)
+        N, P, M = self.shape = shape
+        self.beta, self.rho0 = float(options["beta"]), float(options["rho"])
+        self.y_scale = options["response_scale"]
+        self.U_out, self.bound_out = np.zeros((N, M)), np.full(M, np.nan)
+        self.status_out = np.full(M, "max_iter", dtype=object)
+        self.repaired = 0
+        dt = self.dt
+        cost = layer.unscale if program.l1_weights is None else xp.astype(program.l1_weights, dt) * layer.unscale
+        U = (xp.zeros((N, M), dtype=dt, device=be.device) if start_weights is None
+             else xp.astype(start_weights * layer.scale[:, None], dt))
+        if coupled:
+            eps = max(original_eps - float(np.linalg.norm(margin)), 0.5 * original_eps)
+        else:
+            eps = be.asarray(np.maximum(original_eps - margin, 0.5 * original_eps)[:, None], np.dtype(dtype))
+        restore = options["restore_rounds"] if options["restore"] else 0
+        s = self.s = WorkingSet(
+            neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
+            Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt),
+            off_omega=xp.astype(~program.omega, dt), original_eps=program.eps,
+            upper=program.upper if isinstance(program.upper, float) else xp.astype(program.upper, dt), eps=eps,
+            U=U, W=U, Z=None, cost=xp.zeros((N, M), dtype=dt, device=be.device) + cost,
+            Dz=xp.zeros((M, P), dtype=dt, device=be.device), Dw=xp.zeros((N, M), dtype=dt, device=be.device),
+            rho=xp.full((M,), self.rho0, dtype=dt, device=be.device), tol_factor=xp.ones(M, dtype=dt, device=be.device),
+            lower_bound=xp.full((M,), np.nan, dtype=xp.float64, device=be.device))
+        s.Z = project(xp, layer.X.left_times(U.T), s, relu, coupled)
+        self.accelerator = (memory_or_none(be, options["anderson"], coupled) if options["stopping"] == "residuals"
+                            else None)
+        self.products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
+        self.history, self.checks = [], 0
+
+    def run(self, callback=None):
+        options, s = self.options, self.s
+        iteration, stopped_by_callback = 0, False
+        while iteration < options["max_iter"] and s.neurons.size:
+            iteration += 1
+            check = options["stopping"] == "residuals" and (
+                iteration % options["check_every"] == 0 or iteration == options["max_iter"])
+            previous = self.step(check)
+            if options["stopping"] == "step":
+                if self._step_small(previous):
+                    self.finalize(np.arange(s.neurons.size), "optimal")
+                    s.neurons = s.neurons[:0]
+                    break
+            elif check and self.check(iteration, previous, callback):
+                stopped_by_callback = True
+                break
+        if s.neurons.size:  # unconverged (max_iter or callback)
+            self.finalize(np.arange(s.neurons.size), "max_iter")
+        return iteration, {"history": self.history, "stopped_by_callback": stopped_by_callback,
+                           "repaired": self.repaired}
+
+    def step(self, check: bool):
+        """One iteration (module docstring of admm.py); returns the previous (U, Z, W, Dz, Dw, X Z^T, X Dz^T, XU)
+        that a check compares against."""
+        xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.options["relaxation"]
+        if check and self.products is None:
+            self.products = X.times_transposed(s.Z, s.Dz)
+        if self.products is not None:
+            XZ, XD = self.products
+            rhs = XZ - XD + beta * (s.W - s.Dw)
+        else:
+            XZ = XD = None
+            rhs = X.times_transposed(s.Z - s.Dz)[0] + beta * (s.W - s.Dw)
+        self.products = None
+        U = self.layer.inverse @ rhs
+        XU = X.left_times(U.T)
+        Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
+        W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
+        zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw  # the fixed-point variable, see anderson.py
+        if self.accelerator is not None:  # checks take the plain step, so their residual formulas stay exact
+            zeta_z, zeta_w = self.accelerator.step(zeta_z, zeta_w, accelerate=not check)
+        Z_new = project(xp, zeta_z, s, self.relu, self.coupled)
+        threshold = s.cost / (s.rho * beta)[None, :]
+        W_new = zeta_w - xp.clip(zeta_w, -threshold, threshold)
+        previous = (s.U, s.Z, s.W, s.Dz, s.Dw, XZ, XD, XU)
+        s.U, s.Z, s.W, s.Dz, s.Dw = U, Z_new, W_new, zeta_z - Z_new, zeta_w - W_new
+        return previous
+
+    def _step_small(self, previous) -> bool:
+        """The published stopping rule: ||U_k - U_{k-1}||_F < step_tol (one synchronization an iteration)."""
+        xp = self.xp
+        step_tol = self.options["step_tol"]
+        N, _, M = self.shape
+        step_tol = 5e-9 * N * M if step_tol is None else step_tol
+        change = xp.linalg.vector_norm((self.s.U - previous[0]) / self.layer.scale[:, None])
+        return self.be.scalars(change)[0] < step_tol
+
+    def check(self, iteration: int, previous, callback) -> bool:
+        """Residuals, dual bounds, certificates; finalize the neurons that are done and drop them from the
+        working set; balance rho. Returns True when the callback asks to stop."""
+        xp, s, be, beta, options = self.xp, self.s, self.be, self.beta, self.options
+        _, _, W_old, Dz_old, Dw_old, XZ, XD, XU = previous
+        per_budget = partial(feasibility.per_budget, xp, coupled=self.coupled)
+        # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz^T is a
+        # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
+        # right-hand side reuses both products.
+        XZ_new, XD_new = self.products = self.layer.X.times_transposed(s.Z, s.Dz)
+        rho, N, P = s.rho, self.shape[0], self.shape[1]
+        primal = xp.sqrt(per_budget(xp.sum((XU - s.Z) ** 2, axis=1) + beta * xp.sum((s.U - s.W) ** 2, axis=0)))
+        dual = xp.sqrt(per_budget(rho**2 * xp.sum((XZ_new - XZ + beta * (s.W - W_old)) ** 2, axis=0)))
+        iterate_scale = xp.sqrt(per_budget(xp.maximum(xp.sum(XU**2, axis=1) + beta * xp.sum(s.U**2, axis=0),
+                                                      xp.sum(s.Z**2, axis=1) + beta * xp.sum(s.W**2, axis=0))))
+        # At the optimum X y_z^T + beta y_w = 0 (U carries no cost), so the dual scale is that of either term.
+        dual_scale = xp.sqrt(per_budget(rho**2 * xp.maximum(xp.sum(XD_new**2, axis=0),
+                                                            beta**2 * xp.sum(s.Dw**2, axis=0))))
+        # Tightened tolerances (restoration rounds) stop at what the working precision can resolve.
+        relative = xp.maximum(s.tol_factor * options["rel_tol"], 50 * float(xp.finfo(self.dt).eps))
+        absolute = s.tol_factor * options["abs_tol"] * self.y_scale
+        converged = ((primal <= absolute * math.sqrt(P + N) + relative * iterate_scale)
+                     & (dual <= absolute * math.sqrt(N) + relative * dual_scale))
+        s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
+                                   self.coupled)
+        objective = per_budget(xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64))
+        gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
+        certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
+        infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD, beta,
+                                        s.Dw - Dw_old, self.layer.x_norm)
+        flags, summary = self._to_host(converged, certified, infeasible,
+                                       xp.stack([xp.max(primal), xp.max(dual), xp.min(rho), xp.max(rho)]))
+        converged, certified, infeasible = flags
+        info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
+                "converged": float(converged.mean())}
+        self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,
+                             summary[3] / self.rho0))
+        if callback is not None and callback(iteration, info):
+            return True
+        done = infeasible.copy()
+        if infeasible.any():
+            self.finalize(np.flatnonzero(infeasible), "infeasible")
+            converged = converged & ~infeasible
+        candidates = (converged | certified) & ~infeasible
+        if candidates.any():
+            repair = None if self.coupled or not options["repair_misses"] else partial(
+                self.repair, gap_allowed=gap_allowed)
+            done |= accept_or_tighten(be, s, converged & ~infeasible, certified & ~infeasible, self.layer.X64,
+                                      self.program, self.layer.unscale, self.relu, self.coupled, self.y_scale,
+                                      options["violation_tol"], self.finalize, options["restore_rounds"], repair)
+        s.repair_wait -= 1
+        if self.accelerator is not None:
+            self.accelerator.clear(be.asarray(converged))
+        ratio = self._rho_ratio(primal, dual, iterate_scale, dual_scale)
+        if done.any():
+            self._keep(~done)
+            ratio = None if ratio is None else xp.take(ratio, be.asarray(np.flatnonzero(~done)), axis=0)
+        self.checks += 1
+        if ratio is not None and s.neurons.size:
+            self._rescale(ratio)
+        return False
+
+    def _to_host(self, converged, certified, infeasible, summary):
+        """The three per-neuron flags (host bool arrays) and the summary numbers, in one transfer."""
+        xp = self.xp
+        flags = xp.stack([xp.astype(converged, xp.float64), xp.astype(certified, xp.float64),
+                          xp.astype(infeasible, xp.float64)])
+        host = self.be.to_host(xp.concat([xp.reshape(flags, (-1,)), xp.astype(summary, xp.float64)]))
+        k = self.s.neurons.size
+        return host[:3 * k].reshape(3, k) > 0.5, host[3 * k:]
+
+    def _user_eps(self):
+        s = self.s
+        return s.original_eps if self.coupled else self.xp.take(s.original_eps, self.be.asarray(s.neurons), axis=0)
+
+    def _user_upper(self):
+        upper = self.program.upper
+        return upper if isinstance(upper, float) else self.xp.take(upper, self.be.asarray(self.s.neurons), axis=0)
+
+    def _keep(self, mask: np.ndarray) -> None:
+        s, index = self.s, self.be.asarray(np.flatnonzero(mask))
+        s.keep(self.xp, mask, index)
+        self.products = tuple(self.xp.take(product, index, axis=1) for product in self.products)
+        if self.accelerator is not None:
+            self.accelerator.keep(index)
+
+    def _rho_ratio(self, primal, dual, iterate_scale, dual_scale):
+        """Residual balancing every RHO_UPDATE_CHECKS checks: the factor (per neuron) by which rho changes, when
+        primal and dual residuals are out of balance by more than 5 (None between updates)."""
+        if not self.options["adaptive_rho"] or (self.checks + 1) % RHO_UPDATE_CHECKS:
+            return None
+        xp, s, tiny = self.xp, self.s, float(np.finfo(np.dtype(self.options["dtype"])).tiny)
+        ratio = xp.sqrt((primal / xp.maximum(iterate_scale, tiny))
+                        / xp.maximum(dual / xp.maximum(dual_scale, tiny), tiny))
+        ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.2, 5.0), 1.0)
+        return xp.astype(xp.clip(s.rho * ratio, self.rho0 * 1e-3, self.rho0 * 1e3) / s.rho, self.dt)
+
+    def _rescale(self, ratio) -> None:
+        """rho_m *= ratio_m: the scaled duals (and the products that carry them) are divided by it."""
+        s = self.s
+        s.rho = s.rho * ratio
+        s.Dz = s.Dz / ratio[:, None]
+        self.products = (self.products[0], self.products[1] / ratio[None, :])
+        s.Dw = s.Dw / ratio[None, :]
+        if self.accelerator is not None:
+            self.accelerator.rescale(ratio != 1, (s.Z + s.Dz, s.W + s.Dw))
+
+    def finalize(self, positions: np.ndarray, status: str, weights=None) -> None:
+        """Write the working-set `positions` (host) to the output with `status`: their sparse iterates (or the
+        given float64 `weights`, N x k on the device) and their certified bounds, in one transfer."""
+        xp, s = self.xp, self.s
+        index = self.be.asarray(positions)
+        if weights is None:
+            weights = xp.astype(xp.take(s.W, index, axis=1) * self.layer.unscale, xp.float64)
+        host = self.be.to_host(xp.concat([weights, xp.take(s.lower_bound, index, axis=0)[None, :]], axis=0))
+        neurons = s.neurons[positions]
+        self.U_out[:, neurons] = host[:-1]
+        self.bound_out[neurons] = host[-1]
+        self.status_out[neurons] = status
+
+    def repair(self, positions: np.ndarray, weights, response, chosen: np.ndarray, gap_allowed: float):
+        """Repair the candidates `chosen` (host indices into the measured `weights` (N, k) and `response` (k, P))
+        at working-set `positions` on their supports, in batches (repair.py); finalize those whose repaired
+        weights stay within gap_allowed of their certified bound. Returns the host mask of the repaired ones."""
+        N, P, _ = self.shape
+        batch = max(1, REPAIR_BATCH_BYTES // (8 * N * 64))  # a batch's gathered columns, at 64 violated samples
+        repaired = np.zeros(positions.size, dtype=bool)
+        for first in range(0, positions.size, batch):
+            part = slice(first, first + batch)
+            repaired[part] = self._repair_batch(positions[part], weights, response, chosen[part], gap_allowed)
+        return repaired
+
+    def _repair_batch(self, positions, weights, response, chosen, gap_allowed):
+        xp, be, s, program = self.xp, self.be, self.s, self.program
+        pick, neurons = be.asarray(chosen), be.asarray(s.neurons[positions])
+
+        def rows(array):
+            return array if isinstance(array, float) else xp.take(array, neurons, axis=0)
+
+        tau = 0.1 * self.options["violation_tol"] * self.y_scale
+        new_weights, ok = repair_on_supports(
+            be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y), rows(program.omega),
+            rows(program.upper), xp.take(weights, pick, axis=1), (1 - 1e-4) * rows(program.eps), tau,
+            self.layer.scale)
+        magnitude = xp.abs(new_weights)
+        if program.l1_weights is not None:
+            magnitude = xp.take(program.l1_weights, neurons, axis=1) * magnitude
+        objective = xp.sum(magnitude, axis=0)
+        bound = xp.take(s.lower_bound, be.asarray(positions), axis=0)
+        accepted = be.to_host(ok & (objective - bound <= gap_allowed * objective))
+        s.repair_wait[positions[~accepted]] = REPAIR_WAIT_CHECKS
+        if accepted.any():
+            self.finalize(positions[accepted], "optimal",
+                          xp.take(new_weights, be.asarray(np.flatnonzero(accepted)), axis=1))
+            self.repaired += int(accepted.sum())
+        return accepted
