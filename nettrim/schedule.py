@@ -117,6 +117,7 @@ class Scheduler:
             self.parallelism = workers
         elif executor is not None:
             executor, self.client = _dask_executor(executor)
+            _start_forked_workers(executor)
             if self.client is not None:
                 self.parallelism = max(1, sum(self.client.nthreads().values()))
             else:
@@ -279,6 +280,23 @@ def check_scheduling(executor, workers, block_size) -> None:
     if executor is not None and not isinstance(_dask_executor(executor)[0], Executor):
         raise ValueError("executor must be a concurrent.futures.Executor or a dask.distributed Client, "
                          f"got {type(executor).__name__}")
+
+
+def _start_forked_workers(executor) -> None:
+    """Make a fork-based process pool start its workers now, from the calling (main) thread.
+
+    A ProcessPoolExecutor forks its workers at its first submit. In parallel mode that submit comes from a layer
+    thread, and a process forked while another thread is inside BLAS inherits that thread's locks held, with no
+    thread to release them: its first BLAS call blocks forever, and so does the trim. A fork-based pool starts
+    all its workers at once, so one trivial task submitted here, before any layer thread runs, starts them
+    all from a thread that holds no BLAS lock. Pools with the spawn or forkserver methods start clean
+    processes and need nothing."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return
+    context = getattr(executor, "_mp_context", None)  # the pool's start method has no public accessor
+    method = context.get_start_method() if context is not None else multiprocessing.get_start_method()
+    if method == "fork":
+        executor.submit(int).result()
 
 
 def _dask_executor(executor):

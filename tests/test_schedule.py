@@ -208,3 +208,16 @@ def test_a_killed_worker_is_reported_and_the_model_untouched(model_and_data):
 def test_bad_scheduling_options_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Scheduler(**kwargs)
+
+
+def test_a_fork_based_pool_starts_its_workers_before_any_layer_thread():
+    """Workers forked from a layer thread while another one is inside BLAS inherit its held locks and hang (the
+    reliability issue's deadlock): the scheduler starts a fork-based pool's workers from the calling thread, at
+    once, before parallel mode starts its layer threads; a parallel trim on such a pool finishes."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert not pool._processes
+        with Scheduler(executor=pool):
+            assert len(pool._processes) == 2
+        model, calibration = mlp(3, sizes=(12, 24, 16, 4)), inputs(400, seed=3)
+        trimmed, report = trim(model, calibration, mode="parallel", executor=pool)
+        assert all(layer.status == "optimal" for layer in report.layers)
