@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import pickle
 import sys
 import time
@@ -157,7 +158,22 @@ def load_calibration(path: Path) -> torch.Tensor:
     raise ValueError(f"--calib: expected a .pt or .npy file, got {path}")
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, an output path whose folder does not exist, is not a folder, or is not writable."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"{option}: cannot write {path}: {folder} {what}")
+    if path.is_dir():
+        raise ValueError(f"{option}: {path} is a folder; give a file name")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option}: cannot write {path}: {folder} is not writable")
+
+
 def _run_trim(args) -> int:
+    check_writable(args.out, "--out")
+    if args.report is not None:
+        check_writable(args.report, "--report")
     model = load_model(args.model)
     calibration = load_calibration(args.calib)
     epsilon = {".*": args.epsilon, **dict(args.layer_epsilon)} if args.layer_epsilon else args.epsilon

@@ -127,3 +127,15 @@ def test_demo_runs_end_to_end_small(tmp_path, capsys):
     assert [row["name"] for row in report["layers"]] == ["0", "2", "4"]
     assert report["mode"] == "cascade"
     assert len(list(tmp_path.glob("lenet_300_100_e1_*.pt"))) == 1  # the cached model
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_trimming(tmp_path, capsys):
+    """--out under a file (or in a missing folder): one line naming --out, status 2, before any work is done."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    for out, reason in [(blocker / "o.safetensors", "is a file, not a folder"),
+                        (tmp_path / "missing" / "o.pt", "does not exist")]:
+        arguments = ["trim", str(tmp_path / "no-model.pt"), "--calib", str(tmp_path / "no.npy"), "--out", str(out)]
+        status = cli.main(arguments)
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1 and "--out" in error and reason in error
