@@ -223,14 +223,20 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
 
 def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_scale=None, equilibrate=True,
                         warm_start=True, initial=None, **_) -> dict:
-    """The layer-level numbers of the iteration, {"rho", "beta", "response_scale"}, from the whole layer.
+    """The layer-level numbers of the iteration, {"rho", "beta", "response_scale", "cost_unit"}, from the whole layer.
 
     beta balances the two consensus blocks: the mean eigenvalue trace(G)/N of the (equilibrated) Gram matrix G
-    by default (measured best on MNIST layers), 0.09 max diag G in the published form (its c0^2); rho sets the
-    threshold 1/(rho beta) at THRESHOLD_OVER_MEAN_WEIGHT times the mean magnitude of the original weights, at the
-    mean magnitude of `initial` when given, at X's scale without a warm start; response_scale = max|Y| scales
-    the absolute tolerances. Solving any subset of the neurons with these as options iterates every neuron
-    exactly as the whole layer does (neuron blocks on several workers).
+    by default (measured best on MNIST layers), 0.09 max diag G in the published form (its c0^2). rho sets the
+    soft threshold of weight i, c_i / (rho beta) with c_i = 1 / ||x_i|| (equilibrated), at c_i T with
+    T = THRESHOLD_OVER_MEAN_WEIGHT * mean|D W0| * cost_unit, where cost_unit, the mean |x| over X's nonzero
+    entries, converts the cost to the data's units: scaling X and Y by s scales D W0 and cost_unit by s and c by
+    1 / s, so the iteration is the same whatever units the data are in (without equilibration c = 1 and
+    cost_unit = 1). cost_unit is 0.68 on MNIST pixels in [0, 1] and 1.0 on LeNet-300-100's first hidden layer,
+    which kept the thresholds of the measured start (the demo's trim in 34 s against 33 s before the units were
+    taken into account; the mean of X^2 or max|X| as the unit took 43 s). From `initial` (a previous round's
+    solution) the factor is 1; without a warm start T = max|Y| cost_unit. response_scale = max|Y| scales the
+    primal tolerances, 1 / cost_unit the dual ones. Solving any subset of the neurons with these as options
+    iterates every neuron exactly as the whole layer does (neuron blocks on several workers).
     """
     row_norms = np.linalg.norm(problem.X, axis=1)
     scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones_like(row_norms)
@@ -240,6 +246,10 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     elif beta == "published":
         beta = 0.09 * gram_diagonal.max()
     beta = float(beta) if beta else 1.0  # beta = 0 only when X = 0, which needs no iteration
+    cost_unit = float(np.abs(problem.X[problem.X != 0]).mean()) if equilibrate and problem.X.any() else 1.0
+    if response_scale is None:
+        response_scale = float(np.max(np.abs(problem.Y)))
+    response_scale = max(float(response_scale), 1e-300)
     if rho == "published":
         rho = 1.0 / beta
     elif rho is None:
@@ -247,12 +257,10 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
                                  else (initial, 1.0))
         threshold = factor * float(np.abs(np.asarray(start_weights) * scale[:, None]).mean()) if (
             warm_start and start_weights is not None) else 0.0
-        if threshold == 0:
-            threshold = 1.0 / np.sqrt(max(float(gram_diagonal.sum()) / gram_diagonal.size, 1e-300))
-        rho = 1.0 / (beta * threshold)
-    if response_scale is None:
-        response_scale = float(np.max(np.abs(problem.Y)))
-    return {"rho": float(rho), "beta": beta, "response_scale": max(float(response_scale), 1e-300)}
+        if threshold == 0:  # no (nonzero) warm start: the response's scale; any scale when the response is 0
+            threshold = float(np.max(np.abs(problem.Y))) or 1.0
+        rho = 1.0 / (beta * threshold * cost_unit)
+    return {"rho": float(rho), "beta": beta, "response_scale": response_scale, "cost_unit": cost_unit}
 
 
 @dataclass
@@ -326,13 +334,15 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
                 restore_rounds: int = 4, violation_tol: float = 1e-5, gap_tol: float = 5e-3, gap_patience: int = 500,
                 repair_misses: bool = True,
                 anderson: int = 5,
-                response_scale: float | None = None, initial=None, callback=None, memory_limit=None, tf32=False,
+                response_scale: float | None = None, cost_unit: float = 1.0, initial=None, callback=None,
+                memory_limit=None, tf32=False,
                 prepared: _LayerInput | None = None) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device: see solve_admm; dtype "float64" | "float32" (iterations; the checks and measures are float64).
     Stop when every neuron's (or the layer's) primal and dual residuals are below
-    abs_tol * max|Y| * sqrt(dim) + rel_tol * (scale of the iterates); `violation_tol` is relative to max|Y|.
+    abs_tol * sqrt(dim) * (max|Y| for the primal, 1 / cost_unit for the dual) + rel_tol * (scale of the iterates);
+    `violation_tol` is relative to max|Y|.
     A neuron whose sparse iterate keeps its budget exactly and whose objective is within gap_tol (relative) of
     its certified lower bound is final as well; after gap_patience iterations the tolerance grows in proportion
     (2 gap_tol at 2 gap_patience), so that a neuron whose dual bound converges slowly still ends (each neuron's
@@ -340,7 +350,8 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     budget on its support (module docstring). `stopping="step"` instead stops when ||U_k - U_{k-1}||_F <
     step_tol (the published rule).
     `initial` (N, M) starts the iteration there instead of at the original weights (reweighting rounds).
-    rho, beta and response_scale (max|Y|) are layer-level numbers; solve_admm fills them in (iteration_constants).
+    rho, beta, response_scale (max|Y|) and cost_unit are layer-level numbers; solve_admm fills them in
+    (iteration_constants).
     memory_limit (bytes; on CUDA the free device memory by default) and tf32 (float32 products on tensor
     cores) are solve_admm's: see there. `prepared` is the layer input factored once for several neuron chunks.
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
@@ -352,9 +363,11 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     dt = np.dtype(dtype)
     layer = prepared if prepared is not None else _LayerInput.prepare(be, problem.X, dt, equilibrate, float(beta))
     info = {"beta": float(beta), "rho_initial": float(rho), "device": describe(device), "dtype": dt.name}
-    if layer.x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is the sparsest one
-        return _assemble(problem, np.zeros((N, M)), np.full(M, "optimal", dtype=object), 0, start,
-                         dict(info, note="X is zero", history=[], stopped_by_callback=False, repaired=0,
+    if layer.x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is optimal where 0 keeps the budget
+        statuses = np.where(problem.columns_within_budget(np.zeros((N, M)), 0.0, 0.0), "optimal", "infeasible")
+        return _assemble(problem, np.zeros((N, M)), statuses.astype(object), 0, start,
+                         dict(info, note="X is zero: every weight has the response 0", history=[],
+                              stopped_by_callback=False, repaired=0,
                               l1_lower_bound=np.zeros(M) if problem.per_neuron else 0.0))
     start_weights = initial if initial is not None else problem.original_weights
     program = Program(
@@ -367,7 +380,8 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     margin = 2 * rel_tol * np.linalg.norm(np.where(problem.omega, problem.Y, 0), axis=1)
     if stopping == "step":
         margin = np.zeros_like(margin)
-    options = dict(beta=beta, rho=rho, response_scale=response_scale, relaxation=relaxation, anderson=anderson,
+    options = dict(beta=beta, rho=rho, response_scale=response_scale, cost_unit=cost_unit, relaxation=relaxation,
+                   anderson=anderson,
                    stopping=stopping, step_tol=step_tol, max_iter=max_iter, check_every=check_every,
                    rel_tol=rel_tol, abs_tol=abs_tol, gap_tol=gap_tol, gap_patience=gap_patience,
                    violation_tol=violation_tol, restore=restore, restore_rounds=restore_rounds,

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Checks a neuron converged within its budget, but whose l1 is not proven within the gap tolerance of the optimum,
+#: iterates on after gap_patience iterations before it is finalized "inaccurate" (the tolerance grows meanwhile;
+#: loose residual tolerances, whose aim inside the budget costs l1, stop such neurons early).
+UNPROVEN_CHECKS = 50
+
 
 def per_budget(xp, values, coupled: bool):
     """Per-neuron values, or (coupled: one budget for the layer) their total repeated for every neuron."""
@@ -115,17 +120,22 @@ def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled:
     s.rounds_left[retrying] -= 1
 
 
-def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, X64, layer, unscale, relu, coupled,
-                      y_scale, violation_tol, finalize, restore_rounds_total, repair=None) -> np.ndarray:
-    """Measure the candidates' sparse iterates exactly and finalize those within budget; returns the host mask
-    of the working-set positions that are done.
+def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray, X64, layer, unscale,
+                      relu, coupled, y_scale, violation_tol, finalize, restore_rounds_total, repair=None,
+                      count_unproven: bool = True):
+    """Measure the candidates' sparse iterates exactly and finalize those within budget whose l1 is `proven`
+    within tolerance of the optimum "optimal"; returns the host masks of the working-set positions that are done
+    and of those whose budget was tightened.
 
     Candidates are the neurons `converged` by residuals and those whose duality gap is `certified` small (host
-    masks). A converged neuron that misses its budget gets its internal budget and bound tightened by twice the
-    measured excess (or, out of restoration rounds, is finalized "inaccurate"); a certified one just iterates
-    on. With `repair` (admm.py's, over repair.py), candidates that miss are first repaired on their supports:
-    a repaired one is final with its repaired weights and is neither tightened nor counted as missing. X64 is
-    the layer's X in float64 (samples.SampleBlocks). One device-to-host transfer, plus the repair's."""
+    masks). A converged neuron within budget whose gap is not proven small iterates on (its gap tolerance grows
+    with the iterations), UNPROVEN_CHECKS checks at most once `count_unproven` (after gap_patience iterations),
+    then it is finalized "inaccurate". A converged neuron
+    that misses its budget gets its internal budget and bound tightened by twice the measured excess (or, out of
+    restoration rounds, is finalized "inaccurate"); a certified one just iterates on. With `repair` (admm.py's,
+    over repair.py), candidates that miss are first repaired on their supports: a repaired one is final with its
+    repaired weights and is neither tightened nor counted as missing. X64 is the layer's X in float64
+    (samples.SampleBlocks). One device-to-host transfer, plus the repair's."""
     positions = np.flatnonzero(converged | certified)
     weights, response, excess, violation = measure_candidates(be, s, positions, X64, layer, unscale, relu, coupled)
     excess, violation = be.to_host(be.xp.stack([excess, violation]))
@@ -138,10 +148,17 @@ def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, X64, 
         repaired = repair(positions[chosen], weights, response, chosen) if chosen.size else np.zeros(0, dtype=bool)
         done[positions[chosen[repaired]]] = True
         missed[chosen[repaired]] = False
-    accepted = ~missed & ~done[positions]
+    within = ~missed & ~done[positions]
+    accepted = within & proven[positions]
     if accepted.any():
         finalize(positions[accepted], "optimal")
     done[positions[accepted]] = True
+    unproven = positions[within & ~proven[positions] & converged[positions]]
+    s.unproven_checks[unproven] += count_unproven
+    stuck = unproven[s.unproven_checks[unproven] >= UNPROVEN_CHECKS]
+    if stuck.size:  # converged within budget, its l1 still not proven within tolerance: say so
+        finalize(stuck, "inaccurate")
+        done[stuck] = True
     failed = missed & converged[positions]  # the certified-only candidates that missed just iterate on
     rounds = s.rounds_left[positions]
     give_up = failed & (rounds == 0)
@@ -156,4 +173,6 @@ def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, X64, 
         repeat = np.zeros(s.neurons.size)
         repeat[retrying[s.rounds_left[retrying] < restore_rounds_total - 2]] = 1.0
         s.tol_factor = s.tol_factor * (1 - 0.7 * be.asarray(repeat, s.tol_factor.dtype))
-    return done
+    tightened = np.zeros(s.neurons.size, dtype=bool)
+    tightened[positions[retry]] = True
+    return done, tightened

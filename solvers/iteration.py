@@ -47,7 +47,7 @@ class WorkingSet:
     ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw", "cost")
     VECTORS = ("rho", "tol_factor", "lower_bound")
-    HOST = ("neurons", "rounds_left", "repair_wait")
+    HOST = ("neurons", "rounds_left", "repair_wait", "unproven_checks")
 
     def __init__(self, **arrays):
         self.__dict__.update(arrays)
@@ -104,6 +104,7 @@ class Iteration:
         restore = options["restore_rounds"] if options["restore"] else 0
         s = self.s = WorkingSet(
             neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
+            unproven_checks=np.zeros(M, dtype=int),
             Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt),
             off_omega=xp.astype(~program.omega, dt), original_eps=program.eps,
             upper=program.upper if isinstance(program.upper, float) else xp.astype(program.upper, dt), eps=eps,
@@ -194,9 +195,10 @@ class Iteration:
                                                             beta**2 * xp.sum(s.Dw**2, axis=0))))
         # Tightened tolerances (restoration rounds) stop at what the working precision can resolve.
         relative = xp.maximum(s.tol_factor * options["rel_tol"], 50 * float(xp.finfo(self.dt).eps))
-        absolute = s.tol_factor * options["abs_tol"] * self.y_scale
-        converged = ((primal <= absolute * math.sqrt(P + N) + relative * iterate_scale)
-                     & (dual <= absolute * math.sqrt(N) + relative * dual_scale))
+        # The absolute terms in the residuals' units: Y's for the primal, the cost's (c = 1 / ||x_i||) for the dual.
+        absolute = s.tol_factor * options["abs_tol"]
+        converged = ((primal <= absolute * (self.y_scale * math.sqrt(P + N)) + relative * iterate_scale)
+                     & (dual <= absolute * (math.sqrt(N) / options["cost_unit"]) + relative * dual_scale))
         s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
                                    self.coupled)
         objective = per_budget(xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64))
@@ -204,9 +206,9 @@ class Iteration:
         certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
         infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD, beta,
                                         s.Dw - Dw_old, self.layer.x_norm)
-        flags, summary = self._to_host(converged, certified, infeasible,
+        flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
                                        xp.stack([xp.max(primal), xp.max(dual), xp.min(rho), xp.max(rho)]))
-        converged, certified, infeasible = flags
+        converged, certified, zero, infeasible = flags
         info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
                 "converged": float(converged.mean())}
         self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,
@@ -218,15 +220,19 @@ class Iteration:
             self.finalize(np.flatnonzero(infeasible), "infeasible")
             converged = converged & ~infeasible
         candidates = (converged | certified) & ~infeasible
+        tightened = np.zeros(s.neurons.size, dtype=bool)
         if candidates.any():
             repair = None if self.coupled or not options["repair_misses"] else partial(
                 self.repair, gap_allowed=gap_allowed)
-            done |= accept_or_tighten(be, s, converged & ~infeasible, certified & ~infeasible, self.layer.X64,
-                                      self.program, self.layer.unscale, self.relu, self.coupled, self.y_scale,
-                                      options["violation_tol"], self.finalize, options["restore_rounds"], repair)
+            # "optimal" only within gap_allowed of the certified bound (or at l1 = 0, the least there is)
+            accepted, tightened = accept_or_tighten(
+                be, s, converged & ~infeasible, certified & ~infeasible, certified | zero, self.layer.X64,
+                self.program, self.layer.unscale, self.relu, self.coupled, self.y_scale, options["violation_tol"],
+                self.finalize, options["restore_rounds"], repair, count_unproven=iteration > options["gap_patience"])
+            done |= accepted
         s.repair_wait -= 1
-        if self.accelerator is not None:
-            self.accelerator.clear(be.asarray(converged))
+        if self.accelerator is not None and tightened.any():  # a new budget: the memory's differences are stale
+            self.accelerator.clear(be.asarray(tightened))
         ratio = self._rho_ratio(primal, dual, iterate_scale, dual_scale)
         if done.any():
             self._keep(~done)
@@ -236,14 +242,13 @@ class Iteration:
             self._rescale(ratio)
         return False
 
-    def _to_host(self, converged, certified, infeasible, summary):
-        """The three per-neuron flags (host bool arrays) and the summary numbers, in one transfer."""
+    def _to_host(self, flags, summary):
+        """The per-neuron flags (host bool arrays) and the summary numbers, in one transfer."""
         xp = self.xp
-        flags = xp.stack([xp.astype(converged, xp.float64), xp.astype(certified, xp.float64),
-                          xp.astype(infeasible, xp.float64)])
-        host = self.be.to_host(xp.concat([xp.reshape(flags, (-1,)), xp.astype(summary, xp.float64)]))
+        stacked = xp.stack([xp.astype(flag, xp.float64) for flag in flags])
+        host = self.be.to_host(xp.concat([xp.reshape(stacked, (-1,)), xp.astype(summary, xp.float64)]))
         k = self.s.neurons.size
-        return host[:3 * k].reshape(3, k) > 0.5, host[3 * k:]
+        return host[:len(flags) * k].reshape(len(flags), k) > 0.5, host[len(flags) * k:]
 
     def _user_eps(self):
         s = self.s

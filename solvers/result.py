@@ -14,7 +14,8 @@ SEVERITY = ("infeasible", "max_iter", "inaccurate", "optimal")
 _DESCRIBED = {
     "optimal": "converged and within budget",
     "max_iter": "stopped before converging (max_iter or callback)",
-    "inaccurate": "converged but missed the budget after the restoration rounds",
+    "inaccurate": "converged but missed the budget after the restoration rounds, or kept it with an l1 not proven "
+                  "within the gap tolerance of the optimum",
     "infeasible": "certified infeasible: the budget cannot be met",
 }
 
@@ -24,9 +25,10 @@ class LayerResult:
     """What a backend returns; every number describes the returned U (never another iterate).
 
     U:               (N, M) trimmed weights, float64, with exact zeros.
-    status:          "optimal" (converged and within budget), "max_iter" (stopped unconverged),
-                     "infeasible" (the budget cannot be met), "inaccurate" (solver finished but U misses
-                     the budget or the Omega^c bound by more than the tolerance).
+    status:          "optimal" (within budget, and for the ADMM its l1 proven within gap_tol of the optimum),
+                     "max_iter" (stopped unconverged), "infeasible" (the budget cannot be met: a certificate),
+                     "inaccurate" (solver finished but U misses the budget or the Omega^c bound by more than the
+                     tolerance, or keeps it with an l1 not proven within tolerance).
     objective:       ||U||_1.
     fit:             ||(U^T X - Y)_Omega||_F, a float for a scalar eps, an (M,) array for per-neuron eps.
     eps:             the budget, same form as fit.

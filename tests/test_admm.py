@@ -181,16 +181,23 @@ def test_tf32_needs_cuda():
 
 
 def test_rho_starts_the_threshold_at_the_warm_starts_scale():
-    """1/(rho beta) = THRESHOLD_OVER_MEAN_WEIGHT mean|D W0| from the trained weights, mean|D U| from `initial` (a
-    previous round's solution), in the equilibrated variables D U; `rho` given is kept."""
+    """1/(rho beta) = THRESHOLD_OVER_MEAN_WEIGHT mean|D W0| cost_unit from the trained weights, mean|D U| cost_unit
+    from `initial` (a previous round's solution), in the equilibrated variables D U, with cost_unit the mean |x|
+    over X's nonzero entries; `rho` given is kept. Scaling the data by s scales 1/(rho beta) by s^2."""
     from solvers.admm import THRESHOLD_OVER_MEAN_WEIGHT, iteration_constants
 
     problem = random_problem(3, N=20, P=200, M=6, per_neuron=True)
     row_norms = np.linalg.norm(problem.X, axis=1)[:, None]
+    unit = np.abs(problem.X[problem.X != 0]).mean()
     constants = iteration_constants(problem)
+    assert constants["cost_unit"] == pytest.approx(unit)
     threshold = 1 / (constants["rho"] * constants["beta"])
-    assert threshold == pytest.approx(THRESHOLD_OVER_MEAN_WEIGHT * np.abs(problem.original_weights * row_norms).mean())
+    assert threshold == pytest.approx(THRESHOLD_OVER_MEAN_WEIGHT * np.abs(problem.original_weights * row_norms).mean()
+                                      * unit)
     initial = np.where(np.abs(problem.original_weights) > 0.5, problem.original_weights, 0.0)
     constants = iteration_constants(problem, initial=initial)
-    assert 1 / (constants["rho"] * constants["beta"]) == pytest.approx(np.abs(initial * row_norms).mean())
+    assert 1 / (constants["rho"] * constants["beta"]) == pytest.approx(np.abs(initial * row_norms).mean() * unit)
     assert iteration_constants(problem, rho=2.5)["rho"] == 2.5
+    scaled = iteration_constants(LayerProblem(problem.X * 255, problem.Y * 255, problem.eps * 255,
+                                              original_weights=problem.original_weights))
+    assert 1 / (scaled["rho"] * scaled["beta"]) == pytest.approx(threshold * 255**2)

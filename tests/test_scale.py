@@ -1,0 +1,68 @@
+"""The solver's answers do not depend on the data's units, and its statuses say what was proven.
+
+Multiplying X, Y, eps (and V) by s leaves the optimal U unchanged; raw 0-255 pixels are data too."""
+
+import numpy as np
+import pytest
+
+from instances import random_problem
+from solvers import LayerProblem, solve
+
+SCALES = [1e-6, 1e-3, 1.0, 255.0, 1e3, 1e6]
+
+
+def _scaled(problem: LayerProblem, s: float) -> LayerProblem:
+    return LayerProblem(problem.X * s, problem.Y * s, problem.eps * s, problem.activation,
+                        upper=None if problem.upper is None else problem.upper * s,
+                        original_weights=problem.original_weights)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cascade", [False, True])
+def test_the_answer_does_not_depend_on_the_units(dtype, cascade):
+    """Every scale: "optimal", the oracle's l1, a certified gap within gap_tol, every budget kept; and the same
+    weights as at s = 1 up to the working precision's rounding (the iteration is the same in every unit)."""
+    problem = random_problem(3, N=21, P=300, M=10, per_neuron=True, g=0.05, cascade=cascade)
+    reference = solve(problem, backend="cvxpy", solver="CLARABEL")
+    unit = solve(problem, dtype=dtype)
+    for s in SCALES:
+        scaled = _scaled(problem, s)
+        result = solve(scaled, dtype=dtype)
+        assert result.status == "optimal", (s, result.message)
+        assert result.objective == pytest.approx(reference.objective, rel=5e-3), s
+        assert result.certified_gap <= 5e-3, s
+        assert scaled.columns_within_budget(result.U, 1e-9, 1e-5).all(), s
+        assert result.objective == pytest.approx(unit.objective, rel=1e-3), s
+        assert abs(result.nonzeros - unit.nonzeros) <= 0.02 * unit.nonzeros, s
+
+
+@pytest.mark.parametrize("per_neuron", [True, False])
+def test_no_result_is_optimal_beyond_the_gap_it_was_accepted_under(per_neuron):
+    """An "optimal" layer's l1 is proven within the gap tolerance of the optimum, for every neuron: gap_tol, grown to
+    gap_tol * iterations / gap_patience at most after gap_patience iterations, whatever stopped the iteration
+    (loose residual tolerances included)."""
+    for seed, g in [(0, 0.02), (1, 0.1), (2, 0.3)]:
+        problem = random_problem(40 + seed, N=30, P=300, M=8, per_neuron=per_neuron, g=g, cascade=seed == 1)
+        for options in [{}, {"gap_tol": 1e-3, "gap_patience": 100}, {"rel_tol": 1e-2}]:
+            result = solve(problem, dtype="float32", **options)
+            if result.status != "optimal":
+                assert result.status in ("inaccurate", "max_iter"), result.message
+                continue
+            allowed = options.get("gap_tol", 5e-3) * max(1.0, result.iterations / options.get("gap_patience", 500))
+            objective = np.abs(result.U).sum(axis=0) if per_neuron else result.objective
+            gap = objective - result.info["l1_lower_bound"]
+            assert np.all(gap <= allowed * objective * (1 + 1e-5) + 1e-12), (options, gap / objective)
+
+
+@pytest.mark.parametrize("per_neuron", [True, False])
+def test_an_input_of_zeros_with_a_response_to_keep_is_infeasible(per_neuron):
+    """X = 0: every U has the response 0, so a nonzero Y beyond the budget cannot be met."""
+    problem = random_problem(4, N=12, P=80, M=5, per_neuron=per_neuron, g=0.1)
+    zero = LayerProblem(np.zeros_like(problem.X), problem.Y, problem.eps, problem.activation)
+    result = solve(zero)
+    assert result.status == "infeasible", result.message
+    assert not result.U.any()
+    assert solve(zero, backend="cvxpy").status == "infeasible"
+    generous = LayerProblem(np.zeros_like(problem.X), problem.Y, problem.eps * 0 + 2 * np.linalg.norm(problem.Y),
+                            problem.activation)
+    assert solve(generous).status == "optimal"
