@@ -74,19 +74,28 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
     order the forward pass reaches them: the layer's input samples (patches for a conv), subsampled to
     `max_samples` by a sampler seeded with (seed, positions[name]), with a row of ones when it has a bias.
 
-    A forward error names the layer it happened in and the shapes; NaN or Inf in a signal names the layer.
+    A forward error names the layer it happened in and the shapes; NaN or Inf in a signal names the layer. The
+    first batch runs the whole forward pass, so that a layer called more than once (shared weights: its inputs
+    would mix call sites, and one set of weights cannot keep both calls' budgets) is refused by name, also where
+    torch.fx could not trace the model; later batches stop once every layer has its input.
     """
     device = _model_device(model)
     samplers = {layer.name: _Sampler(max_samples, seed, positions[layer.name]) for layer in layers}
     collected: dict[str, list[torch.Tensor]] = {}  # filled in execution order
     remaining: set[str] = set()
+    calls: dict[str, int] = {}  # of each layer, in the first batch
+    first_batch = True
     scripted = isinstance(model, torch.jit.ScriptModule)
 
     def on_input(layer: Layer, inputs: torch.Tensor) -> None:
+        if first_batch:
+            calls[layer.name] = calls.get(layer.name, 0) + 1
+            if calls[layer.name] > 1:  # refused once the batch is through
+                return
         rows = layer.features(inputs).to("cpu", torch.float64)
         collected.setdefault(layer.name, []).append(samplers[layer.name].take(rows))
         remaining.discard(layer.name)
-        if not remaining and not scripted:  # an exception cannot cross the TorchScript interpreter cleanly
+        if not remaining and not scripted and not first_batch:  # no exception crosses TorchScript cleanly
             raise _Stop
 
     current: list = []  # (layer, input shape) of the running layer, for error messages (hooks only)
@@ -101,6 +110,9 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
                 pass
             except Exception as error:
                 raise _forward_error(error, current, batch) from error
+            if first_batch:
+                _refuse_shared(calls)
+                first_batch = False
 
     signals = {}
     for layer in layers:
@@ -116,6 +128,13 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
             raise ValueError(f"calibration: layer {name!r} receives NaN or Inf in its input signals")
         signals[name] = X
     return signals
+
+
+def _refuse_shared(calls: dict[str, int]) -> None:
+    shared = [name for name, count in calls.items() if count > 1]
+    if shared:
+        raise ValueError(f"layers: {shared} are called more than once in the forward pass (shared weights); "
+                         "leave them out with exclude=")
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import nettrim
 from nettrim.graph import fold_batchnorm, trace_layers
 from networks import images, small_cnn
 
@@ -93,3 +94,32 @@ class Shared(nn.Module):
 def test_shared_layer_is_refused():
     with pytest.raises(ValueError, match="more than once"):
         trace_layers(Shared(), ["fc"])
+
+
+class UntraceableShared(nn.Module):
+    """fx cannot trace it (control flow on values), and `fc` is called twice, after `head` has run."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.fc = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        x = F.relu(self.fc(self.head(x)))
+        if x.sum() > -1:
+            x = self.fc(x)
+        return x
+
+
+@pytest.mark.parametrize("script", [False, True])
+def test_a_layer_called_twice_is_refused_where_fx_cannot_trace(script):
+    """Named through relu_layers= (no graph), a layer called a second time after every selected layer had its
+    input was captured at its first call only, and its second call site missed the budget: it is refused by name,
+    for TorchScript (dispatched products) too."""
+    model = UntraceableShared().double()
+    if script:
+        model = torch.jit.script(model)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\['fc'\] are called more than once"):
+        nettrim.trim(model, x, relu_layers=["fc"], progress=False)
+    trimmed, report = nettrim.trim(model, x, relu_layers=[], exclude=["fc"], progress=False)
+    assert [row.name for row in report.layers] == ["head"]
