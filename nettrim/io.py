@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -48,8 +48,11 @@ def write_atomically(path: str | os.PathLike, write) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except SafetensorError as error:
+        raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report | None]:
@@ -76,6 +79,9 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
     for name, module in model.named_modules():
         if layer_kind(module) and module.bias is None and f"{name}.bias" in saved:
             module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
-    load_model(model, str(path), strict=True)
+    try:
+        load_model(model, str(path), strict=True)
+    except SafetensorError as error:
+        raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
     report = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None
     return model, report

@@ -34,6 +34,16 @@ def layer_kind(module: nn.Module) -> str | None:
     return "conv2d" if isinstance(module, nn.Conv2d) else None
 
 
+#: Modules with weights that nettrim does not trim (yet): each one is named in the report and a warning.
+UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+
+
+def untrimmed_layers(model: nn.Module) -> dict[str, str]:
+    """{name: reason} for the model's modules with weights that nettrim does not trim."""
+    return {name: f"{type(module).__name__} is not supported (nn.Linear and nn.Conv2d are)"
+            for name, module in model.named_modules() if isinstance(module, UNSUPPORTED)}
+
+
 @dataclass
 class Layer:
     """A trimmable module of a model, known by its qualified name."""

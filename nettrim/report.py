@@ -64,6 +64,7 @@ class Report:
     folded_batchnorm: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     reweight: int = 0
+    not_trimmed: dict[str, str] = field(default_factory=dict)  # layers with weights left as they were, and why
 
     @property
     def nonzeros_before(self) -> int:
@@ -91,7 +92,7 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "mode": self.mode, "backend": self.backend, "reweight": self.reweight, "seconds": self.seconds,
-            "folded_batchnorm": dict(self.folded_batchnorm),
+            "folded_batchnorm": dict(self.folded_batchnorm), "not_trimmed": dict(self.not_trimmed),
             "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
                        "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept},
             "layers": [{**asdict(layer), "weights": layer.weights, "kept": layer.kept, "sparsity": 1 - layer.kept}
@@ -108,6 +109,7 @@ class Report:
     def from_dict(cls, data: dict) -> Report:
         return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
                    reweight=data.get("reweight", 0), folded_batchnorm=dict(data.get("folded_batchnorm", {})),
+                   not_trimmed=dict(data.get("not_trimmed", {})),
                    layers=[LayerReport(**{key: row[key] for key in _FIELDS if key in row}) for row in data["layers"]])
 
     def table(self) -> str:
@@ -132,4 +134,5 @@ class Report:
 
     def __str__(self) -> str:
         rounds = f", {self.reweight} reweighting rounds" if self.reweight else ""
-        return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}"
+        untouched = "".join(f"\nnot trimmed: {name} ({reason})" for name, reason in self.not_trimmed.items())
+        return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}"

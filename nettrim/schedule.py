@@ -75,8 +75,13 @@ def solve_block(X, Y, eps, activation, upper, weights, l1_weights, backend, opti
 
 
 def _limit_threads(threads: int) -> None:
-    """Pool initializer: BLAS threads per worker, so that workers x threads <= cores."""
+    """Pool initializer: BLAS threads per worker, so that workers x threads <= cores. Ctrl-C reaches the whole
+    process group; the workers ignore it (no traceback from each) and the main process stops them."""
+    import signal
+
     from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     global _THREAD_LIMITS
     _THREAD_LIMITS = threadpool_limits(limits=threads)  # kept alive for the worker's lifetime

@@ -39,7 +39,7 @@ import solvers
 from solvers import LayerProblem
 
 from .graph import LayerGraph, fold_batchnorm, trace_layers
-from .layers import Layer, select_layers
+from .layers import Layer, select_layers, untrimmed_layers
 from .report import LayerReport, Report
 from .schedule import Scheduler, check_scheduling
 from .signals import DEFAULT_BATCH_SIZE, calibration_batches, capture
@@ -101,11 +101,15 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
         raise ValueError(f"reweight must be an int >= 0 (rounds of reweighted l1), got {reweight!r}")
     solve_options = _solver_options(backend, device, solver_options)
     check_scheduling(executor, workers, block_size)
-    if not np.isfinite(max_epsilon) or max_epsilon <= 0:
-        raise ValueError(f"max_epsilon must be a positive number, got {max_epsilon!r}")
+    if not np.isfinite(max_epsilon) or not 0 < max_epsilon <= 1:
+        raise ValueError(f"max_epsilon must be a number in (0, 1] (at g = 1 zero weights keep every budget), got "
+                         f"{max_epsilon!r}")
     batches = calibration_batches(calibration, batch_size)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise ValueError("model: its parameters are on the meta device and hold no values; materialize them first "
+                         "(model.to_empty(device='cpu'), then load_state_dict)")
     try:
         work = copy.deepcopy(model).eval()
     except Exception as error:
@@ -113,7 +117,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
 
     selected = select_layers(work, layers, exclude)
     graph = _layer_graph(work, selected, relu_layers)
-    budgets = _per_layer("epsilon", epsilon, selected, DEFAULT_EPSILON, upper=None)
+    budgets = _per_layer("epsilon", epsilon, selected, DEFAULT_EPSILON, upper=1.0)
     targets = (_per_layer("target_sparsity", target_sparsity, selected, None, upper=1.0)
                if target_sparsity is not None else dict.fromkeys(budgets))
     fold_batchnorm(work, graph.batchnorm)
@@ -125,7 +129,10 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     if mode == "cascade":
         _check_cascade_overrides(epsilon, order)
 
-    report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight)
+    report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight,
+                    not_trimmed=untrimmed_layers(work))
+    if report.not_trimmed:
+        warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=2)
 
     def trim_layer(index: int, layer: Layer, X: np.ndarray, scheduler: Scheduler, show: bool) -> LayerReport:
         """Solve one layer (its budget search when it has a target sparsity) and set its weights."""

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -45,6 +46,12 @@ def test_save_without_report_and_load_errors(tmp_path):
     nettrim.save(trimmed, tmp_path / "cnn.safetensors")
     with pytest.raises(ValueError, match="model: has no module 'bn1'"):
         nettrim.load(tmp_path / "cnn.safetensors", mlp())
+    whole = path.read_bytes()
+    for cut in (len(whole) // 2, 12):  # the tensors cut off, then the header too
+        truncated = tmp_path / f"cut-{cut}.safetensors"
+        truncated.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=rf"path: {re.escape(str(truncated))} is not a readable safetensors"):
+            nettrim.load(truncated, mlp())
 
 
 def test_finetuning_keeps_every_zero_and_plain_parameters(trimmed_cnn):

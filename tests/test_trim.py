@@ -232,8 +232,10 @@ def test_progress_bars_run(capsys):
     (dict(kappa=-1.0), "kappa must be"),
     (dict(max_samples=0), "max_samples must be"),
     (dict(device="tpu"), "device must be"),
+    (dict(epsilon=1.5), r"epsilon: .* in \[0, 1\]"),
+    (dict(max_epsilon=2.0), r"max_epsilon must be a number in \(0, 1\]"),
     (dict(backend="cvxpy", device="cuda"), "device: the cvxpy backend"),
-    (dict(epsilon=-0.1), "epsilon: the value for 'every layer' must be a number >= 0"),
+    (dict(epsilon=-0.1), r"epsilon: the value for 'every layer' must be a number in \[0, 1\]"),
     (dict(epsilon={"fc7": 0.1}, mode="parallel"), "epsilon: 'fc7' matches no selected layer"),
     (dict(epsilon={"2": 0.1}), "epsilon: '2' names layers after the first"),
     (dict(epsilon={"0": "big"}), "epsilon: the value for '0' must be"),
@@ -376,3 +378,28 @@ def test_an_unreachable_target_says_so():
         _, report = nettrim.trim(model, x, mode="parallel", layers="0", target_sparsity=0.99, max_epsilon=0.05,
                                  progress=False)
     assert "not reached" in report.layers[0].message and report.layers[0].g == 0.05
+
+
+def test_a_model_on_the_meta_device_is_refused_for_what_it_is():
+    with pytest.raises(ValueError, match="model: its parameters are on the meta device"):
+        nettrim.trim(mlp().to("meta"), inputs(20), progress=False)
+
+
+class WithConv1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+        self.fc = nn.Linear(2 * 10, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x[:, None, :])).flatten(1))
+
+
+def test_layers_nettrim_does_not_trim_are_named_in_a_warning_and_the_report():
+    model = WithConv1d().double()
+    with pytest.warns(UserWarning, match="leaves these layers as they are.*'conv'.*Conv1d"):
+        trimmed, report = nettrim.trim(model, inputs(60, features=12), progress=False)
+    assert [row.name for row in report.layers] == ["fc"]
+    assert "Conv1d" in report.not_trimmed["conv"] and "not trimmed: conv" in str(report)
+    assert nettrim.Report.from_dict(report.to_dict()).not_trimmed == report.not_trimmed
+    assert torch.equal(trimmed.conv.weight, model.conv.weight)
