@@ -139,3 +139,19 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_trimming(tmp_pa
         status = cli.main(arguments)
         error = capsys.readouterr().err
         assert status == 2 and error.count("\n") == 1 and "--out" in error and reason in error
+
+
+def test_a_device_that_is_not_there_is_one_line(files, capsys):
+    """--device cuda on a machine without a GPU (CI's): one line naming the device, status 2, before any work."""
+    import solvers
+
+    try:
+        solvers.backend("cuda")
+        pytest.skip("a GPU is present here")
+    except ValueError:
+        pass
+    folder, _, _ = files
+    status = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--out",
+                       str(folder / "o.pt"), "--device", "cuda", "--quiet"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and "device='cuda:0' needs an NVIDIA GPU" in error

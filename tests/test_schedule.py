@@ -221,3 +221,12 @@ def test_a_fork_based_pool_starts_its_workers_before_any_layer_thread():
         model, calibration = mlp(3, sizes=(12, 24, 16, 4)), inputs(400, seed=3)
         trimmed, report = trim(model, calibration, mode="parallel", executor=pool)
         assert all(layer.status == "optimal" for layer in report.layers)
+
+
+def test_local_workers_ignore_ctrl_c():
+    """Ctrl-C reaches the whole process group: the workers ignore it (no traceback from each of them), and the
+    main process stops them (the CLI then says "interrupted" on one line)."""
+    import signal
+
+    with Scheduler(workers=1) as scheduler:
+        assert scheduler.executor.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
