@@ -1,6 +1,5 @@
 """Scaling: the ADMM's time against P, N and M on the CPU; a whole trim in this process against 1 and 2 local
-worker processes; and, where CuPy sees an NVIDIA GPU, the GPU path against the published fixed-rho
-configuration on the same GPU.
+worker processes; a layer under a memory_limit (the GPU runs are benchmarks/gpu.py's).
 
 One run, same process, same data:
 - sweeps: seeded synthetic ReLU layers (X Gaussian with a bias row, W Gaussian with half its entries zero,
@@ -12,8 +11,6 @@ One run, same process, same data:
 - memory: a synthetic layer solved whole, then under a memory_limit that holds a fifth of its neurons next to X
   (neuron chunks), then under one that holds as many with X kept on the host and moved in blocks of samples at
   every product (sample chunking): the cost of streaming X, here on the CPU where nothing actually moves;
-- gpu (only with CUDA): LeNet-300-100 cascade at P = 55,000, LeNet-5 cascade (its convs at max_samples
-  positions), and layer 1 of LeNet-300-100 at P = 55,000 with the ADMM and with solvers.PUBLISHED_OPTIONS.
 Writes benchmarks/results/scaling.json and scaling.md.
 
     python -m benchmarks.scaling            # about 3 minutes on 2 cores
@@ -121,42 +118,6 @@ def workers(config: dict) -> list[dict]:
     return rows
 
 
-def gpu() -> dict | None:
-    """The H200 targets of issue 4, measured only where CuPy sees a GPU."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            return None
-    except Exception:  # no CuPy or no driver: no GPU run
-        return None
-    results = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()}
-    for name, samples in (("lenet_300_100", 55_000), ("lenet5", 55_000)):
-        model = trained(name, epochs=10)
-        images, _ = mnist_inputs(name, "train")
-        calibration = images[:samples]
-        nettrim.trim(model, calibration[:500], device="cuda", progress=False)  # CUDA context and kernels warm
-        start = time.perf_counter()
-        _, report = nettrim.trim(model, calibration, device="cuda", progress=False, max_samples=55_000)
-        results[name] = {"P_images": samples, "seconds": round(time.perf_counter() - start, 3), "kept": report.kept,
-                         "layers": [{"name": layer.name, "samples": layer.samples, "seconds": layer.seconds,
-                                     "status": layer.status} for layer in report.layers]}
-    images, _ = mnist_inputs("lenet_300_100", "train")
-    model = trained("lenet_300_100", epochs=10)
-    X = np.vstack([images[:55_000].numpy().T.astype(np.float64), np.ones((1, 55_000))])
-    W = np.vstack([model[0].weight.detach().numpy().T, model[0].bias.detach().numpy()[None]]).astype(np.float64)
-    Y = np.maximum(W.T @ X, 0)
-    problem = solvers.LayerProblem(X, Y, solvers.relative_budget(Y, 0.05, per_neuron=True), original_weights=W)
-    for run, options in (("admm", {}), ("published", solvers.PUBLISHED_OPTIONS)):
-        start = time.perf_counter()
-        result = solvers.solve(problem, device="cuda", dtype="float32", **options)
-        results[f"layer1_{run}"] = {"seconds": round(time.perf_counter() - start, 3), "status": result.status,
-                                    "l1": result.objective, "nonzeros": result.nonzeros,
-                                    "neurons_within_budget": int(problem.columns_within_budget(result.U).sum())}
-    results["layer1_speedup"] = results["layer1_published"]["seconds"] / results["layer1_admm"]["seconds"]
-    return results
-
-
 def markdown(report: dict) -> str:
     cores = report["machine"]["cores"]
     lines = [f"ADMM on synthetic ReLU layers (float32, per-neuron g = 0.05), {cores} CPU cores:", "",
@@ -187,28 +148,19 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['run']} | {row['chunks']} | {row['sample_blocks']} | {row['seconds']:.2f} | "
                      f"{row['seconds'] / chunked:.2f} | {row['repaired']} | {row['l1'] / first['l1']:.5f} | "
                      f"{row['within_budget']} |")
-    if report.get("gpu"):
-        g = report["gpu"]
-        lines += ["", f"GPU ({g['device']}): LeNet-300-100 cascade at P = 55,000: {g['lenet_300_100']['seconds']} s; "
-                  f"LeNet-5 cascade: {g['lenet5']['seconds']} s; layer 1 at P = 55,000: ADMM "
-                  f"{g['layer1_admm']['seconds']} s against the published configuration "
-                  f"{g['layer1_published']['seconds']} s ({g['layer1_speedup']:.1f}x)."]
-    else:
-        lines += ["", "No GPU on this machine: the GPU targets were not measured."]
+    lines += ["", "The GPU runs are benchmarks/gpu.py's."]
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sweeps, a briefly trained model, P = 300")
-    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU runs even where CUDA is present")
     parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     report = {"machine": {"cores": available_cores(), "python": platform.python_version(),
                           "numpy": np.__version__, "torch": torch.__version__},
-              "config": config, "sweeps": sweeps(config), "memory": memory(config), "workers": workers(config),
-              "gpu": None if args.no_gpu or args.quick else gpu()}
+              "config": config, "sweeps": sweeps(config), "memory": memory(config), "workers": workers(config)}
     write_results(args.out, report, markdown(report))
     return report
 

@@ -78,3 +78,17 @@ def test_scaling_benchmark_quick(tmp_path):
     assert (chunked["chunks"], chunked["sample_blocks"]) == (5, 1) and streamed["chunks"] == 5
     assert streamed["sample_blocks"] > 1 and all(row["within_budget"] for row in saved["memory"])
     assert "| mode | where |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_quick_measures_the_cpu_proxies(tmp_path):
+    """Its CPU part runs everywhere: operations counted on the strict device, transfers per check, the NumPy solve."""
+    out = tmp_path / "gpu.json"
+    report = _load("gpu").main(["--quick", "--out", str(out)])
+    proxies = json.loads(out.read_text())["cpu_proxies"]
+    assert proxies == report["cpu_proxies"] and report["gpu"] is None
+    assert proxies["strict_status"] == proxies["numpy_status"] == "optimal"
+    assert 20 < proxies["operations_per_iteration"] < proxies["operations_per_check"]
+    assert 1 <= proxies["transfers_per_check_mean"] <= proxies["transfers_per_check_max"] <= 61
+    assert proxies["l1_strict_over_numpy"] == pytest.approx(1.0, rel=1e-3)
+    assert "| operations / iteration |" in out.with_suffix(".md").read_text()
