@@ -55,17 +55,15 @@ keeps Proposition 1's promise.
 from __future__ import annotations
 
 import inspect
-import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .arrays import Backend, backend, describe
+from .factor import LayerInput, factored_side
 from .iteration import Iteration, Program
 from .problem import LayerProblem
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
-from .samples import SampleBlocks
 
 #: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
 #: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
@@ -140,8 +138,9 @@ def _solve_in_chunks(problem: LayerProblem, options: dict, be: Backend) -> Layer
     if chunk >= M and samples_per_block is None:
         return _solve_admm(problem, **options)
     start = time.perf_counter()
-    prepared = _LayerInput.prepare(be, problem.X, np.dtype(options.get("dtype", "float64")),
-                                   options.get("equilibrate", True), options["beta"], samples_per_block)
+    prepared = LayerInput.prepare(be, problem.X, np.dtype(options.get("dtype", "float64")),
+                                  options.get("equilibrate", True), options["beta"], samples_per_block,
+                                  options.get("u_step", "auto"))
     if chunk >= M:
         result = _solve_admm(problem, **options, prepared=prepared)
         result.info["sample_blocks"] = len(prepared.X.blocks)
@@ -160,17 +159,21 @@ def _solve_in_chunks(problem: LayerProblem, options: dict, be: Backend) -> Layer
     return merged
 
 
-def memory_sizes(problem: LayerProblem, dtype="float64", anderson: int = 5) -> dict:
-    """The device memory the ADMM needs, estimated in bytes: {"per_neuron", "factorization", "X"}.
+def memory_sizes(problem: LayerProblem, dtype="float64", anderson: int = 5, u_step: str = "auto") -> dict:
+    """The device memory the ADMM needs, estimated in bytes: {"per_neuron", "factorization", "X",
+    "streamed_factorization"}.
 
     Per neuron, its rows of Y, Omega, V (float64) and about 14 + 2 * anderson P-long and 10 + 2 * anderson N-long
     arrays in the working precision (iterates, duals, temporaries, Anderson's memory); the factorization, three
-    N x N float64 matrices; X on the device, in float64 and in the working precision.
+    float64 matrices of the Gram side it factors with X on the device (factor.py: N x N, or P x P when P is the
+    smaller), N x N for a streamed X; X on the device, in float64 and in the working precision.
     """
     N, P, _ = problem.shape
     itemsize = np.dtype(dtype).itemsize
+    side = P if factored_side(N, P, u_step) == "samples" else N
     return {"per_neuron": P * (17 + itemsize * (14 + 2 * anderson)) + N * itemsize * (10 + 2 * anderson),
-            "factorization": 3 * N * N * 8, "X": N * P * (8 + itemsize)}
+            "factorization": 3 * side * side * 8, "X": N * P * (8 + itemsize),
+            "streamed_factorization": 3 * N * N * 8}
 
 
 def memory_limit_for(problem: LayerProblem, neurons: int, dtype="float64", anderson: int = 5,
@@ -180,7 +183,8 @@ def memory_limit_for(problem: LayerProblem, neurons: int, dtype="float64", ander
     sizes = memory_sizes(problem, dtype, anderson)
     if not streamed:
         return sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"]
-    return int(sizes["factorization"] + (neurons + 0.5) * sizes["per_neuron"] / (1 - STREAMED_BLOCKS_SHARE))
+    return int(sizes["streamed_factorization"]
+               + (neurons + 0.5) * sizes["per_neuron"] / (1 - STREAMED_BLOCKS_SHARE))
 
 
 def _streamed_blocks_bytes(N: int, samples_per_block: int) -> int:
@@ -202,12 +206,14 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
         if free is None:
             return M, None
         limit = int(0.9 * free)
-    sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)))
-    per_neuron, factorization = sizes["per_neuron"], sizes["factorization"]
+    sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)),
+                         options.get("u_step", "auto"))
+    per_neuron = sizes["per_neuron"]
     together = 1 if problem.per_neuron else M
-    resident = factorization + sizes["X"]
+    resident = sizes["factorization"] + sizes["X"]
     if limit - resident >= together * per_neuron:
         return int(min((limit - resident) // per_neuron, M)), None
+    factorization = sizes["streamed_factorization"]
     samples_per_block = int(min(P, max(1, (STREAMED_BLOCKS_SHARE * (limit - factorization)) // (2 * N * 8))))
     fitting = (limit - factorization - _streamed_blocks_bytes(N, samples_per_block)) // per_neuron
     if fitting < together:
@@ -263,42 +269,6 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     return {"rho": float(rho), "beta": beta, "response_scale": response_scale, "cost_unit": cost_unit}
 
 
-@dataclass
-class _LayerInput:
-    """X equilibrated and factored once per layer, on the device (or streamed to it): what every neuron chunk
-    shares."""
-
-    X64: SampleBlocks  # X, float64
-    X: SampleBlocks    # Xs = D^-1 X in the working precision
-    inverse: object   # (Xs Xs^T + beta I)^-1
-    scale: object     # D, the row norms of X (ones without equilibration), float64
-    unscale: object   # 1 / D as an (N, 1) column in the working precision
-    x_norm: float     # ||Xs||_2
-
-    @classmethod
-    def prepare(cls, be: Backend, X: np.ndarray, dt: np.dtype, equilibrate: bool, beta: float,
-                samples_per_block: int | None = None) -> _LayerInput:
-        """On the device whole, or (samples_per_block given) on the host in blocks moved at each product."""
-        xp = be.xp
-        row_norms = np.linalg.norm(X, axis=1)
-        host_scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones(X.shape[0])
-        scale = be.asarray(host_scale)
-        if samples_per_block is None:
-            X64 = be.asarray(X)
-            Xs64 = X64 / scale[:, None]
-            gram64 = Xs64 @ Xs64.T
-            X64, Xs = SampleBlocks.on_device(be, X64), SampleBlocks.on_device(be, xp.astype(Xs64, be.dtype(dt)))
-        else:
-            X64 = SampleBlocks.on_host(be, X, samples_per_block)
-            Xs = SampleBlocks.on_host(be, X, samples_per_block, lambda block: (block / host_scale[:, None]).astype(dt))
-            gram64 = X64.gram() / (scale[:, None] * scale[None, :])
-        eigenvalues, eigenvectors = xp.linalg.eigh(gram64)
-        eigenvalues = xp.maximum(eigenvalues, 0.0)
-        inverse = xp.astype((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T, be.dtype(dt))
-        x_norm = math.sqrt(be.scalars(xp.max(eigenvalues))[0])
-        return cls(X64, Xs, inverse, scale, xp.astype(1.0 / scale, be.dtype(dt))[:, None], x_norm)
-
-
 def _check_options(problem, options) -> None:
     """Refuse bad options with a ValueError naming them (unknown names raise TypeError, as for any call)."""
     bound = inspect.signature(_solve_admm).bind(problem, **options)
@@ -317,6 +287,7 @@ def _check_options(problem, options) -> None:
         raise ValueError(f"stopping must be 'residuals' or 'step', got {stopping!r}")
     if values["rel_tol"] < 0 or values["abs_tol"] < 0 or values["gap_tol"] < 0:
         raise ValueError("rel_tol, abs_tol and gap_tol must be >= 0")
+    factored_side(*problem.X.shape, values["u_step"])
     limit = values["memory_limit"]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
         raise ValueError(f"memory_limit must be a positive number of bytes or None, got {limit!r}")
@@ -335,8 +306,8 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
                 repair_misses: bool = True,
                 anderson: int = 5,
                 response_scale: float | None = None, cost_unit: float = 1.0, initial=None, callback=None,
-                memory_limit=None, tf32=False,
-                prepared: _LayerInput | None = None) -> LayerResult:
+                memory_limit=None, tf32=False, u_step: str = "auto",
+                prepared: LayerInput | None = None) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device: see solve_admm; dtype "float64" | "float32" (iterations; the checks and measures are float64).
@@ -361,7 +332,8 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     N, P, M = problem.shape
     relu, coupled = problem.activation == "relu", not problem.per_neuron
     dt = np.dtype(dtype)
-    layer = prepared if prepared is not None else _LayerInput.prepare(be, problem.X, dt, equilibrate, float(beta))
+    layer = prepared if prepared is not None else LayerInput.prepare(be, problem.X, dt, equilibrate, float(beta),
+                                                                      side=u_step)
     info = {"beta": float(beta), "rho_initial": float(rho), "device": describe(device), "dtype": dt.name}
     if layer.x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is optimal where 0 keeps the budget
         statuses = np.where(problem.columns_within_budget(np.zeros((N, M)), 0.0, 0.0), "optimal", "infeasible")

@@ -79,7 +79,7 @@ def project(xp, A, s: WorkingSet, relu: bool, coupled: bool):
 
 
 class Iteration:
-    """One ADMM solve of `program` on a prepared layer input (admm._LayerInput); `run()` returns (U, statuses,
+    """One ADMM solve of `program` on a prepared layer input (factor.LayerInput); `run()` returns (U, statuses,
     bounds, iterations, info) on the host."""
 
     def __init__(self, be, layer, program: Program, shape, start_weights, *, relu, coupled, dtype, original_eps,
@@ -152,7 +152,7 @@ class Iteration:
             XZ = XD = None
             rhs = X.times_transposed(s.Z - s.Dz)[0] + beta * (s.W - s.Dw)
         self.products = None
-        U = self.layer.inverse @ rhs
+        U = self.layer.solve_u(rhs)
         XU = X.left_times(U.T)
         Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
         W_relaxed = U if a == 1 else a * U + (1 - a) * s.W

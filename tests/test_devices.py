@@ -101,3 +101,12 @@ def test_the_transfers_per_check_do_not_grow_with_the_neurons(strict_device):
         assert per_check.max() <= bound
     result = solve(many, device=strict_device, dtype="float32")
     assert result.status == "optimal" and result.info["repaired"] >= 10  # many neurons were repaired at once
+
+
+def test_the_samples_side_u_step_on_the_device(device):
+    """More inputs than samples: the Woodbury U-step (factor.py) on the device gives NumPy's answer."""
+    problem = random_problem(61, N=60, P=25, M=4, per_neuron=True, g=0.05, cascade=True)
+    on_device = solve(problem, device=device, u_step="samples")
+    on_host = solve(problem, u_step="samples")
+    assert on_device.status == on_host.status == "optimal"
+    assert on_device.objective == pytest.approx(on_host.objective, rel=1e-6)
