@@ -135,7 +135,11 @@ def load_model(path: Path) -> nn.Module:
         raise FileNotFoundError(f"MODEL: {path} does not exist")
     if _is_torchscript(path):
         return torch.jit.load(path, map_location="cpu")
-    model = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as error:  # the pickle names a class this Python cannot find
+        raise ValueError(f"MODEL: {path} needs its model class to load, and {error}; run nettrim from the folder "
+                         "of the module that defines it, or add that folder to PYTHONPATH") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"MODEL: {path} holds a {type(model).__name__}, not an nn.Module (a state dict needs its "
                          "model class: build the model, load the state dict, then torch.save(model, path))")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -163,29 +164,37 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
         layer.set_weight_matrix(solved.U)
         return _layer_report(layer, solved, g, target, note)
 
+    bars = progress and sys.stderr.isatty()  # to a file or pipe, one line per layer instead of redrawn bars
+
+    def done(row: LayerReport) -> None:
+        layer_bar.update()
+        if progress and not bars:
+            print(f"nettrim: layer {row.name!r} ({len(report.layers)} of {len(order)}): {row.kept:.1%} kept, "
+                  f"{row.status}, {row.seconds:.1f} s", file=sys.stderr, flush=True)
+
     with (Scheduler(executor, workers, block_size) as scheduler,
-          tqdm(total=len(order), desc="nettrim", unit="layer", disable=not progress) as layer_bar):
+          tqdm(total=len(order), desc="nettrim", unit="layer", disable=not bars) as layer_bar):
         if mode == "parallel" and scheduler.remote:  # independent layers, solved concurrently
             with ThreadPoolExecutor(len(order), thread_name_prefix="nettrim-layer") as threads:
                 futures = [threads.submit(trim_layer, index, layer, original[layer.name], scheduler, False)
                            for index, layer in enumerate(order)]
                 try:
                     for future in as_completed(futures):
-                        future.result()
-                        layer_bar.update()
+                        report.layers.append(future.result())
+                        done(report.layers[-1])
                 except BaseException:
                     scheduler.close(abort=True)  # the other layers' tasks stop too, before the threads are joined
                     raise
-                report.layers.extend(future.result() for future in futures)
+                report.layers[:] = [future.result() for future in futures]  # in the network's order
         else:
             for index, layer in enumerate(order):
                 layer_bar.set_postfix_str(layer.name)
                 X = original[layer.name]
                 if mode == "cascade" and index > 0:
                     X = capture(work, batches, [layer], positions, max_samples, seed)[layer.name]
-                report.layers.append(trim_layer(index, layer, X, scheduler, progress))
+                report.layers.append(trim_layer(index, layer, X, scheduler, bars))
                 del original[layer.name]
-                layer_bar.update()
+                done(report.layers[-1])
 
     work.train(model.training)
     if inplace:

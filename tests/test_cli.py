@@ -155,3 +155,20 @@ def test_a_device_that_is_not_there_is_one_line(files, capsys):
                        str(folder / "o.pt"), "--device", "cuda", "--quiet"])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and "device='cuda:0' needs an NVIDIA GPU" in error
+
+
+def test_a_model_whose_class_cannot_be_imported_is_one_line(tmp_path, capsys):
+    """A model pickled from the user's own module, loaded where that module is not importable: one line with the
+    hint (run from its folder or set PYTHONPATH), status 2."""
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, 2)\n    def forward(self, x):\n        return self.fc(x)\n")
+    script = (f"import sys, torch; sys.path.insert(0, {str(tmp_path)!r}); import mymodels; "
+              f"torch.save(mymodels.Net(), {str(tmp_path / 'net.pt')!r})")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.save(tmp_path / "calib.npy", np.zeros((4, 3), dtype=np.float32))
+    status = cli.main(["trim", str(tmp_path / "net.pt"), "--calib", str(tmp_path / "calib.npy"), "--out",
+                       str(tmp_path / "o.pt"), "--quiet"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert "No module named 'mymodels'" in error and "PYTHONPATH" in error

@@ -414,3 +414,12 @@ def test_an_input_in_other_units_is_trimmed_to_a_proven_optimum():
         for row in report.layers:
             assert row.status == "optimal", (scale, row.name, row.message)
             assert row.certified_gap <= 5e-3 * max(1.0, row.iterations / 500), (scale, row.name)
+
+
+def test_progress_written_to_a_file_is_one_line_per_layer(capsys):
+    """stderr that is not a terminal (a log file, a pipe, CI) gets one line per layer, not redrawn bars."""
+    nettrim.trim(mlp(), inputs(100), progress=True)
+    written = capsys.readouterr().err
+    lines = written.strip().splitlines()
+    assert "\r" not in written and len(lines) == 3
+    assert all(line.startswith("nettrim: layer") and "kept" in line for line in lines)
