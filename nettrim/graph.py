@@ -7,6 +7,7 @@ pooling first, a residual sum, a second consumer) gets the linear program, which
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,13 @@ def trace_layers(model: nn.Module, names: list[str]) -> LayerGraph:
     modules = dict(model.named_modules())
     wanted = set(names)
     found = LayerGraph()
+    called = {node.target for node in graph.nodes if node.op == "call_module"}
+    hidden = [name for name in names if name not in called]
+    if hidden:
+        warnings.warn(f"torch.fx sees {hidden} only inside modules it does not trace into (such as "
+                      "nn.TransformerEncoderLayer), so whether a ReLU follows them is unknown: they get the linear "
+                      "program, which is safe but less sparse; name the ones followed by a ReLU with relu_layers=",
+                      UserWarning, stacklevel=3)
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in wanted:
             continue

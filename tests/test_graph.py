@@ -123,3 +123,12 @@ def test_a_layer_called_twice_is_refused_where_fx_cannot_trace(script):
         nettrim.trim(model, x, relu_layers=["fc"], progress=False)
     trimmed, report = nettrim.trim(model, x, relu_layers=[], exclude=["fc"], progress=False)
     assert [row.name for row in report.layers] == ["head"]
+
+
+def test_a_layer_inside_a_module_fx_does_not_trace_into_is_warned_about():
+    """nn.TransformerEncoderLayer is a leaf for torch.fx: its linear1 feeds a ReLU the graph cannot show."""
+    model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, activation="relu",
+                                                     batch_first=True), nn.Linear(8, 3))
+    with pytest.warns(UserWarning, match=r"\['0.linear1', '0.linear2'\] only inside modules .*relu_layers="):
+        graph = trace_layers(model, ["0.linear1", "0.linear2", "1"])
+    assert graph.relu == set()
