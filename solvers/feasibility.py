@@ -72,28 +72,29 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
     return -sigma / xp.maximum(xp.astype(over, xp.float64), 1.0)
 
 
-def measure_candidates(be, s, positions: np.ndarray, X64, layer, unscale, relu: bool, coupled: bool):
+def measure_candidates(be, s, positions: np.ndarray, X64, program, unscale, relu: bool, coupled: bool):
     """The candidates' sparse iterates measured exactly in float64: (weights (N, k), responses (k, P), excess
     (k,) of the response error sqrt(fit^2 + ||(U^T X - V)_+ on Omega^c||^2) over the user's budget (the layer's,
-    repeated, when coupled), largest Omega^c violation (k,)). `positions` index the working set (host)."""
+    repeated, when coupled), largest Omega^c violation (k,)). `positions` index the working set (host); `program`
+    is the user's program on the device (iteration.Program)."""
     xp = be.xp
     index = be.asarray(positions)
     neurons = be.asarray(s.neurons[positions])
     weights = xp.astype(xp.take(s.W, index, axis=1) * unscale, xp.float64)
     response = X64.left_times(weights.T)
-    Y, omega = xp.take(layer.Y, neurons, axis=0), xp.take(layer.omega, neurons, axis=0)
+    Y, omega = xp.take(program.Y, neurons, axis=0), xp.take(program.omega, neurons, axis=0)
     fit2 = xp.sum(xp.where(omega, response - Y, 0.0) ** 2, axis=1)
     if relu:
-        upper = layer.upper if isinstance(layer.upper, float) else xp.take(layer.upper, neurons, axis=0)
+        upper = program.upper if isinstance(program.upper, float) else xp.take(program.upper, neurons, axis=0)
         hinge = xp.where(omega, 0.0, xp.maximum(response - upper, 0.0))
     else:
         hinge = xp.zeros_like(response)
     error2 = fit2 + xp.sum(hinge * hinge, axis=1)
     # Compared with the user's budget, not the tightened internal one.
     if coupled:
-        excess = xp.zeros_like(error2) + xp.maximum(xp.sqrt(xp.sum(error2)) - layer.eps, 0.0)
+        excess = xp.zeros_like(error2) + xp.maximum(xp.sqrt(xp.sum(error2)) - program.eps, 0.0)
     else:
-        excess = xp.maximum(xp.sqrt(error2) - xp.take(layer.eps, neurons), 0.0)
+        excess = xp.maximum(xp.sqrt(error2) - xp.take(program.eps, neurons), 0.0)
     return weights, response, excess, xp.max(hinge, axis=1)
 
 
@@ -120,7 +121,7 @@ def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled:
     s.rounds_left[retrying] -= 1
 
 
-def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray, X64, layer, unscale,
+def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray, X64, program, unscale,
                       relu, coupled, y_scale, violation_tol, finalize, restore_rounds_total, repair=None,
                       count_unproven: bool = True):
     """Measure the candidates' sparse iterates exactly and finalize those within budget whose l1 is `proven`
@@ -137,7 +138,7 @@ def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, prove
     repaired weights and is neither tightened nor counted as missing. X64 is the layer's X in float64
     (samples.SampleBlocks). One device-to-host transfer, plus the repair's."""
     positions = np.flatnonzero(converged | certified)
-    weights, response, excess, violation = measure_candidates(be, s, positions, X64, layer, unscale, relu, coupled)
+    weights, response, excess, violation = measure_candidates(be, s, positions, X64, program, unscale, relu, coupled)
     excess, violation = be.to_host(be.xp.stack([excess, violation]))
     missed = (excess > 1e-12 * y_scale) | (violation > violation_tol * y_scale)
     if coupled:
