@@ -140,8 +140,8 @@ class Iteration:
                            "repaired": self.repaired}
 
     def step(self, check: bool):
-        """One iteration (module docstring of admm.py); returns the previous (U, Z, W, Dz, Dw, X Z^T, X Dz^T, XU)
-        that a check compares against."""
+        """One iteration (module docstring of admm.py). Returns what a check compares against: the previous U, Z,
+        W, Dz, Dw, the previous X Z^T and X Dz^T (when a check needs them, else None), and this step's U^T X."""
         xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.options["relaxation"]
         if check and self.products is None:
             self.products = X.times_transposed(s.Z, s.Dz)
