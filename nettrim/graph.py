@@ -73,11 +73,16 @@ def trace_layers(model: nn.Module, names: list[str]) -> LayerGraph:
     for node in graph.nodes:
         if node.op == "call_module" and node.target in wanted:
             counts[node.target] = counts.get(node.target, 0) + 1
-    shared = [name for name, count in counts.items() if count > 1]
+    refuse_shared(counts)
+    return found
+
+
+def refuse_shared(calls: dict[str, int]) -> None:
+    """A layer called more than once (shared weights) cannot keep both calls' budgets with one set of weights."""
+    shared = [name for name, count in calls.items() if count > 1]
     if shared:
         raise ValueError(f"layers: {shared} are called more than once in the forward pass (shared weights); "
                          "leave them out with exclude=")
-    return found
 
 
 def fold_batchnorm(model: nn.Module, pairs: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.ops import aten
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .graph import refuse_shared
 from .layers import Layer
 
 DEFAULT_BATCH_SIZE = 1024
@@ -111,7 +112,7 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
             except Exception as error:
                 raise _forward_error(error, current, batch) from error
             if first_batch:
-                _refuse_shared(calls)
+                refuse_shared(calls)
                 first_batch = False
 
     signals = {}
@@ -128,13 +129,6 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
             raise ValueError(f"calibration: layer {name!r} receives NaN or Inf in its input signals")
         signals[name] = X
     return signals
-
-
-def _refuse_shared(calls: dict[str, int]) -> None:
-    shared = [name for name, count in calls.items() if count > 1]
-    if shared:
-        raise ValueError(f"layers: {shared} are called more than once in the forward pass (shared weights); "
-                         "leave them out with exclude=")
 
 
 @contextmanager

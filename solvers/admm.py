@@ -252,7 +252,7 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     elif beta == "published":
         beta = 0.09 * gram_diagonal.max()
     beta = float(beta) if beta else 1.0  # beta = 0 only when X = 0, which needs no iteration
-    cost_unit = float(np.abs(problem.X[problem.X != 0]).mean()) if equilibrate and problem.X.any() else 1.0
+    cost_unit = float(np.abs(problem.X).sum() / np.count_nonzero(problem.X)) if equilibrate and problem.X.any() else 1.0
     if response_scale is None:
         response_scale = float(np.max(np.abs(problem.Y)))
     response_scale = max(float(response_scale), 1e-300)

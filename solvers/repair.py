@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import math
 
+from array_api_compat import device as _device
+
 from .samples import SampleBlocks
 
 #: CG steps between two looks (synchronizations) at whether any neuron is still stepping.
@@ -120,12 +122,6 @@ def _smallest_correction(xp, B, inverse, shift):
     if inverse is None:
         return xp.zeros((B.shape[0], B.shape[1]), dtype=xp.float64, device=_device(B))
     return (B @ (inverse @ shift[:, :, None]))[:, :, 0]
-
-
-def _device(array):
-    from array_api_compat import device
-
-    return device(array)
 
 
 def _response_of(X, D):
