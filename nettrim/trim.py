@@ -321,7 +321,15 @@ def _solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, back
     def solve_once(program: LayerProblem, start) -> solvers.LayerResult:
         return scheduler.solve(program, backend, options, layer.name, initial if start is None else start, progress)
 
-    result = solve_once(problem, None) if reweight == 0 else solvers.solve_reweighted(problem, solve_once, reweight)
+    try:
+        result = (solve_once(problem, None) if reweight == 0
+                  else solvers.solve_reweighted(problem, solve_once, reweight))
+    except (MemoryError, solvers.MemoryLimitError) as error:
+        N, P, _ = problem.shape
+        advice = ("" if isinstance(error, solvers.MemoryLimitError) else
+                  ". Lower max_samples, or set solver_options={'memory_limit': bytes} to what this machine can give")
+        raise ValueError(f"layer {layer.name!r} ({N} inputs, P = {P} samples) does not fit in memory: "
+                         f"{error or type(error).__name__}{advice}") from error
     missed = ~problem.columns_within_budget(result.U, _FIT_RTOL, _VIOLATION_TOL)
     U = np.where(missed[None, :], problem.original_weights, result.U)  # W keeps the budget (kappa < 1 aside)
     return _Solved(problem, result, U, int(missed.sum()))

@@ -6,7 +6,7 @@
     >>> result = solve(problem, backend="cvxpy")     # the CVXPY + Clarabel reference
 """
 
-from .admm import PUBLISHED_OPTIONS, solve_admm
+from .admm import PUBLISHED_OPTIONS, MemoryLimitError, solve_admm
 from .arrays import backend, device_to_host_transfers
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
@@ -41,7 +41,7 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "LayerProblem", "LayerResult", "PUBLISHED_OPTIONS", "backend",
+    "ACTIVATIONS", "BACKENDS", "LayerProblem", "MemoryLimitError", "LayerResult", "PUBLISHED_OPTIONS", "backend",
     "device_to_host_transfers", "relative_budget", "solve", "solve_admm", "solve_reference", "solve_reweighted",
     "within_budget",
 ]

@@ -77,9 +77,15 @@ PUBLISHED_OPTIONS = dict(
 #: or 5 (81); starting at 5 took 10 to 25% off the layers of LeNet-300-100 and LeNet-5. A start from `initial`
 #: (a previous round's solution, reweighting) keeps 1: at 5 the demo's second layer took 39 s instead of 21 s.
 THRESHOLD_OVER_MEAN_WEIGHT = 5.0
+#: The share of the free memory that the default memory_limit takes.
+DEFAULT_MEMORY_SHARE = 0.9
 #: The share of memory_limit that the blocks of an X kept on the host may take on the device (the rest holds
 #: the neurons' working arrays): the transfers per product are all of X whatever the block size.
 STREAMED_BLOCKS_SHARE = 0.25
+
+
+class MemoryLimitError(ValueError):
+    """A layer program that fits in no memory plan within memory_limit."""
 
 
 def solve_admm(problem: LayerProblem, **options) -> LayerResult:
@@ -94,8 +100,10 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     memory_limit (bytes): X and the working arrays of the iterated neurons must fit in it, or the neurons are
     solved in chunks that do (per-neuron budgets), each sharing X moved to the device and factored once; when X
     itself leaves no room for one neuron (or, with a layer budget, for all of them), it stays on the host and
-    every product moves it to the device in blocks of samples (samples.py; info["sample_blocks"]). On CUDA the
-    default is 90% of the free device memory, on the CPU no limit. tf32=True lets float32 products on CUDA use
+    every product moves it to the device in blocks of samples (samples.py; info["sample_blocks"]). The default
+    is 90% of the free device memory (on the CPU, of the memory the system reports available); a layer that
+    fits in no plan raises MemoryLimitError (a ValueError) before anything large is allocated.
+    tf32=True lets float32 products on CUDA use
     TF32 tensor cores (faster, 10-bit mantissas in the products; the returned weights are still measured in
     float64 against their budget); info["tf32"] says whether it was on.
     """
@@ -205,7 +213,7 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
         free = be.free_memory()
         if free is None:
             return M, None
-        limit = int(0.9 * free)
+        limit = int(DEFAULT_MEMORY_SHARE * free)
     sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)),
                          options.get("u_step", "auto"))
     per_neuron = sizes["per_neuron"]
@@ -219,11 +227,12 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
     if fitting < together:
         what = ("not even one neuron of this layer" if problem.per_neuron else
                 "this layer, whose single (layer) budget couples the neurons so they cannot be chunked")
-        raise ValueError(
-            f"memory_limit: {limit / 2**30:.2f} GiB holds {what}: each neuron's arrays need "
+        default = "" if options.get("memory_limit") else " (90% of the free memory)"
+        raise MemoryLimitError(
+            f"memory_limit: {limit / 2**30:.2f} GiB{default} holds {what}: each neuron's arrays need "
             f"{per_neuron / 2**20:.1f} MiB (P = {P} samples), the factorization of X X^T {factorization / 2**20:.1f} "
-            f"MiB; lower the number of samples P (max_samples)" + ("" if problem.per_neuron else
-                                                                  " or use per-neuron budgets"))
+            f"MiB; lower the number of samples P (max_samples) or raise memory_limit"
+            + ("" if problem.per_neuron else " or use per-neuron budgets"))
     return int(min(fitting, M)), samples_per_block
 
 
@@ -323,7 +332,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     `initial` (N, M) starts the iteration there instead of at the original weights (reweighting rounds).
     rho, beta, response_scale (max|Y|) and cost_unit are layer-level numbers; solve_admm fills them in
     (iteration_constants).
-    memory_limit (bytes; on CUDA the free device memory by default) and tf32 (float32 products on tensor
+    memory_limit (bytes; 90% of the free memory by default) and tf32 (float32 products on tensor
     cores) are solve_admm's: see there. `prepared` is the layer input factored once for several neuron chunks.
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
     """

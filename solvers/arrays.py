@@ -11,6 +11,7 @@ which count the latter (`device_to_host_transfers`): on a GPU each is a synchron
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 
@@ -29,6 +30,22 @@ def _count_transfer() -> None:
     _counter.count = device_to_host_transfers() + 1
 
 
+def available_host_memory() -> int | None:
+    """Bytes of host memory available to a new allocation without swapping: Linux's MemAvailable (free memory
+    plus the page cache it can drop), else the free pages POSIX reports, else None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 @dataclass(frozen=True)
 class Backend:
     """An array namespace `xp` (array-API compatible) and the device its arrays are made on."""
@@ -41,6 +58,11 @@ class Backend:
     def on_host(self) -> bool:
         """Is the device the host's memory (NumPy)? Then host arrays are used as they are."""
         return self.name == "numpy"
+
+    @property
+    def on_cuda(self) -> bool:
+        """Is the device an NVIDIA GPU (CuPy, or torch on CUDA)?"""
+        return self.name == "cupy" or (self.name == "torch" and self.device.type == "cuda")
 
     def dtype(self, name) -> object:
         """The namespace's float32 or float64 (`name` a NumPy dtype or its name)."""
@@ -83,14 +105,15 @@ class Backend:
         return [float(value) for value in self.to_host(stacked).ravel()]
 
     def free_memory(self) -> int | None:
-        """Bytes free on the device (None on the host, where no limit is set by default)."""
+        """Bytes free on the device: on CUDA the free device memory, on the host the memory the operating
+        system reports as available (None where it reports nothing)."""
         if self.name == "cupy":
             return int(self.xp.cuda.Device().mem_info[0] + self.xp.get_default_memory_pool().free_bytes())
-        if self.name == "torch" and self.device.type == "cuda":
+        if self.on_cuda:
             import torch
 
             return int(torch.cuda.mem_get_info(self.device)[0])
-        return None
+        return available_host_memory()
 
     @contextlib.contextmanager
     def tensor_float32(self, dtype, enabled: bool):
@@ -99,7 +122,7 @@ class Backend:
         if not enabled:
             yield False
             return
-        if self.free_memory() is None or np.dtype(dtype) != np.float32:
+        if not self.on_cuda or np.dtype(dtype) != np.float32:
             raise ValueError("tf32=True needs device='cuda' (or another CUDA device) and dtype='float32'")
         if self.name == "torch":
             import torch

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from instances import random_problem
-from solvers import PUBLISHED_OPTIONS, LayerProblem, relative_budget, solve, within_budget
-from solvers.admm import memory_limit_for
+from solvers import PUBLISHED_OPTIONS, LayerProblem, arrays, relative_budget, solve, within_budget
+from solvers.admm import MemoryLimitError, memory_limit_for
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -160,6 +160,23 @@ def test_a_streamed_layer_matches_clarabel():
         assert streamed.objective == pytest.approx(reference.objective, rel=5e-3)
         assert np.all(np.asarray(streamed.fit) <= np.asarray(problem.eps) * (1 + 1e-9))
         assert streamed.max_violation <= 1e-5 * np.abs(problem.Y).max()
+
+
+def test_the_default_memory_limit_is_what_the_host_has_available(monkeypatch):
+    """On the CPU too the plan takes 90% of the memory the system reports available: with room for 5 neurons
+    the layer is solved in chunks, with room for none it is refused before anything large is allocated."""
+    problem = random_problem(5, N=30, P=300, M=14, per_neuron=True, cascade=True)
+    options = {"dtype": "float64", "anderson": 0}
+    monkeypatch.setattr(arrays, "available_host_memory", lambda: None)
+    whole = solve(problem, **options)
+    assert "chunks" not in whole.info
+    monkeypatch.setattr(arrays, "available_host_memory", lambda: memory_limit_for(problem, 5, anderson=0) / 0.9)
+    chunked = solve(problem, **options)
+    assert chunked.info["chunks"] == 3
+    assert np.abs(chunked.U - whole.U).max() <= 1e-9 * np.abs(whole.U).max()
+    monkeypatch.setattr(arrays, "available_host_memory", lambda: 1000)
+    with pytest.raises(MemoryLimitError, match=r"0.00 GiB \(90% of the free memory\) holds not even one neuron"):
+        solve(problem, **options)
 
 
 def test_a_memory_limit_too_small_for_the_layer_says_what_to_change():

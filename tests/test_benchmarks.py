@@ -92,3 +92,15 @@ def test_gpu_benchmark_quick_measures_the_cpu_proxies(tmp_path):
     assert 1 <= proxies["transfers_per_check_mean"] <= proxies["transfers_per_check_max"] <= 61
     assert proxies["l1_strict_over_numpy"] == pytest.approx(1.0, rel=1e-3)
     assert "| operations / iteration |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_wide_benchmark_quick_solves_in_chunks_on_the_samples_side(tmp_path):
+    out = tmp_path / "wide.json"
+    report = _load("wide").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["layer"]["factored_side"] == "samples"
+    assert report["whole_layer"]["chunks"] > 1 and report["whole_layer"]["iterations"] == 10
+    subset = report["neurons_to_the_end"]
+    assert subset["status"] == "optimal" and subset["within_budget"] and 0 < subset["kept"] < 1
+    assert "| neurons to the end |" in out.with_suffix(".md").read_text()

@@ -180,6 +180,22 @@ def test_a_memory_limit_streams_the_samples_of_a_conv_layer_that_does_not_fit(mo
         assert abs(row.nonzeros_after - reference.nonzeros_after) <= 0.05 * reference.nonzeros_after
 
 
+def test_a_layer_that_does_not_fit_in_memory_is_named_with_what_to_change(monkeypatch):
+    model, x = mlp(), inputs(64)
+    with pytest.raises(ValueError, match=r"layer '0' \(13 inputs, P = 64 samples\) does not fit in memory: "
+                                         r"memory_limit: .*max_samples\) or raise memory_limit$") as caught:
+        nettrim.trim(model, x, progress=False, solver_options={"memory_limit": 1000})
+    assert isinstance(caught.value.__cause__, solvers.MemoryLimitError)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 4.69 GiB")
+
+    monkeypatch.setattr(solvers, "solve", out_of_memory)
+    with pytest.raises(ValueError, match=r"layer '0' .* does not fit in memory: Unable to allocate 4.69 GiB\. "
+                                         "Lower max_samples"):
+        nettrim.trim(model, x, progress=False)
+
+
 def test_conv_samples_are_seeded_and_identical_on_every_pass():
     model, x = small_cnn(), images(24)
     first = nettrim.trim(model, x, max_samples=500, progress=False, seed=3)[0]
