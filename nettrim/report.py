@@ -11,18 +11,23 @@ from pathlib import Path
 class LayerReport:
     """What happened to one layer.
 
+    nonzeros_before/after and `weights` count the weight matrix alone; the bias, when the layer has one, is the
+    last row of Net-Trim's U and trimmed with it, counted apart (bias_nonzeros_before/after of M entries).
     eps is the layer's Frobenius budget (sqrt(sum eps_m^2) for per-neuron budgets); fit_ratio is the largest
     ||(U^T X - Y)_Omega|| / eps (per neuron, or for the layer); violation is the largest Omega^c excess
     (U^T X - V)_+ relative to max|Y|; dense_fallback counts the neurons (columns) that kept their original
-    weights because the solver's weights missed the budget (unconverged or infeasible); certified_gap is how
-    far the solver's l1 is proven to be from the layer program's optimum (the ADMM's weak-duality bound;
-    None for the cvxpy backend).
+    weights because the solver's weights missed the budget (unconverged or infeasible); sparser_original the
+    neurons that kept them because they had fewer nonzeros than the solution (l1 is not l0: a neuron that was
+    already sparse can come back with more, smaller weights), so a layer never gains nonzeros; certified_gap
+    is how far the solved weights' l1 is proven to be from the program's optimum, over the neurons whose solved
+    weights were kept (1 - bound / l1, each bound clipped to [0, its l1], so it lies in [0, 1]; None for the
+    cvxpy backend, or when no solved neuron was kept).
     """
 
     name: str
     kind: str
     activation: str
-    shape: list[int]
+    shape: list[int]                      # [N, M], the bias row included in N
     samples: int
     nonzeros_before: int
     nonzeros_after: int
@@ -37,17 +42,20 @@ class LayerReport:
     g: float = 0.0                        # the relative budget used (0 = the inherited cascade budget alone)
     target_sparsity: float | None = None
     certified_gap: float | None = None
+    bias: bool = False
+    bias_nonzeros_before: int = 0
+    bias_nonzeros_after: int = 0
+    sparser_original: int = 0
 
     @property
     def weights(self) -> int:
-        """Entries of W (N x M, bias row included)."""
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        """Entries of the weight matrix (N x M less the bias row)."""
+        N, M = self.shape
+        return (N - self.bias) * M
 
     @property
     def kept(self) -> float:
+        """Fraction of the weights (biases excluded) that are nonzero after trimming."""
         return self.nonzeros_after / max(self.weights, 1)
 
 
@@ -66,22 +74,41 @@ class Report:
     reweight: int = 0
     not_trimmed: dict[str, str] = field(default_factory=dict)  # layers with weights left as they were, and why
 
+    def total(self, attribute: str) -> int:
+        """The sum of a count over the layers ("weights", "nonzeros_after", "dense_fallback", ...)."""
+        return sum(getattr(layer, attribute) for layer in self.layers)
+
     @property
     def nonzeros_before(self) -> int:
-        return sum(layer.nonzeros_before for layer in self.layers)
+        return self.total("nonzeros_before")
 
     @property
     def nonzeros_after(self) -> int:
-        return sum(layer.nonzeros_after for layer in self.layers)
+        return self.total("nonzeros_after")
 
     @property
     def weights(self) -> int:
-        return sum(layer.weights for layer in self.layers)
+        return self.total("weights")
 
     @property
     def kept(self) -> float:
-        """Fraction of the trimmed layers' weights (biases included) that are nonzero after trimming."""
+        """Fraction of the trimmed layers' weights (biases excluded) that are nonzero after trimming."""
         return self.nonzeros_after / max(self.weights, 1)
+
+    @property
+    def dense_fallback(self) -> int:
+        """Neurons that kept their original weights because the solver's missed their budget."""
+        return self.total("dense_fallback")
+
+    def dense_fallback_warning(self) -> str | None:
+        """One sentence naming the layers with dense fallbacks, or None."""
+        layers = {row.name: row.dense_fallback for row in self.layers if row.dense_fallback}
+        if not layers:
+            return None
+        named = ", ".join(f"{name!r} ({count})" for name, count in layers.items())
+        return (f"{self.dense_fallback} neurons kept their original (dense) weights because the solver's weights "
+                f"missed their budget (not converged in max_iter / time_limit, or an infeasible budget): {named}; "
+                "the report's status column says why per layer")
 
     def layer(self, name: str) -> LayerReport:
         for row in self.layers:
@@ -94,7 +121,10 @@ class Report:
             "mode": self.mode, "backend": self.backend, "reweight": self.reweight, "seconds": self.seconds,
             "folded_batchnorm": dict(self.folded_batchnorm), "not_trimmed": dict(self.not_trimmed),
             "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
-                       "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept},
+                       "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept,
+                       "biases": sum(row.shape[1] for row in self.layers if row.bias),
+                       "bias_nonzeros_after": self.total("bias_nonzeros_after"),
+                       "dense_fallback": self.dense_fallback, "sparser_original": self.total("sparser_original")},
             "layers": [{**asdict(layer), "weights": layer.weights, "kept": layer.kept, "sparsity": 1 - layer.kept}
                        for layer in self.layers],
         }
@@ -113,18 +143,22 @@ class Report:
                    layers=[LayerReport(**{key: row[key] for key in _FIELDS if key in row}) for row in data["layers"]])
 
     def table(self) -> str:
-        header = ("layer", "kind", "act", "W (N x M)", "P", "nonzeros", "kept", "eps", "fit/eps", "viol",
+        header = ("layer", "kind", "act", "W (N x M)", "P", "nonzeros", "kept", "bias", "eps", "fit/eps", "viol",
                   "l1 gap", "iters", "sec", "status")
         rows = [header]
         for r in self.layers:
-            status = r.status + (f" ({r.dense_fallback} dense)" if r.dense_fallback else "")
-            rows.append((r.name, r.kind, r.activation, " x ".join(map(str, r.shape)), str(r.samples),
-                         f"{r.nonzeros_before} -> {r.nonzeros_after}", f"{100 * r.kept:.1f}%", f"{r.eps:.4g}",
+            notes = [f"{r.dense_fallback} dense"] * bool(r.dense_fallback) + [
+                f"{r.sparser_original} original sparser"] * bool(r.sparser_original)
+            rows.append((r.name, r.kind, r.activation, f"{r.shape[0] - r.bias} x {r.shape[1]}", str(r.samples),
+                         f"{r.nonzeros_before} -> {r.nonzeros_after}", f"{100 * r.kept:.1f}%",
+                         f"{r.bias_nonzeros_before} -> {r.bias_nonzeros_after}" if r.bias else "-", f"{r.eps:.4g}",
                          f"{r.fit_ratio:.4f}", f"{r.violation:.1e}",
                          "-" if r.certified_gap is None else f"{100 * r.certified_gap:.2f}%", str(r.iterations),
-                         f"{r.seconds:.1f}", status))
+                         f"{r.seconds:.1f}", r.status + (f" ({', '.join(notes)})" if notes else "")))
+        fallbacks = f"{self.dense_fallback} neurons dense" if self.dense_fallback else ""
         rows.append(("total", "", "", str(self.weights), "", f"{self.nonzeros_before} -> {self.nonzeros_after}",
-                     f"{100 * self.kept:.1f}%", "", "", "", "", "", f"{self.seconds:.1f}", ""))
+                     f"{100 * self.kept:.1f}%", f"{self.total('bias_nonzeros_before')} -> "
+                     f"{self.total('bias_nonzeros_after')}", "", "", "", "", "", f"{self.seconds:.1f}", fallbacks))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                  for row in rows]
@@ -135,4 +169,8 @@ class Report:
     def __str__(self) -> str:
         rounds = f", {self.reweight} reweighting rounds" if self.reweight else ""
         untouched = "".join(f"\nnot trimmed: {name} ({reason})" for name, reason in self.not_trimmed.items())
-        return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}"
+        notes = ("\nnonzeros and kept count the weights; the bias column counts the biases, which Net-Trim trims "
+                 "as the last row of each layer's weights" if any(row.bias for row in self.layers) else "")
+        fallbacks = self.dense_fallback_warning()
+        notes += f"\n{fallbacks}" if fallbacks else ""
+        return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}{notes}"

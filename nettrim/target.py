@@ -26,18 +26,19 @@ def sparsity(U: np.ndarray) -> float:
 
 
 def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_max: float, steps: int = 8,
-                    rel_width: float = 0.02) -> BudgetSearch:
-    """Bisection for the smallest g with sparsity >= target. solve_at(g, initial) returns an outcome whose
-    `.U` is the trimmed weights; `initial` is the U of the closest budget tried so far (None at first)."""
+                    rel_width: float = 0.02, measure=lambda outcome: sparsity(outcome.U)) -> BudgetSearch:
+    """Bisection for the smallest g with measure(outcome) >= target. solve_at(g, initial) returns an outcome
+    (by default its `.U`, the trimmed weights, is measured); `initial` is the closest budget's outcome tried so
+    far (None at first)."""
     tried: dict[float, object] = {}
     order = []
 
     def evaluate(g: float):
         closest = min(tried, key=lambda h: abs(h - g)) if tried else None
-        outcome = solve_at(g, None if closest is None else tried[closest].U)
+        outcome = solve_at(g, None if closest is None else tried[closest])
         tried[g] = outcome
-        order.append((g, sparsity(outcome.U)))
-        return sparsity(outcome.U) >= target
+        order.append((g, measure(outcome)))
+        return order[-1][1] >= target
 
     g_first = min(max(g_first, g_low), g_max)
     if evaluate(g_first):

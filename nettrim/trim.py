@@ -146,19 +146,25 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
         if mode == "cascade" and index > 0:
             g, factor = 0.0, kappa if (kappa is not None and index == len(order) - 1) else gamma
 
-        def solve_at(g, initial):
+        def solve_at(g, closest: _Solved | None):
             problem = _layer_problem(X, Y, W, activation, budget, g, factor)
-            return _solve_layer(layer, problem, scheduler, backend, solve_options, reweight, show, initial)
+            return _solve_layer(layer, problem, scheduler, backend, solve_options, reweight, show,
+                                None if closest is None else closest.U)
 
         target, note = targets[layer.name], ""
         if target is None:
             solved = solve_at(g, None)
         else:
-            search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=max_epsilon)
+            def weights_of(solved: _Solved) -> np.ndarray:  # the bias row apart
+                return solved.U[:W.shape[0] - layer.has_bias]
+
+            search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=max_epsilon,
+                                     measure=lambda solved: sparsity(weights_of(solved)))
             g, solved = search.g, search.outcome
             note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
             if not search.reached:
-                note = f"target sparsity {target:g} not reached: {sparsity(solved.U):.4f} at g = max_epsilon = {g:g}"
+                note = (f"target sparsity {target:g} not reached: {sparsity(weights_of(solved)):.4f} at "
+                        f"g = max_epsilon = {g:g}")
                 warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=3)
         scheduler.release(X)
         layer.set_weight_matrix(solved.U)
@@ -196,6 +202,9 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                 del original[layer.name]
                 done(report.layers[-1])
 
+    fallbacks = report.dense_fallback_warning()
+    if fallbacks:
+        warnings.warn(fallbacks, UserWarning, stacklevel=2)
     work.train(model.training)
     if inplace:
         _commit(model, work, order, graph.batchnorm)
@@ -310,8 +319,10 @@ def _layer_problem(X, Y, W, activation, budget, g, cascade_factor) -> LayerProbl
 class _Solved:
     problem: LayerProblem
     result: solvers.LayerResult
-    U: np.ndarray        # the result's U, with the original columns where it missed the budget
+    U: np.ndarray        # the result's U, with the original columns where it missed the budget or was denser
     dense_fallback: int
+    sparser_original: int
+    kept_solution: np.ndarray  # (M,) bools: the neurons whose solved weights were kept
 
 
 def _solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, backend: str, options: dict,
@@ -330,9 +341,31 @@ def _solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, back
                   ". Lower max_samples, or set solver_options={'memory_limit': bytes} to what this machine can give")
         raise ValueError(f"layer {layer.name!r} ({N} inputs, P = {P} samples) does not fit in memory: "
                          f"{error or type(error).__name__}{advice}") from error
+    W = problem.original_weights
     missed = ~problem.columns_within_budget(result.U, _FIT_RTOL, _VIOLATION_TOL)
-    U = np.where(missed[None, :], problem.original_weights, result.U)  # W keeps the budget (kappa < 1 aside)
-    return _Solved(problem, result, U, int(missed.sum()))
+    if problem.per_neuron:
+        denser = np.count_nonzero(result.U, axis=0) > np.count_nonzero(W, axis=0)
+    else:  # one budget for the layer: W replaces U whole or not at all
+        denser = np.full(len(missed), np.count_nonzero(result.U) > np.count_nonzero(W))
+    sparser = ~missed & denser & problem.columns_within_budget(W, _FIT_RTOL, _VIOLATION_TOL)
+    U = np.where((missed | sparser)[None, :], W, result.U)  # W keeps the budget (kappa < 1 aside)
+    return _Solved(problem, result, U, int(missed.sum()), int(sparser.sum()), ~(missed | sparser))
+
+
+def _certified_gap(result: solvers.LayerResult, kept_solution: np.ndarray) -> float | None:
+    """1 - bound / ||u||_1 over the neurons whose solved weights were kept (LayerReport.certified_gap): each
+    neuron's proven lower bound (or the layer's) clipped to [0, its l1], so a false bound never makes it
+    negative or above 1; None without a bound or without a kept solution."""
+    bound = result.info.get("l1_lower_bound")
+    if bound is None or not kept_solution.any():
+        return None
+    l1 = np.abs(result.U).sum(axis=0)
+    bound = np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=0.0)
+    if bound.shape == l1.shape:
+        l1, proven = l1[kept_solution], np.clip(bound, 0.0, l1)[kept_solution].sum()
+    else:  # the layer's bound
+        proven = min(max(float(bound.sum()), 0.0), l1.sum())
+    return float(1.0 - proven / l1.sum()) if l1.sum() > 0 else 0.0
 
 
 def _layer_report(layer: Layer, solved: _Solved, g: float, target: float | None, note: str) -> LayerReport:
@@ -344,13 +377,17 @@ def _layer_report(layer: Layer, solved: _Solved, g: float, target: float | None,
     y_scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
     N, P, M = problem.shape
     message = f"{result.message}; {note}" if note else result.message
+    weights = N - layer.has_bias  # the bias is U's last row
+    W = problem.original_weights
     return LayerReport(
         name=layer.name, kind=layer.kind, activation=problem.activation, shape=[N, M], samples=P,
-        nonzeros_before=int(np.count_nonzero(problem.original_weights)), nonzeros_after=int(np.count_nonzero(U)),
+        nonzeros_before=int(np.count_nonzero(W[:weights])), nonzeros_after=int(np.count_nonzero(U[:weights])),
         eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
         violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
         status=result.status, message=message, dense_fallback=solved.dense_fallback, g=g,
-        target_sparsity=target, certified_gap=result.certified_gap)
+        target_sparsity=target, certified_gap=_certified_gap(result, solved.kept_solution), bias=layer.has_bias,
+        bias_nonzeros_before=int(np.count_nonzero(W[weights:])), bias_nonzeros_after=int(np.count_nonzero(U[weights:])),
+        sparser_original=solved.sparser_original)
 
 
 def _commit(model: nn.Module, work: nn.Module, order: list[Layer], folded: dict[str, str]) -> None:

@@ -36,7 +36,10 @@ def test_trim_end_to_end_in_a_subprocess(files):
     rows = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
     assert rows["4"]["eps"] < rows["2"]["eps"]
     loaded, saved_report = nettrim.load(out, mlp(seed=9, dtype=torch.float32))
-    assert saved_report.nonzeros_after == sum(int((p != 0).sum()) for n, p in loaded.named_parameters())
+    assert saved_report.nonzeros_after == sum(int((p != 0).sum()) for n, p in loaded.named_parameters()
+                                              if n.endswith("weight"))
+    assert saved_report.total("bias_nonzeros_after") == sum(int((p != 0).sum())
+                                                            for n, p in loaded.named_parameters() if n.endswith("bias"))
     assert saved_report.nonzeros_after < saved_report.nonzeros_before
 
 

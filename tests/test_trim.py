@@ -11,6 +11,7 @@ import nettrim
 import solvers
 from nettrim.layers import select_layers
 from nettrim.signals import capture
+from nettrim.trim import _certified_gap
 from networks import images, inputs, mlp, small_cnn
 from solvers.samples import SampleBlocks
 
@@ -58,8 +59,38 @@ def test_parallel_keeps_proposition_1_on_every_layer(parallel_mlp):
         assert np.linalg.norm(act(U.T @ X) - Y) <= row.eps * (1 + FIT_RTOL) + 1e-5 * np.abs(Y).max() * np.sqrt(Y.size)
         assert row.eps == pytest.approx(0.1 * np.linalg.norm(Y), rel=1e-9)
         assert row.nonzeros_after < row.nonzeros_before
-    assert report.nonzeros_after == sum(int((U != 0).sum()) for U in
+    assert report.nonzeros_after == sum(int((U[:-1] != 0).sum()) for U in  # the bias row counted apart
                                         (layer.weight_matrix() for layer in trimmed_layers.values()))
+    assert report.total("bias_nonzeros_after") == sum(int((U[-1] != 0).sum()) for U in
+                                                      (layer.weight_matrix() for layer in trimmed_layers.values()))
+
+
+def test_kept_counts_weights_and_a_sparse_layer_never_gains_nonzeros():
+    """A network that is 90% zeros already: l1 can return more, smaller weights than a neuron had (l1 is not
+    l0); such a neuron keeps its original weights, so no layer gains nonzeros, and the report says how many."""
+    model, x = mlp(zeros=0.9), inputs(200)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.05, mode="parallel", progress=False)
+    assert sum(row.sparser_original for row in report.layers) > 0
+    for row, layer in zip(report.layers, select_layers(trimmed), strict=True):
+        N, M = row.shape
+        assert row.bias and row.weights == (N - 1) * M == layer.module.weight.numel()
+        assert row.nonzeros_after == int((layer.module.weight != 0).sum()) <= row.nonzeros_before
+        assert row.bias_nonzeros_after == int((layer.module.bias != 0).sum())
+        assert row.kept == row.nonzeros_after / row.weights
+        assert 0 <= row.certified_gap <= 5e-3 * max(1.0, row.iterations / 500)
+    assert "original sparser" in str(report) and "bias" in str(report)
+
+
+def test_the_certified_gap_lies_in_0_1_whatever_the_bounds():
+    """Bounds from a neuron that did not converge can be any number (seen: -1476129659%): each is clipped."""
+    U = np.array([[1.0, 0.5, 2.0], [0.0, 0.5, 0.0]])
+    result = solvers.LayerResult(U, "max_iter", "", 4.0, np.zeros(3), np.ones(3), 0.0, np.zeros(3), 5, 0.1, "admm",
+                                 info={"l1_lower_bound": np.array([-3e9, 4e12, np.nan])})
+    assert _certified_gap(result, np.ones(3, dtype=bool)) == pytest.approx(1 - 1.0 / 4.0)
+    assert _certified_gap(result, np.array([True, False, True])) == 1.0
+    assert _certified_gap(result, np.zeros(3, dtype=bool)) is None
+    result.info["l1_lower_bound"] = 7e9  # a layer budget's single bound
+    assert _certified_gap(result, np.ones(3, dtype=bool)) == 0.0
 
 
 def test_parallel_bound_on_the_output(parallel_mlp):
@@ -216,10 +247,17 @@ def test_layer_budget_form_and_cvxpy_backend_agree_on_a_small_layer():
         assert ours.status == theirs.status == "optimal"
 
 
-def test_unconverged_neurons_keep_their_original_weights():
+def test_unconverged_neurons_keep_their_original_weights_and_one_warning_names_the_layers():
     model, x = mlp(), inputs(300)
-    trimmed, report = nettrim.trim(model, x, mode="parallel", progress=False, solver_options={"max_iter": 3})
-    assert any(row.dense_fallback for row in report.layers)
+    with pytest.warns(UserWarning, match=r"^30 neurons kept their original \(dense\) weights .*: '0' \(16\), "
+                                         r"'2' \(10\), '4' \(4\);") as caught:
+        trimmed, report = nettrim.trim(model, x, mode="parallel", progress=False, solver_options={"max_iter": 3})
+    assert len(caught) == 1
+    assert report.dense_fallback == sum(row.dense_fallback for row in report.layers) == 30
+    assert report.to_dict()["totals"]["dense_fallback"] == 30
+    total_row = str(report).splitlines()[-3]
+    assert total_row.startswith("total") and total_row.endswith("30 neurons dense")
+    assert all(row.certified_gap is None for row in report.layers)  # no solved neuron was kept
     for row in report.layers:
         assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
 
