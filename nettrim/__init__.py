@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 from .finetune import finetune  # noqa: E402
 from .io import load, save  # noqa: E402
 from .report import LayerReport, Report  # noqa: E402
-from .trim import MODES, trim  # noqa: E402
+from .trim import MODES, TrimInterrupted, trim  # noqa: E402
 
-__all__ = ["MODES", "LayerReport", "Report", "finetune", "load", "save", "trim", "__version__"]
+__all__ = ["MODES", "LayerReport", "Report", "TrimInterrupted", "finetune", "load", "save", "trim", "__version__"]

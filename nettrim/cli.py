@@ -1,7 +1,8 @@
 """The `nettrim` command: `nettrim trim MODEL --calib FILE --out PATH` and `nettrim demo`.
 
 Errors print one line naming the argument and exit with status 2 (1 when a worker fails); Ctrl-C exits with
-status 130 and writes nothing (outputs are written at the very end, each through a temporary file renamed into place).
+status 130 and writes no output (outputs are written at the very end, each through a temporary file renamed into
+place): the layers trimmed so far stay in the checkpoint folder (OUT.partial), and the same command resumes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import contextlib
 import os
 import pickle
+import shutil
 import sys
 import time
 import zipfile
@@ -22,7 +24,7 @@ from torch import nn
 from . import __version__, save, trim
 from .io import write_atomically
 from .schedule import BlockError
-from .trim import BUDGETS, DEFAULT_EPSILON, MODES
+from .trim import BUDGETS, DEFAULT_EPSILON, MODES, TrimInterrupted
 
 
 def _layer_epsilon(text: str) -> tuple[str, float]:
@@ -45,7 +47,13 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--reweight", type=int, default=0, help="rounds of reweighted l1 (sparser; default 0)")
     parser.add_argument("--target-sparsity", type=float,
                         help="fraction of zero weights each layer must reach (the budget is found by bisection)")
+    parser.add_argument("--model-sparsity", type=float,
+                        help="fraction of zero weights for the whole model: every layer's g is scaled by the "
+                             "smallest factor that reaches it (bisection over whole trims)")
     parser.add_argument("--max-epsilon", type=float, default=0.5, help="the largest g a target may use")
+    parser.add_argument("--max-iter", type=int, help="ADMM iterations per layer (default 10,000)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="seconds per layer; neurons not converged by then keep their original weights")
     parser.add_argument("--workers", type=int, help="solve on a local pool of this many worker processes")
     parser.add_argument("--dask", metavar="ADDRESS",
                         help="solve on the Dask cluster whose scheduler is at ADDRESS (pip install 'nettrim[dask]')")
@@ -78,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     trim_parser.add_argument("--gamma", type=float, default=1.1, help="cascade slack factor (>= 1)")
     trim_parser.add_argument("--kappa", type=float, help="cascade factor for the last layer")
     trim_parser.add_argument("--seed", type=int, default=0)
+    trim_parser.add_argument("--checkpoint", type=Path,
+                             help="folder where each trimmed layer is kept until the trim ends (default OUT.partial): "
+                                  "after Ctrl-C or a crash, the same command resumes after those layers")
 
     demo = commands.add_parser("demo", help="train LeNet-300-100 on the bundled MNIST (cached), trim it, compare")
     _add_trim_options(demo, 0.1)
@@ -91,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run_trim(args) if args.command == "trim" else _run_demo(args)
+    except TrimInterrupted as interrupted:
+        print(f"nettrim: {interrupted}; nothing else was written", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("nettrim: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -181,13 +195,15 @@ def _run_trim(args) -> int:
     model = load_model(args.model)
     calibration = load_calibration(args.calib)
     epsilon = {".*": args.epsilon, **dict(args.layer_epsilon)} if args.layer_epsilon else args.epsilon
+    checkpoint = None
+    if args.model_sparsity is None:  # a model sparsity search repeats whole trims: nothing to resume
+        checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".partial")
     with _scheduling(args) as scheduling:
         trimmed, report = trim(
             model, calibration, epsilon=epsilon, mode=args.mode, backend=args.backend, device=args.device,
             progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
-            budget=args.budget, gamma=args.gamma, kappa=args.kappa, reweight=args.reweight,
-            target_sparsity=args.target_sparsity, max_epsilon=args.max_epsilon, max_samples=args.max_samples,
-            seed=args.seed, **scheduling)
+            budget=args.budget, gamma=args.gamma, kappa=args.kappa, checkpoint=checkpoint,
+            seed=args.seed, **_shared_options(args), **scheduling)
     if args.out.suffix == ".safetensors":
         save(trimmed, args.out, report)
     elif isinstance(trimmed, torch.jit.ScriptModule):
@@ -196,10 +212,19 @@ def _run_trim(args) -> int:
         write_atomically(args.out, lambda temporary: torch.save(trimmed, temporary))
     if args.report is not None:
         write_atomically(args.report, report.to_json)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)
     if not args.quiet:
         print(report)
         print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
     return 0
+
+
+def _shared_options(args) -> dict:
+    """trim()'s options that `nettrim trim` and `nettrim demo` share."""
+    return dict(reweight=args.reweight, target_sparsity=args.target_sparsity, model_sparsity=args.model_sparsity,
+                max_epsilon=args.max_epsilon, max_samples=args.max_samples, max_iter=args.max_iter,
+                time_limit=args.time_limit)
 
 
 def _run_demo(args) -> int:
@@ -223,8 +248,7 @@ def _run_demo(args) -> int:
     with _scheduling(args) as scheduling:
         trimmed, report = trim(model, torch.from_numpy(images[chosen]), epsilon=args.epsilon, mode=args.mode,
                                backend=args.backend, device=args.device, progress=not args.quiet,
-                               reweight=args.reweight, target_sparsity=args.target_sparsity,
-                               max_epsilon=args.max_epsilon, max_samples=args.max_samples, **scheduling)
+                               **_shared_options(args), **scheduling)
     error_after = test_error(trimmed, test_images, test_labels)
     if not args.quiet:
         print(report)

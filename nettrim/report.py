@@ -73,6 +73,7 @@ class Report:
     seconds: float = 0.0
     reweight: int = 0
     not_trimmed: dict[str, str] = field(default_factory=dict)  # layers with weights left as they were, and why
+    model_sparsity: dict | None = None  # a model_sparsity search: target, reached, scale, trims [[scale, sparsity]]
 
     def total(self, attribute: str) -> int:
         """The sum of a count over the layers ("weights", "nonzeros_after", "dense_fallback", ...)."""
@@ -120,6 +121,7 @@ class Report:
         return {
             "mode": self.mode, "backend": self.backend, "reweight": self.reweight, "seconds": self.seconds,
             "folded_batchnorm": dict(self.folded_batchnorm), "not_trimmed": dict(self.not_trimmed),
+            "model_sparsity": self.model_sparsity,
             "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
                        "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept,
                        "biases": sum(row.shape[1] for row in self.layers if row.bias),
@@ -139,7 +141,7 @@ class Report:
     def from_dict(cls, data: dict) -> Report:
         return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
                    reweight=data.get("reweight", 0), folded_batchnorm=dict(data.get("folded_batchnorm", {})),
-                   not_trimmed=dict(data.get("not_trimmed", {})),
+                   not_trimmed=dict(data.get("not_trimmed", {})), model_sparsity=data.get("model_sparsity"),
                    layers=[LayerReport(**{key: row[key] for key in _FIELDS if key in row}) for row in data["layers"]])
 
     def table(self) -> str:
@@ -171,6 +173,10 @@ class Report:
         untouched = "".join(f"\nnot trimmed: {name} ({reason})" for name, reason in self.not_trimmed.items())
         notes = ("\nnonzeros and kept count the weights; the bias column counts the biases, which Net-Trim trims "
                  "as the last row of each layer's weights" if any(row.bias for row in self.layers) else "")
+        if self.model_sparsity is not None:
+            search = self.model_sparsity
+            notes += (f"\nmodel sparsity {search['reached']:.4f} for target {search['target']:g}: every g scaled by "
+                      f"{search['scale']:.4g} ({len(search['trims'])} trims)")
         fallbacks = self.dense_fallback_warning()
         notes += f"\n{fallbacks}" if fallbacks else ""
         return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}{notes}"

@@ -26,19 +26,22 @@ def sparsity(U: np.ndarray) -> float:
 
 
 def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_max: float, steps: int = 8,
-                    rel_width: float = 0.02, measure=lambda outcome: sparsity(outcome.U)) -> BudgetSearch:
+                    rel_width: float = 0.02, close_enough: float | None = None,
+                    measure=lambda outcome: sparsity(outcome.U)) -> BudgetSearch:
     """Bisection for the smallest g with measure(outcome) >= target. solve_at(g, initial) returns an outcome
     (by default its `.U`, the trimmed weights, is measured); `initial` is the closest budget's outcome tried so
-    far (None at first)."""
+    far (None at first). The search stops when the bracket is narrower than rel_width * g, or (close_enough
+    given) when the g kept measures at most close_enough above the target."""
     tried: dict[float, object] = {}
+    measured: dict[float, float] = {}
     order = []
 
     def evaluate(g: float):
         closest = min(tried, key=lambda h: abs(h - g)) if tried else None
         outcome = solve_at(g, None if closest is None else tried[closest])
-        tried[g] = outcome
-        order.append((g, measure(outcome)))
-        return order[-1][1] >= target
+        tried[g], measured[g] = outcome, measure(outcome)
+        order.append((g, measured[g]))
+        return measured[g] >= target
 
     g_first = min(max(g_first, g_low), g_max)
     if evaluate(g_first):
@@ -50,7 +53,7 @@ def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_
         if g_max == g_first:
             return BudgetSearch(g_first, tried[g_first], False, order)
     for _ in range(steps):
-        if high - low <= rel_width * high:
+        if high - low <= rel_width * high or (close_enough is not None and measured[high] - target <= close_enough):
             break
         middle = 0.5 * (low + high)
         if evaluate(middle):

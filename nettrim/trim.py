@@ -28,23 +28,23 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import solvers
-from solvers import LayerProblem
 
+from . import __version__
+from .checkpoint import Checkpoint, fingerprint
 from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers, untrimmed_layers
-from .report import LayerReport, Report
+from .passes import Trimming
+from .report import Report
 from .schedule import Scheduler, check_scheduling
 from .signals import DEFAULT_BATCH_SIZE, calibration_batches, capture
-from .target import smallest_budget, sparsity
+from .target import smallest_budget
 
 MODES = ("cascade", "parallel")
 BUDGETS = ("neuron", "layer")
@@ -52,16 +52,29 @@ DEFAULT_EPSILON = 0.05
 #: Solver options used unless solver_options says otherwise: float32 iterations (the returned weights are
 #: still measured exactly in float64 against their budget).
 DEFAULT_ADMM_OPTIONS = {"dtype": "float32"}
-_FIT_RTOL, _VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fit <= eps (1 + 1e-3)
+#: How close (in sparsity, above it) a model_sparsity search lands before it stops.
+MODEL_SPARSITY_TOLERANCE = 0.005
+
+
+class TrimInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a trim. `model` is a copy of the model with the layers trimmed so far (the others as they
+    were), `report` their rows; the caller's model is untouched. With checkpoint=, the same call resumes."""
+
+    def __init__(self, model: nn.Module, report: Report, checkpoint: Checkpoint | None):
+        resume = (f"; they are kept in {checkpoint.folder}, and the same call resumes after them"
+                  if checkpoint is not None else "")
+        super().__init__(f"trim interrupted after {len(report.layers)} layers{resume}")
+        self.model, self.report = model, report
 
 
 def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] = DEFAULT_EPSILON,
          mode: str = "cascade", backend: str = "admm", device="cpu", inplace: bool = False,
          progress: bool = True, layers=None, exclude=None, relu_layers=None, budget: str = "neuron",
          gamma: float = 1.1, kappa: float | None = None, reweight: int = 0,
-         target_sparsity: float | Mapping[str, float] | None = None, max_epsilon: float = 0.5,
-         max_samples: int | None = 20_000, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-         solver_options: Mapping | None = None, executor=None, workers: int | None = None,
+         target_sparsity: float | Mapping[str, float] | None = None, model_sparsity: float | None = None,
+         max_epsilon: float = 0.5, max_samples: int | None = 20_000, seed: int = 0,
+         batch_size: int = DEFAULT_BATCH_SIZE, max_iter: int | None = None, time_limit: float | None = None,
+         checkpoint=None, solver_options: Mapping | None = None, executor=None, workers: int | None = None,
          block_size: int | None = None) -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
@@ -85,7 +98,15 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  (nettrim/target.py), and reported; a layer that cannot reach it within max_epsilon keeps the
                  max_epsilon solution, and a warning and the report say so. In cascade mode g adds
                  (g ||Y||)^2 to the inherited eps_l^2 of the later layers.
+    model_sparsity: a fraction of zero weights for the model (the selected layers' weights together, biases
+                 apart): every layer's g (in cascade mode the first layer's, which the others inherit) is
+                 scaled by one factor t, the smallest that reaches it, found by bisection over whole trims,
+                 each warm started from the closest one (within half a point above the target, or a warning).
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
+    max_iter, time_limit: per layer, the ADMM's iterations and seconds (a budget search and reweighting rounds
+                 share the layer's time); neurons not converged by then keep their original weights.
+    checkpoint:  a folder where each layer is recorded as it is trimmed: a trim stopped by Ctrl-C (or a crash)
+                 resumes after those layers when called again with the same model, calibration and settings.
     executor, workers, block_size: where the layer programs are solved (nettrim/schedule.py): by default in
                  this process; workers=N on a local pool of N processes; executor= any concurrent.futures
                  executor or a dask.distributed Client. Each layer is split into blocks of neurons (block_size
@@ -94,28 +115,16 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  float32 rounding can move single neurons (README, benchmarks/scaling.py).
 
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
-    every layer has been trimmed: an error or Ctrl-C leaves it as it was.
+    every layer has been trimmed: an error leaves it as it was, and Ctrl-C raises TrimInterrupted, which
+    holds the layers trimmed so far.
     """
     start = time.perf_counter()
-    _check_options(mode, backend, budget, gamma, kappa, max_samples)
-    if isinstance(reweight, bool) or not isinstance(reweight, int) or reweight < 0:
-        raise ValueError(f"reweight must be an int >= 0 (rounds of reweighted l1), got {reweight!r}")
-    solve_options = _solver_options(backend, device, solver_options)
+    _check_options(mode, backend, budget, gamma, kappa, max_samples, reweight, max_epsilon)
+    _check_limits(backend, max_iter, time_limit, model_sparsity, target_sparsity, checkpoint)
+    solve_options = _solver_options(backend, device, solver_options, max_iter)
     check_scheduling(executor, workers, block_size)
-    if not np.isfinite(max_epsilon) or not 0 < max_epsilon <= 1:
-        raise ValueError(f"max_epsilon must be a number in (0, 1] (at g = 1 zero weights keep every budget), got "
-                         f"{max_epsilon!r}")
     batches = calibration_batches(calibration, batch_size)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if any(parameter.is_meta for parameter in model.parameters()):
-        raise ValueError("model: its parameters are on the meta device and hold no values; materialize them first "
-                         "(model.to_empty(device='cpu'), then load_state_dict)")
-    try:
-        work = copy.deepcopy(model).eval()
-    except Exception as error:
-        raise ValueError(f"model: cannot be copied with copy.deepcopy ({error})") from error
-
+    work = _working_copy(model)
     selected = select_layers(work, layers, exclude)
     graph = _layer_graph(work, selected, relu_layers)
     budgets = _per_layer("epsilon", epsilon, selected, DEFAULT_EPSILON, upper=1.0)
@@ -129,78 +138,32 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     order = [by_name[name] for name in original]  # execution order
     if mode == "cascade":
         _check_cascade_overrides(epsilon, order)
-
     report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight,
                     not_trimmed=untrimmed_layers(work))
     if report.not_trimmed:
         warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=2)
-
-    def trim_layer(index: int, layer: Layer, X: np.ndarray, scheduler: Scheduler, show: bool) -> LayerReport:
-        """Solve one layer (its budget search when it has a target sparsity) and set its weights."""
-        activation = "relu" if layer.name in graph.relu else "linear"
-        W = layer.weight_matrix()
-        Y = W.T @ original[layer.name]
-        if activation == "relu":
-            Y = np.maximum(Y, 0.0)
-        g, factor = budgets[layer.name], None
-        if mode == "cascade" and index > 0:
-            g, factor = 0.0, kappa if (kappa is not None and index == len(order) - 1) else gamma
-
-        def solve_at(g, closest: _Solved | None):
-            problem = _layer_problem(X, Y, W, activation, budget, g, factor)
-            return _solve_layer(layer, problem, scheduler, backend, solve_options, reweight, show,
-                                None if closest is None else closest.U)
-
-        target, note = targets[layer.name], ""
-        if target is None:
-            solved = solve_at(g, None)
-        else:
-            def weights_of(solved: _Solved) -> np.ndarray:  # the bias row apart
-                return solved.U[:W.shape[0] - layer.has_bias]
-
-            search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=max_epsilon,
-                                     measure=lambda solved: sparsity(weights_of(solved)))
-            g, solved = search.g, search.outcome
-            note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
-            if not search.reached:
-                note = (f"target sparsity {target:g} not reached: {sparsity(weights_of(solved)):.4f} at "
-                        f"g = max_epsilon = {g:g}")
-                warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=3)
-        scheduler.release(X)
-        layer.set_weight_matrix(solved.U)
-        return _layer_report(layer, solved, g, target, note)
-
-    bars = progress and sys.stderr.isatty()  # to a file or pipe, one line per layer instead of redrawn bars
-
-    def done(row: LayerReport) -> None:
-        layer_bar.update()
-        if progress and not bars:
-            print(f"nettrim: layer {row.name!r} ({len(report.layers)} of {len(order)}): {row.kept:.1%} kept, "
-                  f"{row.status}, {row.seconds:.1f} s", file=sys.stderr, flush=True)
-
-    with (Scheduler(executor, workers, block_size) as scheduler,
-          tqdm(total=len(order), desc="nettrim", unit="layer", disable=not bars) as layer_bar):
-        if mode == "parallel" and scheduler.remote:  # independent layers, solved concurrently
-            with ThreadPoolExecutor(len(order), thread_name_prefix="nettrim-layer") as threads:
-                futures = [threads.submit(trim_layer, index, layer, original[layer.name], scheduler, False)
-                           for index, layer in enumerate(order)]
-                try:
-                    for future in as_completed(futures):
-                        report.layers.append(future.result())
-                        done(report.layers[-1])
-                except BaseException:
-                    scheduler.close(abort=True)  # the other layers' tasks stop too, before the threads are joined
-                    raise
-                report.layers[:] = [future.result() for future in futures]  # in the network's order
-        else:
-            for index, layer in enumerate(order):
-                layer_bar.set_postfix_str(layer.name)
-                X = original[layer.name]
-                if mode == "cascade" and index > 0:
-                    X = capture(work, batches, [layer], positions, max_samples, seed)[layer.name]
-                report.layers.append(trim_layer(index, layer, X, scheduler, bars))
-                del original[layer.name]
-                done(report.layers[-1])
+    trimming = Trimming(order, set(graph.relu), original,
+                        lambda layer: capture(work, batches, [layer], positions, max_samples, seed)[layer.name],
+                        mode, budget, gamma, kappa, backend, solve_options, reweight, targets, max_epsilon,
+                        time_limit)
+    store = None
+    if checkpoint is not None:
+        settings = dict(mode=mode, budgets=budgets, targets=targets, budget=budget, gamma=gamma, kappa=kappa,
+                        reweight=reweight, max_epsilon=max_epsilon, max_samples=max_samples, seed=seed,
+                        batch_size=batch_size, backend=backend, solve_options=solve_options, time_limit=time_limit,
+                        relu=sorted(graph.relu), version=__version__)
+        store = Checkpoint(checkpoint, fingerprint(settings, [layer.weight_matrix() for layer in order],
+                                                   original[order[0].name]))
+        _resume(store, by_name, report, progress)
+    try:
+        with Scheduler(executor, workers, block_size) as scheduler:
+            if model_sparsity is None:
+                trimming.run(report, budgets, scheduler, progress=progress, checkpoint=store, keep_signals=False)
+            else:
+                report = _reach_model_sparsity(trimming, report, budgets, scheduler, model_sparsity, progress)
+    except KeyboardInterrupt as interrupt:
+        work.train(model.training)
+        raise TrimInterrupted(work, report, store) from interrupt
 
     fallbacks = report.dense_fallback_warning()
     if fallbacks:
@@ -213,7 +176,86 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     return work, report
 
 
-def _check_options(mode, backend, budget, gamma, kappa, max_samples) -> None:
+def _working_copy(model: nn.Module) -> nn.Module:
+    """A copy of the caller's model in eval mode, to trim (the caller's is never touched until the end)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise ValueError("model: its parameters are on the meta device and hold no values; materialize them first "
+                         "(model.to_empty(device='cpu'), then load_state_dict)")
+    try:
+        return copy.deepcopy(model).eval()
+    except Exception as error:
+        raise ValueError(f"model: cannot be copied with copy.deepcopy ({error})") from error
+
+
+def _resume(store: Checkpoint, by_name: dict[str, Layer], report: Report, progress: bool) -> None:
+    """Set the weights of the layers the checkpoint holds and take their rows: the trim goes on after them."""
+    for row in store.rows:
+        by_name[row.name].set_weight_matrix(store.weights(row.name))
+        report.layers.append(row)
+    if store.rows and progress:
+        print(f"nettrim: resuming from {store.folder}: {len(store.rows)} of {len(by_name)} layers already trimmed",
+              file=sys.stderr, flush=True)
+
+
+def _reach_model_sparsity(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler,
+                          target: float, progress: bool) -> Report:
+    """The smallest factor t on every layer's g whose trimmed model reaches `target` sparsity (bisection over
+    whole trims, each warm started from the closest); the model is left with that trim's weights."""
+    originals = {layer.name: layer.weight_matrix() for layer in trimming.order}
+    first = trimming.order[0].name
+    largest = budgets[first] if trimming.mode == "cascade" else max(budgets.values())
+
+    def trim_at(scale: float, closest):
+        for layer in trimming.order:
+            layer.set_weight_matrix(originals[layer.name])
+        report = replace(template, layers=[])
+        solutions = trimming.run(report, {name: scale * g for name, g in budgets.items()}, scheduler,
+                                 progress=progress, initial=None if closest is None else closest[1])
+        if progress:
+            print(f"nettrim: model sparsity {1 - report.kept:.4f} with every g scaled by {scale:.4g} "
+                  f"(target {target:g})", file=sys.stderr, flush=True)
+        return report, solutions
+
+    search = smallest_budget(target, trim_at, g_low=0.0, g_first=1.0, g_max=trimming.max_epsilon / largest,
+                             steps=12, rel_width=1e-3, close_enough=MODEL_SPARSITY_TOLERANCE,
+                             measure=lambda outcome: 1 - outcome[0].kept)
+    report, solutions = search.outcome
+    for layer in trimming.order:
+        layer.set_weight_matrix(solutions[layer.name])
+    reached = 1 - report.kept
+    report.model_sparsity = {"target": target, "reached": reached, "scale": search.g,
+                             "trims": [[scale, value] for scale, value in search.evaluations]}
+    if not search.reached or reached - target > 0.01:
+        warnings.warn(f"model_sparsity {target:g}: the trim reached {reached:.4f} (every g scaled by "
+                      f"{search.g:.4g}, max_epsilon = {trimming.max_epsilon:g})", UserWarning, stacklevel=3)
+    return report
+
+
+def _check_limits(backend, max_iter, time_limit, model_sparsity, target_sparsity, checkpoint) -> None:
+    """Refuse bad per-layer limits and target combinations with a ValueError naming the argument."""
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive int (ADMM iterations per layer) or None, got {max_iter!r}")
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, int | float)
+                                   or not time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds per layer or None, got {time_limit!r}")
+    if backend == "cvxpy" and (max_iter is not None or time_limit is not None):
+        raise ValueError("max_iter and time_limit limit the ADMM; the cvxpy backend takes its solver's own "
+                         "options through solver_options")
+    if model_sparsity is None:
+        return
+    if isinstance(model_sparsity, bool) or not isinstance(model_sparsity, int | float) or not 0 < model_sparsity < 1:
+        raise ValueError(f"model_sparsity must be a fraction in (0, 1), got {model_sparsity!r}")
+    if target_sparsity is not None:
+        raise ValueError("model_sparsity and target_sparsity: pass one of them (one target for the model, or one "
+                         "per layer)")
+    if checkpoint is not None:
+        raise ValueError("checkpoint: a model_sparsity search repeats whole trims and is not checkpointed; "
+                         "pass one of them")
+
+
+def _check_options(mode, backend, budget, gamma, kappa, max_samples, reweight, max_epsilon) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if backend not in solvers.BACKENDS:
@@ -226,15 +268,21 @@ def _check_options(mode, backend, budget, gamma, kappa, max_samples) -> None:
         raise ValueError(f"kappa must be a positive number (the last layer's factor), got {kappa}")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
         raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    if isinstance(reweight, bool) or not isinstance(reweight, int) or reweight < 0:
+        raise ValueError(f"reweight must be an int >= 0 (rounds of reweighted l1), got {reweight!r}")
+    if not np.isfinite(max_epsilon) or not 0 < max_epsilon <= 1:
+        raise ValueError(f"max_epsilon must be a number in (0, 1] (at g = 1 zero weights keep every budget), got "
+                         f"{max_epsilon!r}")
 
 
-def _solver_options(backend: str, device, solver_options) -> dict:
+def _solver_options(backend: str, device, solver_options, max_iter: int | None) -> dict:
     if backend == "cvxpy":
         if device != "cpu":
             raise ValueError("device: the cvxpy backend runs on the CPU only (device='cuda' needs backend='admm')")
         return dict(solver_options or {})
     solvers.backend(device)  # a device that is not one, or a GPU that is not there, is refused before any work
-    return {**DEFAULT_ADMM_OPTIONS, "device": device, **(solver_options or {})}
+    limit = {} if max_iter is None else {"max_iter": max_iter}
+    return {**DEFAULT_ADMM_OPTIONS, "device": device, **(solver_options or {}), **limit}
 
 
 def _layer_graph(model: nn.Module, selected: list[Layer], relu_layers) -> LayerGraph:
@@ -297,97 +345,6 @@ def _check_cascade_overrides(epsilon, order: list[Layer]) -> None:
                 f"epsilon: {key!r} names layers after the first ({first!r}); in cascade mode their budgets are "
                 "the error they inherit times gamma (kappa for the last layer), so set those, or use "
                 "mode='parallel' for per-layer budgets")
-
-
-def _layer_problem(X, Y, W, activation, budget, g, cascade_factor) -> LayerProblem:
-    """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 and V = W^T X for a
-    cascade layer after the first (cascade_factor = gamma or kappa); per neuron or for the layer."""
-    per_neuron = budget == "neuron"
-    eps = np.asarray(solvers.relative_budget(Y, g, per_neuron=per_neuron))
-    upper = None
-    if cascade_factor is not None:
-        response = W.T @ X
-        omega = Y > 0 if activation == "relu" else np.ones(Y.shape, dtype=bool)
-        inherited = np.linalg.norm(np.where(omega, response - Y, 0.0), axis=1 if per_neuron else None)
-        eps = np.sqrt(eps**2 + cascade_factor * inherited**2)
-        upper = response if activation == "relu" else None
-    return LayerProblem(X, Y, eps if per_neuron else float(eps), activation=activation, upper=upper,
-                        original_weights=W)
-
-
-@dataclass
-class _Solved:
-    problem: LayerProblem
-    result: solvers.LayerResult
-    U: np.ndarray        # the result's U, with the original columns where it missed the budget or was denser
-    dense_fallback: int
-    sparser_original: int
-    kept_solution: np.ndarray  # (M,) bools: the neurons whose solved weights were kept
-
-
-def _solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, backend: str, options: dict,
-                 reweight: int, progress: bool, initial=None) -> _Solved:
-    """Solve one layer program (plus `reweight` rounds of reweighted l1), keeping the original weights of
-    neurons that miss their budget. `initial` warm starts the ADMM (budget search)."""
-    def solve_once(program: LayerProblem, start) -> solvers.LayerResult:
-        return scheduler.solve(program, backend, options, layer.name, initial if start is None else start, progress)
-
-    try:
-        result = (solve_once(problem, None) if reweight == 0
-                  else solvers.solve_reweighted(problem, solve_once, reweight))
-    except (MemoryError, solvers.MemoryLimitError) as error:
-        N, P, _ = problem.shape
-        advice = ("" if isinstance(error, solvers.MemoryLimitError) else
-                  ". Lower max_samples, or set solver_options={'memory_limit': bytes} to what this machine can give")
-        raise ValueError(f"layer {layer.name!r} ({N} inputs, P = {P} samples) does not fit in memory: "
-                         f"{error or type(error).__name__}{advice}") from error
-    W = problem.original_weights
-    missed = ~problem.columns_within_budget(result.U, _FIT_RTOL, _VIOLATION_TOL)
-    if problem.per_neuron:
-        denser = np.count_nonzero(result.U, axis=0) > np.count_nonzero(W, axis=0)
-    else:  # one budget for the layer: W replaces U whole or not at all
-        denser = np.full(len(missed), np.count_nonzero(result.U) > np.count_nonzero(W))
-    sparser = ~missed & denser & problem.columns_within_budget(W, _FIT_RTOL, _VIOLATION_TOL)
-    U = np.where((missed | sparser)[None, :], W, result.U)  # W keeps the budget (kappa < 1 aside)
-    return _Solved(problem, result, U, int(missed.sum()), int(sparser.sum()), ~(missed | sparser))
-
-
-def _certified_gap(result: solvers.LayerResult, kept_solution: np.ndarray) -> float | None:
-    """1 - bound / ||u||_1 over the neurons whose solved weights were kept (LayerReport.certified_gap): each
-    neuron's proven lower bound (or the layer's) clipped to [0, its l1], so a false bound never makes it
-    negative or above 1; None without a bound or without a kept solution."""
-    bound = result.info.get("l1_lower_bound")
-    if bound is None or not kept_solution.any():
-        return None
-    l1 = np.abs(result.U).sum(axis=0)
-    bound = np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=0.0)
-    if bound.shape == l1.shape:
-        l1, proven = l1[kept_solution], np.clip(bound, 0.0, l1)[kept_solution].sum()
-    else:  # the layer's bound
-        proven = min(max(float(bound.sum()), 0.0), l1.sum())
-    return float(1.0 - proven / l1.sum()) if l1.sum() > 0 else 0.0
-
-
-def _layer_report(layer: Layer, solved: _Solved, g: float, target: float | None, note: str) -> LayerReport:
-    problem, result, U = solved.problem, solved.result, solved.U
-    measures = problem.evaluate(U)
-    eps = np.asarray(problem.eps, dtype=np.float64)
-    fit = np.asarray(measures["fit"], dtype=np.float64)
-    ratio = np.where(eps > 0, fit / np.maximum(eps, 1e-300), np.where(fit > 0, np.inf, 0.0))
-    y_scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
-    N, P, M = problem.shape
-    message = f"{result.message}; {note}" if note else result.message
-    weights = N - layer.has_bias  # the bias is U's last row
-    W = problem.original_weights
-    return LayerReport(
-        name=layer.name, kind=layer.kind, activation=problem.activation, shape=[N, M], samples=P,
-        nonzeros_before=int(np.count_nonzero(W[:weights])), nonzeros_after=int(np.count_nonzero(U[:weights])),
-        eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
-        violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
-        status=result.status, message=message, dense_fallback=solved.dense_fallback, g=g,
-        target_sparsity=target, certified_gap=_certified_gap(result, solved.kept_solution), bias=layer.has_bias,
-        bias_nonzeros_before=int(np.count_nonzero(W[weights:])), bias_nonzeros_after=int(np.count_nonzero(U[weights:])),
-        sparser_original=solved.sparser_original)
 
 
 def _commit(model: nn.Module, work: nn.Module, order: list[Layer], folded: dict[str, str]) -> None:

@@ -97,6 +97,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
 
     device: "cpu" (NumPy), "cuda" / "cuda:K" (CuPy when installed, otherwise torch), a torch.device, or any
     array API device object (an array_api_strict.Device); the returned U is a NumPy array wherever it ran.
+    time_limit (seconds): stop at the first check after it, as at max_iter (unconverged neurons: "max_iter").
     memory_limit (bytes): X and the working arrays of the iterated neurons must fit in it, or the neurons are
     solved in chunks that do (per-neuron budgets), each sharing X moved to the device and factored once; when X
     itself leaves no room for one neuron (or, with a layer budget, for all of them), it stays on the host and
@@ -107,6 +108,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     TF32 tensor cores (faster, 10-bit mantissas in the products; the returned weights are still measured in
     float64 against their budget); info["tf32"] says whether it was on.
     """
+    options = _with_time_limit(options)
     _check_options(problem, options)  # before screening, so bad options are refused even when nothing is iterated
     options = dict(options, **iteration_constants(problem, **options))
     start = time.perf_counter()
@@ -276,6 +278,24 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
             threshold = float(np.max(np.abs(problem.Y))) or 1.0
         rho = 1.0 / (beta * threshold * cost_unit)
     return {"rho": float(rho), "beta": beta, "response_scale": response_scale, "cost_unit": cost_unit}
+
+
+def _with_time_limit(options: dict) -> dict:
+    """The options with time_limit (seconds from now, shared by every chunk) turned into a callback that stops
+    the iteration at the first check past it, as max_iter does."""
+    time_limit = options.get("time_limit")
+    if time_limit is None:
+        return {key: value for key, value in options.items() if key != "time_limit"}
+    if isinstance(time_limit, bool) or not isinstance(time_limit, int | float) or not time_limit >= 0:
+        raise ValueError(f"time_limit must be a number of seconds >= 0 or None, got {time_limit!r}")
+    deadline, callback = time.perf_counter() + time_limit, options.get("callback")
+
+    def stop_at_the_deadline(iteration, info):
+        stop = callback(iteration, info) if callback is not None else False
+        return bool(stop) or time.perf_counter() > deadline
+
+    return {**{key: value for key, value in options.items() if key != "time_limit"},
+            "callback": stop_at_the_deadline}
 
 
 def _check_options(problem, options) -> None:

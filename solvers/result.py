@@ -13,7 +13,7 @@ STATUSES = ("optimal", "max_iter", "infeasible", "inaccurate")
 SEVERITY = ("infeasible", "max_iter", "inaccurate", "optimal")
 _DESCRIBED = {
     "optimal": "converged and within budget",
-    "max_iter": "stopped before converging (max_iter or callback)",
+    "max_iter": "stopped before converging (max_iter, time_limit or callback)",
     "inaccurate": "converged but missed the budget after the restoration rounds, or kept it with an l1 not proven "
                   "within the gap tolerance of the optimum",
     "infeasible": "certified infeasible: the budget cannot be met",

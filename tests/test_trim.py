@@ -10,8 +10,8 @@ from torch import nn
 import nettrim
 import solvers
 from nettrim.layers import select_layers
+from nettrim.programs import certified_gap
 from nettrim.signals import capture
-from nettrim.trim import _certified_gap
 from networks import images, inputs, mlp, small_cnn
 from solvers.samples import SampleBlocks
 
@@ -86,11 +86,11 @@ def test_the_certified_gap_lies_in_0_1_whatever_the_bounds():
     U = np.array([[1.0, 0.5, 2.0], [0.0, 0.5, 0.0]])
     result = solvers.LayerResult(U, "max_iter", "", 4.0, np.zeros(3), np.ones(3), 0.0, np.zeros(3), 5, 0.1, "admm",
                                  info={"l1_lower_bound": np.array([-3e9, 4e12, np.nan])})
-    assert _certified_gap(result, np.ones(3, dtype=bool)) == pytest.approx(1 - 1.0 / 4.0)
-    assert _certified_gap(result, np.array([True, False, True])) == 1.0
-    assert _certified_gap(result, np.zeros(3, dtype=bool)) is None
+    assert certified_gap(result, np.ones(3, dtype=bool)) == pytest.approx(1 - 1.0 / 4.0)
+    assert certified_gap(result, np.array([True, False, True])) == 1.0
+    assert certified_gap(result, np.zeros(3, dtype=bool)) is None
     result.info["l1_lower_bound"] = 7e9  # a layer budget's single bound
-    assert _certified_gap(result, np.ones(3, dtype=bool)) == 0.0
+    assert certified_gap(result, np.ones(3, dtype=bool)) == 0.0
 
 
 def test_parallel_bound_on_the_output(parallel_mlp):
@@ -415,6 +415,33 @@ def test_target_sparsity_finds_the_smallest_budget_by_bisection():
     g = report.layer("2").g
     _, smaller = nettrim.trim(model, x, mode="parallel", epsilon=0.9 * g, layers="2", progress=False)
     assert 1 - smaller.layers[0].nonzeros_after / smaller.layers[0].weights < 0.7  # the budget is (nearly) minimal
+
+
+@pytest.mark.parametrize("mode", ["parallel", "cascade"])
+def test_model_sparsity_lands_within_a_point_of_the_target(mode):
+    model, x = mlp(sizes=(12, 32, 24, 4)), inputs(300)
+    trimmed, report = nettrim.trim(model, x, mode=mode, model_sparsity=0.3, progress=False)
+    layers = select_layers(trimmed)
+    zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
+    assert zeros / sum(layer.module.weight.numel() for layer in layers) == pytest.approx(1 - report.kept)
+    assert 0.3 <= 1 - report.kept <= 0.31
+    search = report.model_sparsity
+    assert search["target"] == 0.3 and search["reached"] == 1 - report.kept and len(search["trims"]) >= 2
+    assert [1.0, pytest.approx(search["trims"][0][1])] == search["trims"][0]  # the given epsilon first
+    assert all(row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5 for row in report.layers)
+    assert "model sparsity 0.30" in str(report)
+    assert nettrim.Report.from_dict(report.to_dict()).model_sparsity == search
+    with pytest.warns(UserWarning, match=r"model_sparsity 0.95: the trim reached 0\.\d+ \(every g scaled by 10"):
+        nettrim.trim(model, x, mode=mode, model_sparsity=0.95, progress=False)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"model_sparsity": 1.0}, "model_sparsity must be a fraction in"),
+    ({"model_sparsity": 0.5, "target_sparsity": 0.5}, "pass one of them"),
+    ({"model_sparsity": 0.5, "checkpoint": "x"}, "checkpoint: a model_sparsity search")])
+def test_bad_model_sparsity_options_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        nettrim.trim(mlp(), inputs(20), progress=False, **kwargs)
 
 
 def test_target_sparsity_per_layer_and_in_cascade_mode():

@@ -1,0 +1,133 @@
+"""One pass of a trim over its layers: each layer's program solved (with its budget search when it has a target
+sparsity), its weights set, its report row and checkpoint written; layers in order (cascade, or parallel in this
+process) or concurrently (parallel mode on an executor).
+
+Weights are set and rows appended in the calling thread only, one layer at a time, so a pass stopped anywhere
+(Ctrl-C, an error) leaves a model whose every layer is either trimmed and reported or original.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint
+from .layers import Layer
+from .programs import Solved, layer_problem, layer_report, solve_layer
+from .report import LayerReport, Report
+from .schedule import Scheduler
+from .target import smallest_budget, sparsity
+
+
+@dataclass
+class Trimming:
+    """What every pass of one trim shares: the layers, their original signals, and how they are solved."""
+
+    order: list[Layer]                     # the selected layers, in execution order
+    relu: set[str]                         # the layers followed by a ReLU
+    original: dict[str, np.ndarray]        # the original network's input X of each layer
+    trimmed_input: Callable[[Layer], np.ndarray]  # a layer's input in the model as trimmed so far (cascade)
+    mode: str
+    budget: str
+    gamma: float
+    kappa: float | None
+    backend: str
+    solve_options: dict
+    reweight: int
+    targets: dict[str, float | None]
+    max_epsilon: float
+    time_limit: float | None
+
+    def run(self, report: Report, budgets: dict[str, float], scheduler: Scheduler, *, progress: bool,
+            initial: dict[str, np.ndarray] | None = None, checkpoint: Checkpoint | None = None,
+            keep_signals: bool = True) -> dict[str, np.ndarray]:
+        """Trim every layer not yet in `report` with the relative budgets `budgets` (`initial` warm starts
+        them): set its weights, append its row, add it to `checkpoint`. Returns the weights set, by layer."""
+        bars = progress and sys.stderr.isatty()  # to a file or pipe, one line per layer instead of redrawn bars
+        done_names = {row.name for row in report.layers}
+        todo = [(index, layer) for index, layer in enumerate(self.order) if layer.name not in done_names]
+        solutions: dict[str, np.ndarray] = {}
+
+        def done(layer: Layer, row: LayerReport, U: np.ndarray) -> None:
+            layer.set_weight_matrix(U)
+            report.layers.append(row)
+            solutions[layer.name] = U
+            if checkpoint is not None:
+                checkpoint.add(row, U)
+            layer_bar.update()
+            if progress and not bars:
+                print(f"nettrim: layer {row.name!r} ({len(report.layers)} of {len(self.order)}): {row.kept:.1%} "
+                      f"kept, {row.status}, {row.seconds:.1f} s", file=sys.stderr, flush=True)
+
+        def solve(index: int, layer: Layer, X: np.ndarray, show: bool) -> tuple[LayerReport, np.ndarray]:
+            start = (initial or {}).get(layer.name)
+            return self.layer(index, layer, X, budgets[layer.name], scheduler, show, start)
+
+        with tqdm(total=len(self.order), initial=len(done_names), desc="nettrim", unit="layer",
+                  disable=not bars) as layer_bar:
+            if self.mode == "parallel" and scheduler.remote:  # independent layers, solved concurrently
+                with ThreadPoolExecutor(max(len(todo), 1), thread_name_prefix="nettrim-layer") as threads:
+                    futures = {threads.submit(solve, index, layer, self.original[layer.name], False): layer
+                               for index, layer in todo}
+                    try:
+                        for future in as_completed(futures):
+                            done(futures[future], *future.result())
+                    except BaseException:
+                        scheduler.close(abort=True)  # the other layers' tasks stop too, before the threads join
+                        raise
+                position = {layer.name: index for index, layer in enumerate(self.order)}
+                report.layers.sort(key=lambda row: position[row.name])  # in the network's order
+                return solutions
+            for index, layer in todo:
+                layer_bar.set_postfix_str(layer.name)
+                cascaded = self.mode == "cascade" and index > 0
+                X = self.trimmed_input(layer) if cascaded else self.original[layer.name]
+                done(layer, *solve(index, layer, X, bars))
+                if not keep_signals:
+                    del self.original[layer.name]
+        return solutions
+
+    def layer(self, index: int, layer: Layer, X: np.ndarray, g: float, scheduler: Scheduler, show: bool,
+              initial: np.ndarray | None) -> tuple[LayerReport, np.ndarray]:
+        """Solve one layer (its budget search when it has a target sparsity): its row and the weights to set."""
+        activation = "relu" if layer.name in self.relu else "linear"
+        W = layer.weight_matrix()
+        Y = W.T @ self.original[layer.name]
+        if activation == "relu":
+            Y = np.maximum(Y, 0.0)
+        factor = None
+        if self.mode == "cascade" and index > 0:
+            last = self.kappa is not None and index == len(self.order) - 1
+            g, factor = 0.0, self.kappa if last else self.gamma
+        deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
+
+        def solve_at(g: float, closest: Solved | None) -> Solved:
+            problem = layer_problem(X, Y, W, activation, self.budget, g, factor)
+            start = initial if closest is None else closest.U
+            return solve_layer(layer, problem, scheduler, self.backend, self.solve_options, self.reweight, show,
+                               start, deadline)  # the layer's time, shared by its budget search and rounds
+
+        def weights_of(solved: Solved) -> np.ndarray:  # the bias row apart
+            return solved.U[:W.shape[0] - layer.has_bias]
+
+        target, note = self.targets[layer.name], ""
+        if target is None:
+            solved = solve_at(g, None)
+        else:
+            search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=self.max_epsilon,
+                                     measure=lambda solved: sparsity(weights_of(solved)))
+            g, solved = search.g, search.outcome
+            note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
+            if not search.reached:
+                note = (f"target sparsity {target:g} not reached: {sparsity(weights_of(solved)):.4f} at "
+                        f"g = max_epsilon = {g:g}")
+                warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=4)
+        scheduler.release(X)
+        return layer_report(layer, solved, g, target, note), solved.U

@@ -1,0 +1,119 @@
+"""One layer of a trim: its Net-Trim program, its solve, and the report row of the weights kept.
+
+The weights kept are the solver's, except for neurons (columns) whose solved weights miss their budget (not
+converged, or infeasible): those keep their original weights, which keep it (trim.py's module docstring); and
+neurons whose solution has more nonzeros than their original weights (l1 is not l0), which keep the sparser
+original when it keeps the budget. So a trimmed layer keeps Proposition 1's promise and never gains nonzeros.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import solvers
+from solvers import LayerProblem
+
+from .layers import Layer
+from .report import LayerReport
+from .schedule import Scheduler
+
+FIT_RTOL, VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fit <= eps (1 + 1e-3)
+
+
+def layer_problem(X, Y, W, activation, budget, g, cascade_factor) -> LayerProblem:
+    """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 and V = W^T X for a
+    cascade layer after the first (cascade_factor = gamma or kappa); per neuron or for the layer."""
+    per_neuron = budget == "neuron"
+    eps = np.asarray(solvers.relative_budget(Y, g, per_neuron=per_neuron))
+    upper = None
+    if cascade_factor is not None:
+        response = W.T @ X
+        omega = Y > 0 if activation == "relu" else np.ones(Y.shape, dtype=bool)
+        inherited = np.linalg.norm(np.where(omega, response - Y, 0.0), axis=1 if per_neuron else None)
+        eps = np.sqrt(eps**2 + cascade_factor * inherited**2)
+        upper = response if activation == "relu" else None
+    return LayerProblem(X, Y, eps if per_neuron else float(eps), activation=activation, upper=upper,
+                        original_weights=W)
+
+
+@dataclass
+class Solved:
+    """A layer's solve: the solver's result and the weights kept (U)."""
+
+    problem: LayerProblem
+    result: solvers.LayerResult
+    U: np.ndarray        # the result's U, with the original columns where it missed the budget or was denser
+    dense_fallback: int
+    sparser_original: int
+    kept_solution: np.ndarray  # (M,) bools: the neurons whose solved weights were kept
+
+
+def solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, backend: str, options: dict,
+                 reweight: int, progress: bool, initial=None, deadline: float | None = None) -> Solved:
+    """Solve one layer program (plus `reweight` rounds of reweighted l1), keeping the original weights of
+    neurons that miss their budget. `initial` warm starts the ADMM (budget search); each solve stops by
+    `deadline` (time.perf_counter()), as at max_iter."""
+    def solve_once(program: LayerProblem, start) -> solvers.LayerResult:
+        left = {} if deadline is None else {"time_limit": max(deadline - time.perf_counter(), 0.0)}
+        return scheduler.solve(program, backend, {**options, **left}, layer.name,
+                               initial if start is None else start, progress)
+
+    try:
+        result = (solve_once(problem, None) if reweight == 0
+                  else solvers.solve_reweighted(problem, solve_once, reweight))
+    except (MemoryError, solvers.MemoryLimitError) as error:
+        N, P, _ = problem.shape
+        advice = ("" if isinstance(error, solvers.MemoryLimitError) else
+                  ". Lower max_samples, or set solver_options={'memory_limit': bytes} to what this machine can give")
+        raise ValueError(f"layer {layer.name!r} ({N} inputs, P = {P} samples) does not fit in memory: "
+                         f"{error or type(error).__name__}{advice}") from error
+    W = problem.original_weights
+    missed = ~problem.columns_within_budget(result.U, FIT_RTOL, VIOLATION_TOL)
+    if problem.per_neuron:
+        denser = np.count_nonzero(result.U, axis=0) > np.count_nonzero(W, axis=0)
+    else:  # one budget for the layer: W replaces U whole or not at all
+        denser = np.full(len(missed), np.count_nonzero(result.U) > np.count_nonzero(W))
+    sparser = ~missed & denser & problem.columns_within_budget(W, FIT_RTOL, VIOLATION_TOL)
+    U = np.where((missed | sparser)[None, :], W, result.U)  # W keeps the budget (kappa < 1 aside)
+    return Solved(problem, result, U, int(missed.sum()), int(sparser.sum()), ~(missed | sparser))
+
+
+def certified_gap(result: solvers.LayerResult, kept_solution: np.ndarray) -> float | None:
+    """1 - bound / ||u||_1 over the neurons whose solved weights were kept (LayerReport.certified_gap): each
+    neuron's proven lower bound (or the layer's) clipped to [0, its l1], so a false bound never makes it
+    negative or above 1; None without a bound or without a kept solution."""
+    bound = result.info.get("l1_lower_bound")
+    if bound is None or not kept_solution.any():
+        return None
+    l1 = np.abs(result.U).sum(axis=0)
+    bound = np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=0.0)
+    if bound.shape == l1.shape:
+        l1, proven = l1[kept_solution], np.clip(bound, 0.0, l1)[kept_solution].sum()
+    else:  # the layer's bound
+        proven = min(max(float(bound.sum()), 0.0), l1.sum())
+    return float(1.0 - proven / l1.sum()) if l1.sum() > 0 else 0.0
+
+
+def layer_report(layer: Layer, solved: Solved, g: float, target: float | None, note: str) -> LayerReport:
+    problem, result, U = solved.problem, solved.result, solved.U
+    measures = problem.evaluate(U)
+    eps = np.asarray(problem.eps, dtype=np.float64)
+    fit = np.asarray(measures["fit"], dtype=np.float64)
+    ratio = np.where(eps > 0, fit / np.maximum(eps, 1e-300), np.where(fit > 0, np.inf, 0.0))
+    y_scale = max(float(np.max(np.abs(problem.Y))), 1e-300)
+    N, P, M = problem.shape
+    message = f"{result.message}; {note}" if note else result.message
+    weights = N - layer.has_bias  # the bias is U's last row
+    W = problem.original_weights
+    return LayerReport(
+        name=layer.name, kind=layer.kind, activation=problem.activation, shape=[N, M], samples=P,
+        nonzeros_before=int(np.count_nonzero(W[:weights])), nonzeros_after=int(np.count_nonzero(U[:weights])),
+        eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
+        violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
+        status=result.status, message=message, dense_fallback=solved.dense_fallback, g=g,
+        target_sparsity=target, certified_gap=certified_gap(result, solved.kept_solution), bias=layer.has_bias,
+        bias_nonzeros_before=int(np.count_nonzero(W[weights:])), bias_nonzeros_after=int(np.count_nonzero(U[weights:])),
+        sparser_original=solved.sparser_original)

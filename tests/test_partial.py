@@ -1,0 +1,136 @@
+"""Partial results: per-layer limits, Ctrl-C keeps the layers trimmed so far, a checkpoint resumes after them."""
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import nettrim
+import nettrim.passes
+from instances import random_problem
+from networks import inputs, mlp
+from solvers import solve
+
+
+def _interrupt_at(monkeypatch, name: str, calls: list, after: int = 0):
+    """Make the solve of layer `name` raise KeyboardInterrupt (Ctrl-C) once `after` other layers have been
+    solved (layers run concurrently in parallel mode on an executor); record every layer solved."""
+    solve_layer = nettrim.passes.solve_layer
+    finished = []
+
+    def interrupted(layer, *args, **kwargs):
+        calls.append(layer.name)
+        if layer.name == name:
+            deadline = time.monotonic() + 60
+            while len(finished) < after and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        solved = solve_layer(layer, *args, **kwargs)
+        finished.append(layer.name)
+        return solved
+
+    monkeypatch.setattr(nettrim.passes, "solve_layer", interrupted)
+
+
+@pytest.mark.parametrize(("mode", "threads"), [("cascade", False), ("parallel", False), ("parallel", True)])
+def test_ctrl_c_keeps_the_layers_trimmed_and_the_same_call_resumes_after_them(mode, threads, monkeypatch, tmp_path):
+    """In parallel mode on an executor the layers run concurrently: the ones done when Ctrl-C comes are kept."""
+    model, x = mlp(), inputs(200)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    whole, whole_report = nettrim.trim(model, x, mode=mode, progress=False)
+    calls = []
+    _interrupt_at(monkeypatch, "4", calls, after=2)
+    scheduling = {"executor": ThreadPoolExecutor(1)} if threads else {}
+    with pytest.raises(nettrim.TrimInterrupted, match=r"after 2 layers; they are kept in .*ckpt") as caught:
+        nettrim.trim(model, x, mode=mode, progress=False, checkpoint=tmp_path / "ckpt", inplace=True,
+                     **scheduling)
+    partial = caught.value
+    assert [row.name for row in partial.report.layers] == ["0", "2"]
+    for name in ("0", "2"):  # trimmed, exactly as in the whole trim
+        torch.testing.assert_close(partial.model.get_submodule(name).weight, whole.get_submodule(name).weight,
+                                   rtol=0, atol=0)
+    torch.testing.assert_close(partial.model.get_submodule("4").weight, model.get_submodule("4").weight)
+    for key, value in model.state_dict().items():  # inplace=True, yet the caller's model is untouched
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+    monkeypatch.setattr(nettrim.passes, "solve_layer", nettrim.programs.solve_layer)
+    calls.clear()
+    _interrupt_at(monkeypatch, "never", calls)
+    resumed, report = nettrim.trim(model, x, mode=mode, progress=False, checkpoint=tmp_path / "ckpt")
+    assert calls == ["4"]  # only the layer left
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+    assert [row.name for row in report.layers] == ["0", "2", "4"]
+    assert report.nonzeros_after == whole_report.nonzeros_after
+
+
+def test_a_checkpoint_of_another_trim_is_refused(tmp_path):
+    model, x = mlp(), inputs(200)
+    nettrim.trim(model, x, progress=False, checkpoint=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="checkpoint: .* holds layers of another trim"):
+        nettrim.trim(model, x, epsilon=0.1, progress=False, checkpoint=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="checkpoint: .* holds layers of another trim"):
+        nettrim.trim(model, inputs(200, seed=5), progress=False, checkpoint=tmp_path / "ckpt")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="checkpoint: .* is a file"):
+        nettrim.trim(model, x, progress=False, checkpoint=tmp_path / "file")
+
+
+def test_the_admm_stops_at_its_time_limit_as_at_max_iter():
+    problem = random_problem(3, N=20, P=100, M=4)
+    stopped = solve(problem, time_limit=0)
+    assert stopped.status == "max_iter" and stopped.iterations == 10  # the first check
+    assert "time_limit" in stopped.message
+    with pytest.raises(ValueError, match="time_limit must be a number of seconds"):
+        solve(problem, time_limit=-1)
+
+
+def test_per_layer_limits_keep_the_original_weights_of_unconverged_neurons():
+    model, x = mlp(), inputs(300)
+    with pytest.warns(UserWarning, match="kept their original"):
+        _, by_iterations = nettrim.trim(model, x, max_iter=3, progress=False)
+    assert all(row.iterations <= 3 and row.status == "max_iter" for row in by_iterations.layers)
+    with pytest.warns(UserWarning, match="kept their original"):
+        _, by_time = nettrim.trim(model, x, time_limit=1e-9, progress=False)
+    assert all(row.iterations == 10 and row.dense_fallback for row in by_time.layers)
+    for row in by_time.layers:
+        assert row.fit_ratio <= 1 + 1e-3
+    for kwargs, message in [({"max_iter": 0}, "max_iter must be a positive int"),
+                            ({"time_limit": 0}, "time_limit must be a positive number"),
+                            ({"time_limit": 5, "backend": "cvxpy"}, "the cvxpy backend takes")]:
+        with pytest.raises(ValueError, match=message):
+            nettrim.trim(model, x, progress=False, **kwargs)
+
+
+@pytest.mark.slow
+def test_the_cli_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path):
+    model, x = mlp(seed=9, dtype=torch.float32), inputs(200, dtype=torch.float32)
+    torch.save(model, tmp_path / "model.pt")
+    np.save(tmp_path / "calib.npy", x.numpy())
+    out = tmp_path / "trimmed.safetensors"
+    checkpoint = tmp_path / "trimmed.safetensors.partial"
+    # a checkpoint holding the first layer, as a Ctrl-C after it leaves one
+    command = [sys.executable, "-m", "nettrim.cli", "trim", str(tmp_path / "model.pt"), "--calib",
+               str(tmp_path / "calib.npy"), "--out", str(out), "--layers", "0", "2", "4"]
+    script = ("import sys, nettrim.passes as p; from nettrim.cli import main\n"
+              "solve = p.solve_layer\n"
+              "def stop(layer, *a, **k):\n"
+              "    if layer.name == '2': raise KeyboardInterrupt\n"
+              "    return solve(layer, *a, **k)\n"
+              "p.solve_layer = stop\nsys.exit(main(sys.argv[1:]))\n")
+    interrupted = subprocess.run([sys.executable, "-c", script, *command[3:]], capture_output=True, text=True,
+                                 timeout=300, check=False, cwd=tmp_path)
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines()[-1] == (
+        f"nettrim: trim interrupted after 1 layers; they are kept in {checkpoint}, and the same call resumes after "
+        "them; nothing else was written")
+    assert not out.exists() and json.loads((checkpoint / "state.json").read_text())["layers"][0]["name"] == "0"
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "1 of 3 layers already trimmed" in resumed.stderr
+    assert out.exists() and not checkpoint.exists()
