@@ -76,6 +76,15 @@ class LayerInput:
         return cls(X64, Xs, inverse, side, float(beta), scale, xp.astype(1.0 / scale, be.dtype(dt))[:, None],
                    x_norm)
 
+    def step_u(self, C, B):
+        """(U, U^T Xs) for U = (Xs Xs^T + beta I)^-1 (Xs C^T + beta B), C (M x P), B (N x M), on the samples side
+        with two products with Xs instead of four. With K = Xs^T Xs + beta I, the push-through identity
+        (Xs Xs^T + beta I)^-1 Xs = Xs K^-1 and Woodbury give U = B + Xs E, E = K^-1 (C^T - Xs^T B), and since
+        K^-1 Xs^T Xs = I - beta K^-1, U^T Xs = C - beta E^T: the response costs no product at all."""
+        Xs = self.X.resident
+        E = self.inverse @ (C.T - Xs.T @ B)
+        return B + Xs @ E, C - self.beta * E.T
+
     def solve_u(self, rhs):
         """U = (Xs Xs^T + beta I)^-1 rhs for the N x M right-hand side (module docstring)."""
         if self.side == "features":

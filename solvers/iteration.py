@@ -145,15 +145,19 @@ class Iteration:
         xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.options["relaxation"]
         if check and self.products is None:
             self.products = X.times_transposed(s.Z, s.Dz)
-        if self.products is not None:
-            XZ, XD = self.products
-            rhs = XZ - XD + beta * (s.W - s.Dw)
-        else:
+        if not check and self.layer.side == "samples":  # two products instead of four (factor.py)
             XZ = XD = None
-            rhs = X.times_transposed(s.Z - s.Dz)[0] + beta * (s.W - s.Dw)
+            U, XU = self.layer.step_u(s.Z - s.Dz, s.W - s.Dw)
+        else:
+            if self.products is not None:
+                XZ, XD = self.products
+                rhs = XZ - XD + beta * (s.W - s.Dw)
+            else:
+                XZ = XD = None
+                rhs = X.times_transposed(s.Z - s.Dz)[0] + beta * (s.W - s.Dw)
+            U = self.layer.solve_u(rhs)
+            XU = X.left_times(U.T)
         self.products = None
-        U = self.layer.solve_u(rhs)
-        XU = X.left_times(U.T)
         Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
         W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
         zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw  # the fixed-point variable, see anderson.py

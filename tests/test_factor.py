@@ -72,3 +72,19 @@ def test_a_layer_with_far_more_inputs_than_samples_solves_in_little_memory():
     assert problem.columns_within_budget(result.U, 1e-9, 1e-5).all()
     assert result.objective <= np.abs(W).sum()  # the trained weights are feasible
     assert result.certified_gap <= 5e-3 * max(1.0, result.iterations / 500)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_fused_samples_side_step_gives_u_and_its_response(dtype):
+    """step_u's U equals the U-step's, and its U^T Xs (from no product) equals the product, to rounding."""
+    rng = np.random.default_rng(5)
+    N, P, M = 80, 20, 6
+    X = rng.standard_normal((N, P)) * rng.uniform(0.1, 10, (N, 1))
+    C, B = rng.standard_normal((M, P)), rng.standard_normal((N, M))
+    layer = LayerInput.prepare(backend("cpu"), X, np.dtype(dtype), True, 0.7, side="samples")
+    Xs = X / np.linalg.norm(X, axis=1, keepdims=True)
+    exact = np.linalg.solve(Xs @ Xs.T + 0.7 * np.eye(N), Xs @ C.T + 0.7 * B)
+    U, response = layer.step_u(C.astype(dtype), B.astype(dtype))
+    rounding = 1e-10 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(U, exact, rtol=0, atol=rounding * np.abs(exact).max())
+    np.testing.assert_allclose(response, exact.T @ Xs, rtol=0, atol=rounding * np.abs(exact.T @ Xs).max())
