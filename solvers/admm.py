@@ -55,13 +55,14 @@ keeps Proposition 1's promise.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 
 import numpy as np
 
 from .arrays import Backend, backend, describe
 from .factor import LayerInput, factored_side
-from .iteration import Iteration, Program
+from .iteration import REPAIR_BATCH_BYTES, Iteration, Program
 from .problem import LayerProblem
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
 
@@ -79,6 +80,8 @@ PUBLISHED_OPTIONS = dict(
 THRESHOLD_OVER_MEAN_WEIGHT = 5.0
 #: The share of the free memory that the default memory_limit takes.
 DEFAULT_MEMORY_SHARE = 0.9
+#: The share of memory_limit (at most REPAIR_BATCH_BYTES) that a batch of repairs may gather.
+REPAIR_SHARE = 0.1
 #: The share of memory_limit that the blocks of an X kept on the host may take on the device (the rest holds
 #: the neurons' working arrays): the transfers per product are all of X whatever the block size.
 STREAMED_BLOCKS_SHARE = 0.25
@@ -144,7 +147,8 @@ def _solve_in_chunks(problem: LayerProblem, options: dict, be: Backend) -> Layer
     """The program in chunks of neurons (per-neuron budgets) and blocks of samples that fit
     options["memory_limit"]: one chunk with X on the device when it fits."""
     M = problem.shape[2]
-    chunk, samples_per_block = _memory_plan(problem, options, be)
+    chunk, samples_per_block, repairs = _memory_plan(problem, options, be)
+    options = dict(options, repair_bytes=repairs)
     if chunk >= M and samples_per_block is None:
         return _solve_admm(problem, **options)
     start = time.perf_counter()
@@ -192,9 +196,17 @@ def memory_limit_for(problem: LayerProblem, neurons: int, dtype="float64", ander
     (streamed=True, when that is less than X on the device needs) with X moved in blocks of samples."""
     sizes = memory_sizes(problem, dtype, anderson)
     if not streamed:
-        return sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"]
-    return int(sizes["streamed_factorization"]
-               + (neurons + 0.5) * sizes["per_neuron"] / (1 - STREAMED_BLOCKS_SHARE))
+        planned = sizes["factorization"] + sizes["X"] + neurons * sizes["per_neuron"]
+    else:
+        planned = (sizes["streamed_factorization"]
+                   + (neurons + 0.5) * sizes["per_neuron"] / (1 - STREAMED_BLOCKS_SHARE))
+    return int(math.ceil(min(planned / (1 - REPAIR_SHARE), planned + REPAIR_BATCH_BYTES)))  # repair_reserve's inverse
+
+
+def repair_reserve(limit: float | None) -> int:
+    """Bytes the repairs' batches may gather within memory_limit (iteration.py): REPAIR_SHARE of it, at most
+    REPAIR_BATCH_BYTES."""
+    return REPAIR_BATCH_BYTES if limit is None else int(min(REPAIR_BATCH_BYTES, REPAIR_SHARE * limit))
 
 
 def _streamed_blocks_bytes(N: int, samples_per_block: int) -> int:
@@ -202,30 +214,33 @@ def _streamed_blocks_bytes(N: int, samples_per_block: int) -> int:
     return 2 * N * samples_per_block * 8
 
 
-def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int, int | None]:
-    """(neurons per chunk, samples per block of a streamed X or None for X on the device) within memory_limit.
+def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int, int | None, int]:
+    """(neurons per chunk, samples per block of a streamed X or None for X on the device, bytes a repair batch
+    may gather) within memory_limit.
 
-    X stays on the device (memory_sizes) unless that leaves no room for the neurons that must be solved together
-    (one, or all M with a layer budget); then two float64 blocks of its samples take at most
-    STREAMED_BLOCKS_SHARE of what the factorization leaves.
+    The repairs' reserve (repair_reserve) comes off the limit first. X stays on the device (memory_sizes)
+    unless that leaves no room for the neurons that must be solved together (one, or all M with a layer budget);
+    then two float64 blocks of its samples take at most STREAMED_BLOCKS_SHARE of what the factorization leaves.
     """
     N, P, M = problem.shape
     limit = options.get("memory_limit")
     if limit is None:
         free = be.free_memory()
         if free is None:
-            return M, None
+            return M, None, repair_reserve(None)
         limit = int(DEFAULT_MEMORY_SHARE * free)
+    repairs = repair_reserve(limit)
+    planned = limit - repairs
     sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)),
                          options.get("u_step", "auto"))
     per_neuron = sizes["per_neuron"]
     together = 1 if problem.per_neuron else M
     resident = sizes["factorization"] + sizes["X"]
-    if limit - resident >= together * per_neuron:
-        return int(min((limit - resident) // per_neuron, M)), None
+    if planned - resident >= together * per_neuron:
+        return int(min((planned - resident) // per_neuron, M)), None, repairs
     factorization = sizes["streamed_factorization"]
-    samples_per_block = int(min(P, max(1, (STREAMED_BLOCKS_SHARE * (limit - factorization)) // (2 * N * 8))))
-    fitting = (limit - factorization - _streamed_blocks_bytes(N, samples_per_block)) // per_neuron
+    samples_per_block = int(min(P, max(1, (STREAMED_BLOCKS_SHARE * (planned - factorization)) // (2 * N * 8))))
+    fitting = (planned - factorization - _streamed_blocks_bytes(N, samples_per_block)) // per_neuron
     if fitting < together:
         what = ("not even one neuron of this layer" if problem.per_neuron else
                 "this layer, whose single (layer) budget couples the neurons so they cannot be chunked")
@@ -235,7 +250,7 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
             f"{per_neuron / 2**20:.1f} MiB (P = {P} samples), the factorization of X X^T {factorization / 2**20:.1f} "
             f"MiB; lower the number of samples P (max_samples) or raise memory_limit"
             + ("" if problem.per_neuron else " or use per-neuron budgets"))
-    return int(min(fitting, M)), samples_per_block
+    return int(min(fitting, M)), samples_per_block, repairs
 
 
 def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_scale=None, equilibrate=True,
@@ -336,7 +351,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
                 anderson: int = 5,
                 response_scale: float | None = None, cost_unit: float = 1.0, initial=None, callback=None,
                 memory_limit=None, tf32=False, u_step: str = "auto",
-                prepared: LayerInput | None = None) -> LayerResult:
+                prepared: LayerInput | None = None, repair_bytes: int = REPAIR_BATCH_BYTES) -> LayerResult:
     """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
 
     device: see solve_admm; dtype "float64" | "float32" (iterations; the checks and measures are float64).
@@ -353,7 +368,8 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     rho, beta, response_scale (max|Y|) and cost_unit are layer-level numbers; solve_admm fills them in
     (iteration_constants).
     memory_limit (bytes; 90% of the free memory by default) and tf32 (float32 products on tensor
-    cores) are solve_admm's: see there. `prepared` is the layer input factored once for several neuron chunks.
+    cores) are solve_admm's: see there. `prepared` is the layer input factored once for several neuron chunks;
+    repair_bytes what a batch of repairs may gather (the memory plan's reserve).
     `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
     """
     start = time.perf_counter()
@@ -386,7 +402,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
                    stopping=stopping, step_tol=step_tol, max_iter=max_iter, check_every=check_every,
                    rel_tol=rel_tol, abs_tol=abs_tol, gap_tol=gap_tol, gap_patience=gap_patience,
                    violation_tol=violation_tol, restore=restore, restore_rounds=restore_rounds,
-                   repair_misses=repair_misses, adaptive_rho=adaptive_rho, dtype=dtype)
+                   repair_misses=repair_misses, adaptive_rho=adaptive_rho, dtype=dtype, repair_bytes=repair_bytes)
     iteration = Iteration(be, layer, program, (N, P, M),
                           be.asarray(start_weights) if warm_start and start_weights is not None else None,
                           relu=relu, coupled=coupled, dtype=dt, original_eps=problem.eps, margin=margin,

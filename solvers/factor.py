@@ -65,11 +65,13 @@ class LayerInput:
             Xs64 = X64 / scale[:, None]
             gram64 = Xs64.T @ Xs64 if side == "samples" else Xs64 @ Xs64.T
             X64, Xs = SampleBlocks.on_device(be, X64), SampleBlocks.on_device(be, xp.astype(Xs64, be.dtype(dt)))
+            del Xs64  # freed before the factorization, whose peak memory_sizes counts
         else:
             X64 = SampleBlocks.on_host(be, X, samples_per_block)
             Xs = SampleBlocks.on_host(be, X, samples_per_block, lambda block: (block / host_scale[:, None]).astype(dt))
             gram64 = X64.gram() / (scale[:, None] * scale[None, :])
         eigenvalues, eigenvectors = xp.linalg.eigh(gram64)
+        del gram64
         eigenvalues = xp.maximum(eigenvalues, 0.0)
         inverse = xp.astype((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T, be.dtype(dt))
         x_norm = math.sqrt(be.scalars(xp.max(eigenvalues))[0])

@@ -22,8 +22,12 @@ from .repair import repair_on_supports
 
 #: Checks a neuron waits after a failed repair before trying again.
 REPAIR_WAIT_CHECKS = 5
-#: Bytes that one batch of repairs may gather (each neuron's violated samples' columns of X, float64).
+#: Bytes that one batch of repairs may gather at most (each neuron's violated samples' columns of X, float64);
+#: the memory plan may allow less (options["repair_bytes"]).
 REPAIR_BATCH_BYTES = 2**27
+#: Arrays the size of a repair batch's gathered columns that exist at once (the gather, its float64 form, the
+#: masked B, its Gram's operands), measured with tracemalloc.
+REPAIR_COPIES = 5
 #: Checks between two residual-balancing updates of rho.
 RHO_UPDATE_CHECKS = 5
 
@@ -308,7 +312,8 @@ class Iteration:
         at working-set `positions` on their supports, in batches (repair.py); finalize those whose repaired
         weights stay within gap_allowed of their certified bound. Returns the host mask of the repaired ones."""
         N, P, _ = self.shape
-        batch = max(1, REPAIR_BATCH_BYTES // (8 * N * 64))  # a batch's gathered columns, at 64 violated samples
+        # B's copies (repair.py's _constraints) for a batch's gathered columns, at 64 violated samples each
+        batch = max(1, self.options["repair_bytes"] // (REPAIR_COPIES * 8 * N * 64))
         repaired = np.zeros(positions.size, dtype=bool)
         for first in range(0, positions.size, batch):
             part = slice(first, first + batch)

@@ -1,5 +1,7 @@
 """ADMM behaviour beyond matching the oracle: guarantees, honesty of status, special neurons, options."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,24 @@ def test_rho_starts_the_threshold_at_the_warm_starts_scale():
     scaled = iteration_constants(LayerProblem(problem.X * 255, problem.Y * 255, problem.eps * 255,
                                               original_weights=problem.original_weights))
     assert 1 / (scaled["rho"] * scaled["beta"]) == pytest.approx(threshold * 255**2)
+
+
+@pytest.mark.parametrize(("N", "P", "M"), [(4000, 800, 20), (300, 5000, 100)])
+def test_a_solve_stays_within_the_memory_limit_it_planned_for(N, P, M):
+    """Everything the solve allocates (traced: NumPy's arrays are) fits in memory_limit_for(all M neurons at
+    once): X and its factorization, the neurons' arrays, and the batches of repairs (a wide layer on the samples
+    side; many samples)."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([np.maximum(rng.standard_normal((N - 1, P)), 0), np.ones((1, P))])
+    W = rng.normal(0, 0.05, (N, M))
+    Y = np.maximum(W.T @ X, 0)
+    problem = LayerProblem(X, Y, relative_budget(Y, 0.05, per_neuron=True), original_weights=W)
+    limit = memory_limit_for(problem, M, "float64")
+    tracemalloc.start()
+    try:
+        result = solve(problem, dtype="float64", max_iter=300, memory_limit=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "chunks" not in result.info and result.info["repaired"] > 0
+    assert peak <= limit, f"{peak / 2**20:.1f} MiB > {limit / 2**20:.1f} MiB"
