@@ -5,8 +5,9 @@ The layer's N x N Gram matrix alone would take 4.7 GiB in float64; the ADMM fact
 is ReLU(standard normal) 25,088 x 1,000 plus the bias row (full rank, the hard case: VGG's real inputs at 32 x 32
 pixels repeat each of 512 channels 49 times), W the trained-looking N(0, 0.01) of torchvision's VGG init, per-neuron
 budgets g = 0.05, float32 iterations. Two runs, each in a fresh process so that its peak resident memory is its own:
-- "whole layer": all 4,096 neurons under memory_limit (default 2.5 GiB), each chunk stopped after a few iterations:
-  the memory plan and peak memory of the full layer, and seconds per iteration of all its neurons;
+- "whole layer": all 4,096 neurons under memory_limit (1.5 GiB: the solver's working memory; the layer's W, its
+  input and the returned U, N x M float64 each, come on top), each chunk stopped after a few iterations: the
+  memory plan and peak memory of the full layer, and seconds per iteration of all its neurons;
 - "neurons to the end": the first 64 neurons solved to convergence (every neuron's program is independent, and
   all 4,096 are solved in chunks the same way): iterations, status, weights kept, seconds.
 Writes benchmarks/results/wide.json and wide.md.
@@ -36,7 +37,7 @@ from solvers import LayerProblem, relative_budget  # noqa: E402
 from solvers.factor import factored_side  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL = {"N": 25_089, "P": 1_000, "M": 4_096, "subset": 64, "whole_iterations": 10, "memory_limit": 2.5 * 2**30}
+FULL = {"N": 25_089, "P": 1_000, "M": 4_096, "subset": 64, "whole_iterations": 10, "memory_limit": 1.5 * 2**30}
 QUICK = {"N": 3_001, "P": 200, "M": 256, "subset": 16, "whole_iterations": 10, "memory_limit": 0.05 * 2**30}
 
 

@@ -160,13 +160,14 @@ def _solve_in_chunks(problem: LayerProblem, options: dict, be: Backend) -> Layer
         result.info["sample_blocks"] = len(prepared.X.blocks)
         return result
     blocks = [slice(first, min(first + chunk, M)) for first in range(0, M, chunk)]
-    results = []
+    results, U = [], np.zeros((problem.shape[0], M))
     for block in blocks:
         chunk_options = dict(options, prepared=prepared)
         if options.get("initial") is not None:
             chunk_options["initial"] = np.asarray(options["initial"])[:, block]
         results.append(_solve_admm(problem.neurons(block), **chunk_options))
-    merged = merge_results(problem, blocks, results, time.perf_counter() - start)
+        U[:, block], results[-1].U = results[-1].U, None  # one copy of the layer's weights, not two
+    merged = merge_results(problem, blocks, results, time.perf_counter() - start, U)
     merged.info["chunks"] = len(blocks)
     if samples_per_block is not None:
         merged.info["sample_blocks"] = len(prepared.X.blocks)

@@ -118,8 +118,9 @@ def summarize_statuses(counts: dict[str, int], per_neuron: bool) -> tuple[str, s
 
 
 def merge_results(problem: LayerProblem, blocks: list[slice], results: list[LayerResult],
-                  seconds: float) -> LayerResult:
-    """One LayerResult for the layer from its blocks' results (measured again on the whole layer).
+                  seconds: float, U: np.ndarray | None = None) -> LayerResult:
+    """One LayerResult for the layer from its blocks' results (measured again on the whole layer); `U`, when
+    given, already holds every block's weights (then the blocks' U are not copied again).
 
     status: the worst block's; iterations: the most any block took; seconds: the wall time given;
     info["blocks"]: each block's neurons, status, iterations and seconds; info["l1_lower_bound"]: the blocks'
@@ -130,9 +131,10 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
         return make_result(problem, result.U, status=result.status, message=result.message,
                            iterations=result.iterations, seconds=seconds, backend=result.backend, info=result.info)
     N, _, M = problem.shape
-    U = np.zeros((N, M))
-    for block, result in zip(blocks, results, strict=True):
-        U[:, block] = result.U
+    if U is None:
+        U = np.zeros((N, M))
+        for block, result in zip(blocks, results, strict=True):
+            U[:, block] = result.U
     pairs = list(zip(blocks, results, strict=True))
     info = {"blocks": [{"neurons": [block.start, block.stop], "status": result.status,
                         "iterations": result.iterations, "seconds": result.seconds} for block, result in pairs]}
