@@ -128,6 +128,6 @@ class Trimming:
             if not search.reached:
                 note = (f"target sparsity {target:g} not reached: {sparsity(weights_of(solved)):.4f} at "
                         f"g = max_epsilon = {g:g}")
-                warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=4)
+                warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=5)
         scheduler.release(X)
         return layer_report(layer, solved, g, target, note), solved.U
