@@ -177,6 +177,10 @@ class Report:
             search = self.model_sparsity
             notes += (f"\nmodel sparsity {search['reached']:.4f} for target {search['target']:g}: every g scaled by "
                       f"{search['scale']:.4g} ({len(search['trims'])} trims)")
+        if any(row.activation == "linear" for row in self.layers):
+            notes += ("\nact linear: the budget bounds the layer's output before whatever follows it; through an "
+                      "L-Lipschitz activation the error is at most L eps (L = 1.13 for GELU, 1.10 for SiLU, 1.5 for "
+                      "hardswish, 1 for max pooling)")
         fallbacks = self.dense_fallback_warning()
         notes += f"\n{fallbacks}" if fallbacks else ""
         return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}{notes}"

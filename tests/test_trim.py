@@ -345,6 +345,7 @@ def test_report_table_and_json_round_trip(cascade_mlp, tmp_path):
     report = cascade_mlp[3]
     text = str(report)
     assert "fit/eps" in text and "total" in text and "cascade" in text and "l1 gap" in text
+    assert "act linear: the budget bounds the layer's output before whatever follows it" in text  # the last layer
     for row in report.layers:  # the ADMM's certified gap, gap_tol = 0.5% for the neurons its gap test ended
         assert 0 <= row.certified_gap <= 5e-3 and f"{100 * row.certified_gap:.2f}%" in text
     report.to_json(tmp_path / "report.json")
