@@ -76,14 +76,15 @@ class Trimming:
                 with ThreadPoolExecutor(max(len(todo), 1), thread_name_prefix="nettrim-layer") as threads:
                     futures = {threads.submit(solve, index, layer, self.original[layer.name], False): layer
                                for index, layer in todo}
+                    position = {layer.name: index for index, layer in enumerate(self.order)}
                     try:
                         for future in as_completed(futures):
                             done(futures[future], *future.result())
                     except BaseException:
                         scheduler.close(abort=True)  # the other layers' tasks stop too, before the threads join
                         raise
-                position = {layer.name: index for index, layer in enumerate(self.order)}
-                report.layers.sort(key=lambda row: position[row.name])  # in the network's order
+                    finally:
+                        report.layers.sort(key=lambda row: position[row.name])  # in the network's order
                 return solutions
             for index, layer in todo:
                 layer_bar.set_postfix_str(layer.name)
