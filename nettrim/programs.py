@@ -46,9 +46,13 @@ class Solved:
     problem: LayerProblem
     result: solvers.LayerResult
     U: np.ndarray        # the result's U, with the original columns where it missed the budget or was denser
-    dense_fallback: int
-    sparser_original: int
-    kept_solution: np.ndarray  # (M,) bools: the neurons whose solved weights were kept
+    missed: np.ndarray   # (M,) bools: the solved weights missed the budget (the original kept: dense fallback)
+    sparser: np.ndarray  # (M,) bools: the original weights had fewer nonzeros (and were kept)
+
+    @property
+    def kept_solution(self) -> np.ndarray:
+        """(M,) bools: the neurons whose solved weights were kept."""
+        return ~(self.missed | self.sparser)
 
 
 def solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, backend: str, options: dict,
@@ -78,7 +82,7 @@ def solve_layer(layer: Layer, problem: LayerProblem, scheduler: Scheduler, backe
         denser = np.full(len(missed), np.count_nonzero(result.U) > np.count_nonzero(W))
     sparser = ~missed & denser & problem.columns_within_budget(W, FIT_RTOL, VIOLATION_TOL)
     U = np.where((missed | sparser)[None, :], W, result.U)  # W keeps the budget (kappa < 1 aside)
-    return Solved(problem, result, U, int(missed.sum()), int(sparser.sum()), ~(missed | sparser))
+    return Solved(problem, result, U, missed, sparser)
 
 
 def certified_gap(result: solvers.LayerResult, kept_solution: np.ndarray) -> float | None:
@@ -113,7 +117,7 @@ def layer_report(layer: Layer, solved: Solved, g: float, target: float | None, n
         nonzeros_before=int(np.count_nonzero(W[:weights])), nonzeros_after=int(np.count_nonzero(U[:weights])),
         eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
         violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
-        status=result.status, message=message, dense_fallback=solved.dense_fallback, g=g,
+        status=result.status, message=message, dense_fallback=int(solved.missed.sum()), g=g,
         target_sparsity=target, certified_gap=certified_gap(result, solved.kept_solution), bias=layer.has_bias,
         bias_nonzeros_before=int(np.count_nonzero(W[weights:])), bias_nonzeros_after=int(np.count_nonzero(U[weights:])),
-        sparser_original=solved.sparser_original)
+        sparser_original=int(solved.sparser.sum()))

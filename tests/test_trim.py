@@ -255,8 +255,8 @@ def test_unconverged_neurons_keep_their_original_weights_and_one_warning_names_t
     assert len(caught) == 1
     assert report.dense_fallback == sum(row.dense_fallback for row in report.layers) == 30
     assert report.to_dict()["totals"]["dense_fallback"] == 30
-    total_row = str(report).splitlines()[-3]
-    assert total_row.startswith("total") and total_row.endswith("30 neurons dense")
+    total_row = next(line for line in str(report).splitlines() if line.startswith("total"))
+    assert total_row.endswith("30 neurons dense")
     assert all(row.certified_gap is None for row in report.layers)  # no solved neuron was kept
     for row in report.layers:
         assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
