@@ -14,7 +14,6 @@ Writes benchmarks/results/compression.json, a markdown table and a PNG plot of t
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -29,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
-from benchmarks.results_files import write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from nettrim.layers import select_layers  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
@@ -167,10 +166,8 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="LeNet-300-100 (2 epochs), P = 600, one g")
+    parser = benchmark_parser(__doc__, "LeNet-300-100 (2 epochs), P = 600, one g", RESULTS / "compression.json")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "compression.json")
     parser.add_argument("--progress", action="store_true", help="progress bars of each trim")
     parser.add_argument("--resume", action="store_true", help="reuse the rows already in --out (same seed and P)")
     args = parser.parse_args(argv)

@@ -17,7 +17,6 @@ Writes benchmarks/results/gpu.json and gpu.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import platform
@@ -32,7 +31,7 @@ import numpy as np  # noqa: E402
 
 import nettrim  # noqa: E402
 import solvers  # noqa: E402
-from benchmarks.results_files import write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from benchmarks.solvers import layer_one_problem  # noqa: E402
 from nettrim.zoo import mnist_inputs, trained  # noqa: E402
 from solvers.iteration import Iteration  # noqa: E402
@@ -192,10 +191,8 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="P = 300 for the proxies, no GPU runs")
+    parser = benchmark_parser(__doc__, "P = 300 for the proxies, no GPU runs", RESULTS / "gpu.json")
     parser.add_argument("--samples", type=int, default=2_000, help="P of the CPU proxies' layer")
-    parser.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
     args = parser.parse_args(argv)
     P = 300 if args.quick else args.samples
     report = {"machine": {"python": platform.python_version(), "numpy": np.__version__}, "P": P,

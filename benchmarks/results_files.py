@@ -1,9 +1,19 @@
-"""How every benchmark writes its results: the report as JSON next to its markdown table (and prints the table)."""
+"""What every benchmark shares: its --quick and --out options, and its results written as JSON next to its
+markdown table (the table printed too)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+
+def benchmark_parser(description: str, quick_help: str, out: Path) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --quick (what it shrinks to: `quick_help`) and --out (default `out`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
 
 
 def write_results(out: Path, report: dict, table: str) -> None:

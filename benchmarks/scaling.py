@@ -19,7 +19,6 @@ Writes benchmarks/results/scaling.json and scaling.md.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -34,7 +33,7 @@ import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 import solvers  # noqa: E402
-from benchmarks.results_files import write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from nettrim.schedule import available_cores  # noqa: E402
 from nettrim.zoo import mnist_inputs, trained  # noqa: E402
 
@@ -153,9 +152,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sweeps, a briefly trained model, P = 300")
-    parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
+    parser = benchmark_parser(__doc__, "small sweeps, a briefly trained model, P = 300", RESULTS / "scaling.json")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     report = {"machine": {"cores": available_cores(), "python": platform.python_version(),

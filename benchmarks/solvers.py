@@ -15,7 +15,6 @@ eps_m = g ||y_m||. Writes JSON and a markdown table (benchmarks/results/).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -28,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: this file's folder would shado
 import numpy as np  # noqa: E402
 
 import solvers  # noqa: E402
-from benchmarks.results_files import write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from nettrim.datasets import load_mnist  # noqa: E402
 from nettrim.zoo import trained_lenet_300_100  # noqa: E402
 
@@ -150,7 +149,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, "P = 400, 2 SCS neurons, 300 published iterations", RESULTS / "solvers.json")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--g", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
@@ -158,8 +157,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--scs-neurons", type=int, default=10)
     parser.add_argument("--published-max-iter", type=int, default=10_000)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--quick", action="store_true", help="P = 400, 2 SCS neurons, 300 published iterations")
-    parser.add_argument("--out", type=Path, default=RESULTS / "solvers.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.scs_neurons, args.published_max_iter = 400, 2, 300

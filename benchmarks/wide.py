@@ -18,7 +18,6 @@ Writes benchmarks/results/wide.json and wide.md.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import platform
 import resource
@@ -32,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: this file's folder would shado
 import numpy as np  # noqa: E402
 
 import solvers  # noqa: E402
-from benchmarks.results_files import write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from solvers import LayerProblem, relative_budget  # noqa: E402
 from solvers.factor import factored_side  # noqa: E402
 
@@ -99,9 +98,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a small layer, in seconds")
-    parser.add_argument("--out", type=Path, default=RESULTS / "wide.json")
+    parser = benchmark_parser(__doc__, "a small layer, in seconds", RESULTS / "wide.json")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     N, P = sizes["N"], sizes["P"]
