@@ -7,8 +7,16 @@ in X:
     nn.Conv2d(C, out, k):      x = one input patch C x kh x kw,     W = [weight.reshape(out, -1)^T; bias]
                                (one sample per output position: the conv is a matrix product on unfolded
                                patches, so P = images x output positions, subsampled to a budget)
+    nn.Conv1d(C, out, k):      the same with patches C x k (a Conv2d of height 1)
 
-Layers are selected by type (nn.Linear, nn.Conv2d) and by name or regex (a full match of the module name).
+A grouped convolution (groups = G, depthwise when G = C) is block diagonal: output channel m of group g reads
+only the C / G input channels of group g. W keeps torch's compact form, one column per output channel over its
+group's (C / G) x kh x kw inputs (plus the bias), and X holds every channel's patches, so group g's program
+has the input X_g = the rows of its channels (plus the ones row): G independent programs
+(solvers/grouped.py), and the response of neuron m is W[:, m]^T X_g(m).
+
+Layers are selected by type (nn.Linear, nn.Conv2d, nn.Conv1d) and by name or regex (a full match of the module
+name).
 """
 
 from __future__ import annotations
@@ -21,26 +29,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TRIMMABLE = (nn.Linear, nn.Conv2d)
-_KINDS = {"Linear": "linear", "Conv2d": "conv2d"}
+TRIMMABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
+_KINDS = {"Linear": "linear", "Conv2d": "conv2d", "Conv1d": "conv1d"}
 
 
 def layer_kind(module: nn.Module) -> str | None:
-    """"linear" or "conv2d" for an nn.Linear or nn.Conv2d (also inside a TorchScript module), else None."""
+    """"linear", "conv2d" or "conv1d" for an nn.Linear, nn.Conv2d or nn.Conv1d (also inside a TorchScript
+    module), else None."""
     if isinstance(module, torch.jit.ScriptModule):
         return _KINDS.get(module.original_name)
-    if isinstance(module, nn.Linear):
-        return "linear"
-    return "conv2d" if isinstance(module, nn.Conv2d) else None
+    return next((_KINDS[kind.__name__] for kind in TRIMMABLE if isinstance(module, kind)), None)
 
 
 #: Modules with weights that nettrim does not trim (yet): each one is named in the report and a warning.
-UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+UNSUPPORTED = (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
 
 
 def untrimmed_layers(model: nn.Module) -> dict[str, str]:
     """{name: reason} for the model's modules with weights that nettrim does not trim."""
-    return {name: f"{type(module).__name__} is not supported (nn.Linear and nn.Conv2d are)"
+    return {name: f"{type(module).__name__} is not supported (nn.Linear, nn.Conv2d and nn.Conv1d are)"
             for name, module in model.named_modules() if isinstance(module, UNSUPPORTED)}
 
 
@@ -49,7 +56,7 @@ class Layer:
     """A trimmable module of a model, known by its qualified name."""
 
     name: str
-    module: nn.Module  # nn.Linear or nn.Conv2d (or their TorchScript form)
+    module: nn.Module  # nn.Linear, nn.Conv2d or nn.Conv1d (or their TorchScript form)
 
     @property
     def kind(self) -> str:
@@ -59,8 +66,35 @@ class Layer:
     def has_bias(self) -> bool:
         return self.module.bias is not None
 
+    @property
+    def groups(self) -> int:
+        """G, the groups of a grouped convolution (1 for a Linear or an ordinary conv)."""
+        return 1 if self.kind == "linear" else int(self.module.groups)
+
+    def group_columns(self) -> list[slice]:
+        """The neurons (columns of W) of each group, in order."""
+        per_group = self.module.weight.shape[0] // self.groups
+        return [slice(g * per_group, (g + 1) * per_group) for g in range(self.groups)]
+
+    def group_inputs(self, X: np.ndarray) -> list[np.ndarray]:
+        """X_g (N x P) of each group from the layer's X: the rows of the group's input channels, plus the
+        ones row of the bias (module docstring); [X] when G = 1."""
+        if self.groups == 1:
+            return [X]
+        width = self.module.weight[0].numel()
+        return [np.concatenate([X[g * width:(g + 1) * width], X[X.shape[0] - self.has_bias:]])
+                for g in range(self.groups)]
+
+    def response(self, U: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The pre-activation (M x P) of weights U (N x M, in weight_matrix's form) on the layer's input X."""
+        if self.groups == 1:
+            return U.T @ X
+        return np.concatenate([U[:, columns].T @ X_g
+                               for columns, X_g in zip(self.group_columns(), self.group_inputs(X), strict=True)])
+
     def weight_matrix(self) -> np.ndarray:
-        """W (N, M) in float64: one column per output unit, the bias (if any) as the last row."""
+        """W (N, M) in float64: one column per output unit (over its group's inputs), the bias (if any) as the
+        last row."""
         weight = self.module.weight.detach().to("cpu", torch.float64).reshape(self.module.weight.shape[0], -1)
         columns = [weight.T]
         if self.has_bias:
@@ -82,34 +116,35 @@ class Layer:
         module = self.module
         if self.kind == "linear":
             return inputs.reshape(-1, module.in_features)
-        if inputs.dim() == 3:  # an unbatched image (C, H, W)
+        image_dims = 2 if self.kind == "conv2d" else 1
+        if inputs.dim() == image_dims + 1:  # one unbatched input, (C, H, W) or (C, L)
             inputs = inputs[None]
         padded = F.pad(inputs, _pad_widths(module), mode=_PAD_MODES[module.padding_mode])
-        patches = F.unfold(padded, module.kernel_size, dilation=module.dilation, stride=module.stride)
+        if self.kind == "conv2d":
+            patches = F.unfold(padded, module.kernel_size, dilation=module.dilation, stride=module.stride)
+        else:  # a Conv1d is a Conv2d of height 1
+            patches = F.unfold(padded[:, :, None, :], (1, *module.kernel_size), dilation=(1, *module.dilation),
+                               stride=(1, *module.stride))
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-
-    def check_supported(self) -> None:
-        module = self.module
-        if self.kind == "conv2d" and module.groups != 1:
-            raise ValueError(f"layers: {self.name!r} is a grouped convolution (groups={module.groups}); only "
-                             "groups=1 is supported, so leave it out with exclude=")
 
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
-def _pad_widths(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding as F.pad takes it, for int, tuple, "valid" and "same" padding."""
+def _pad_widths(conv: nn.Conv2d | nn.Conv1d) -> tuple[int, ...]:
+    """(left, right[, top, bottom]) padding as F.pad takes it (last dimension first), for int, tuple, "valid"
+    and "same" padding."""
     if conv.padding == "valid":
-        return (0, 0, 0, 0)
+        return (0,) * (2 * len(conv.kernel_size))
+    widths = []
     if conv.padding == "same":  # torch puts the odd pixel on the right/bottom
-        widths = []
         for dilation, size in zip(reversed(conv.dilation), reversed(conv.kernel_size), strict=True):
             total = dilation * (size - 1)
             widths += [total // 2, total - total // 2]
         return tuple(widths)
-    pad_h, pad_w = conv.padding
-    return (pad_w, pad_w, pad_h, pad_h)
+    for pad in reversed(conv.padding):
+        widths += [pad, pad]
+    return tuple(widths)
 
 
 def _matches(name: str, module: nn.Module, selector) -> bool:
@@ -127,7 +162,8 @@ def _check_selectors(argument: str, selectors) -> list:
     for selector in selectors:
         if isinstance(selector, type):
             if selector not in TRIMMABLE:
-                raise ValueError(f"{argument}: {selector.__name__} is not a trimmable type (nn.Linear, nn.Conv2d)")
+                raise ValueError(f"{argument}: {selector.__name__} is not a trimmable type (nn.Linear, nn.Conv2d, "
+                                 "nn.Conv1d)")
         elif isinstance(selector, str):
             try:
                 re.compile(selector)
@@ -139,7 +175,7 @@ def _check_selectors(argument: str, selectors) -> list:
 
 
 def select_layers(model: nn.Module, layers=None, exclude=None) -> list[Layer]:
-    """The nn.Linear and nn.Conv2d modules of `model` that `layers` selects (all of them when None) and
+    """The nn.Linear, nn.Conv2d and nn.Conv1d modules of `model` that `layers` selects (all of them when None) and
     `exclude` does not. Each selector is a module type, an exact name, or a regex matched against the whole
     name; a selector that matches no trimmable layer is an error (a typo should not trim nothing silently)."""
     include, leave_out = _check_selectors("layers", layers), _check_selectors("exclude", exclude)
@@ -148,7 +184,7 @@ def select_layers(model: nn.Module, layers=None, exclude=None) -> list[Layer]:
         for selector in selectors:
             if not any(_matches(name, module, selector) for name, module in candidates):
                 shown = selector.__name__ if isinstance(selector, type) else repr(selector)
-                raise ValueError(f"{argument}: {shown} matches no nn.Linear or nn.Conv2d layer of the model "
+                raise ValueError(f"{argument}: {shown} matches no nn.Linear, nn.Conv2d or nn.Conv1d layer of the model "
                                  f"(its layers: {[name for name, _ in candidates]})")
     chosen = [
         Layer(name, module) for name, module in candidates
@@ -156,8 +192,6 @@ def select_layers(model: nn.Module, layers=None, exclude=None) -> list[Layer]:
         and not any(_matches(name, module, s) for s in leave_out)
     ]
     if not chosen:
-        raise ValueError("model: no trimmable layer selected (nettrim trims nn.Linear and nn.Conv2d modules; "
-                         f"the model has {len(candidates)} and layers/exclude leave none)")
-    for layer in chosen:
-        layer.check_supported()
+        raise ValueError("model: no trimmable layer selected (nettrim trims nn.Linear, nn.Conv2d and nn.Conv1d "
+                         f"modules; the model has {len(candidates)} and layers/exclude leave none)")
     return chosen

@@ -100,7 +100,7 @@ class Trimming:
         """Solve one layer (its budget search when it has a target sparsity): its row and the weights to set."""
         activation = "relu" if layer.name in self.relu else "linear"
         W = layer.weight_matrix()
-        Y = W.T @ self.original[layer.name]
+        Y = layer.response(W, self.original[layer.name])
         if activation == "relu":
             Y = np.maximum(Y, 0.0)
         factor = None
@@ -110,7 +110,7 @@ class Trimming:
         deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
 
         def solve_at(g: float, closest: Solved | None) -> Solved:
-            problem = layer_problem(X, Y, W, activation, self.budget, g, factor)
+            problem = layer_problem(layer, X, Y, W, activation, self.budget, g, factor)
             start = initial if closest is None else closest.U
             return solve_layer(layer, problem, scheduler, self.backend, self.solve_options, self.reweight, show,
                                start, deadline)  # the layer's time, shared by its budget search and rounds

@@ -21,7 +21,8 @@ class LayerReport:
     already sparse can come back with more, smaller weights), so a layer never gains nonzeros; certified_gap
     is how far the solved weights' l1 is proven to be from the program's optimum, over the neurons whose solved
     weights were kept (1 - bound / l1, each bound clipped to [0, its l1], so it lies in [0, 1]; None for the
-    cvxpy backend, or when no solved neuron was kept).
+    cvxpy backend, or when no solved neuron was kept). A grouped convolution's W (N x M) holds each output
+    channel's weights over its group's inputs (torch's compact form), and its eps and fit are the groups'.
     """
 
     name: str
@@ -46,6 +47,7 @@ class LayerReport:
     bias_nonzeros_before: int = 0
     bias_nonzeros_after: int = 0
     sparser_original: int = 0
+    groups: int = 1                       # a grouped convolution's groups: W is N x M over each group's inputs
 
     @property
     def weights(self) -> int:
@@ -151,7 +153,8 @@ class Report:
         for r in self.layers:
             notes = [f"{r.dense_fallback} dense"] * bool(r.dense_fallback) + [
                 f"{r.sparser_original} original sparser"] * bool(r.sparser_original)
-            rows.append((r.name, r.kind, r.activation, f"{r.shape[0] - r.bias} x {r.shape[1]}", str(r.samples),
+            kind = r.kind if r.groups == 1 else f"{r.kind} g={r.groups}"
+            rows.append((r.name, kind, r.activation, f"{r.shape[0] - r.bias} x {r.shape[1]}", str(r.samples),
                          f"{r.nonzeros_before} -> {r.nonzeros_after}", f"{100 * r.kept:.1f}%",
                          f"{r.bias_nonzeros_before} -> {r.bias_nonzeros_after}" if r.bias else "-", f"{r.eps:.4g}",
                          f"{r.fit_ratio:.4f}", f"{r.violation:.1e}",

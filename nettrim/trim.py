@@ -136,10 +136,11 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     original = capture(work, batches, selected, positions, max_samples, seed)
     by_name = {layer.name: layer for layer in selected}
     order = [by_name[name] for name in original]  # execution order
+    uncalled = _uncalled_layers(selected, original, layers)
     if mode == "cascade":
         _check_cascade_overrides(epsilon, order)
     report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight,
-                    not_trimmed=untrimmed_layers(work))
+                    not_trimmed={**untrimmed_layers(work), **uncalled})
     if report.not_trimmed:
         warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=2)
     trimming = Trimming(order, set(graph.relu), original,
@@ -174,6 +175,20 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
         work = model
     report.seconds = time.perf_counter() - start
     return work, report
+
+
+def _uncalled_layers(selected: list[Layer], original: dict, layers) -> dict[str, str]:
+    """{name: reason} for the selected layers that the forward pass never calls as modules (their weights used
+    functionally, as nn.MultiheadAttention uses out_proj): left as they are, unless `layers` names one exactly
+    (an error, as for any layer that cannot be trimmed) or none is left."""
+    uncalled = [layer.name for layer in selected if layer.name not in original]
+    named = [] if layers is None else [layers] if isinstance(layers, str) else list(layers)
+    refused = [name for name in uncalled if name in named]
+    if refused or not original:
+        raise ValueError(f"layers: {refused or uncalled} never called in the model's forward pass (their weights "
+                         "are used functionally, as nn.MultiheadAttention uses out_proj), so they cannot be trimmed")
+    return dict.fromkeys(uncalled, "never called as a module in the forward pass (its weight is used "
+                                   "functionally, as nn.MultiheadAttention uses out_proj), so not trimmed")
 
 
 def _working_copy(model: nn.Module) -> nn.Module:

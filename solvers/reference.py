@@ -43,7 +43,9 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
     """Solve with CVXPY. Entries with |u| <= zero_tol * max|U| are set to exact zeros before measuring.
 
     accuracy="high" uses HIGH_ACCURACY's tolerances (overridable by solver_options); "default" uses the
-    solver's own defaults.
+    solver's own defaults. The solvers' tolerances are absolute, so the program is solved in units of max|Y|
+    (Y, eps and V divided by it give the solution U divided by it: the constraints are linear in (U, Y, eps, V)
+    and the objective is homogeneous), which makes the result the same whatever units the data are in.
     """
     solver = solver.upper()
     if solver not in SOLVERS:
@@ -53,6 +55,33 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
     options = dict(HIGH_ACCURACY[solver]) if accuracy == "high" else {}
     options.update(solver_options)
     start = time.perf_counter()
+    unit = float(np.max(np.abs(problem.Y))) or 1.0
+    U, statuses, iterations = _solve_programs(_in_units(problem, unit), solver, options, verbose)
+    worst = _worst_status(statuses)
+    if worst == "infeasible":
+        U = np.zeros_like(U)
+    else:
+        U = unit * np.where(np.abs(U) <= zero_tol * max(np.abs(U).max(), 1e-300), 0.0, U)
+    result = make_result(problem, U, status=worst, message=f"CVXPY {solver}: {sorted(set(statuses))}",
+                         iterations=iterations, seconds=time.perf_counter() - start, backend="cvxpy",
+                         info={"solver": solver, "statuses": statuses})
+    if result.status == "optimal" and not within_budget(problem, result, fit_rtol=1e-6, violation_tol=1e-6):
+        result.status = "inaccurate"
+        result.message += "; the thresholded solution misses the budget or the bound by more than 1e-6"
+    return result
+
+
+def _in_units(problem: LayerProblem, unit: float) -> LayerProblem:
+    """The program with Y, eps and V divided by `unit` (its solution is U / unit)."""
+    def divided(value):
+        return None if value is None else value / unit
+
+    return LayerProblem(problem.X, problem.Y / unit, divided(problem.eps), problem.activation, divided(problem.upper),
+                        divided(problem.original_weights), problem.l1_weights)
+
+
+def _solve_programs(problem: LayerProblem, solver: str, options: dict, verbose: bool):
+    """(U, CVXPY statuses, iterations): one program per neuron (per-neuron budgets) or one for the layer."""
     N, _, M = problem.shape
     U = np.zeros((N, M))
     statuses, iterations = [], 0
@@ -67,34 +96,23 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
             iterations += _solve(program, solver, options, verbose)
             statuses.append(program.status)
             U[:, m] = u.value if u.value is not None else np.nan
+        return U, statuses, iterations
+    variable = cp.Variable((N, M))
+    residuals, constraints = [], []
+    for m in range(M):
+        residual, neuron_constraints = _neuron_constraints(problem, variable[:, m], m)
+        residuals.append(residual)
+        constraints += neuron_constraints
+    constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.eps)
+    weights = 1.0 if problem.l1_weights is None else problem.l1_weights
+    program = cp.Problem(cp.Minimize(cp.sum(cp.multiply(weights, cp.abs(variable)))), constraints)
+    iterations += _solve(program, solver, options, verbose)
+    statuses.append(program.status)
+    if variable.value is not None:
+        U = np.array(variable.value)
     else:
-        variable = cp.Variable((N, M))
-        residuals, constraints = [], []
-        for m in range(M):
-            residual, neuron_constraints = _neuron_constraints(problem, variable[:, m], m)
-            residuals.append(residual)
-            constraints += neuron_constraints
-        constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.eps)
-        weights = 1.0 if problem.l1_weights is None else problem.l1_weights
-        program = cp.Problem(cp.Minimize(cp.sum(cp.multiply(weights, cp.abs(variable)))), constraints)
-        iterations += _solve(program, solver, options, verbose)
-        statuses.append(program.status)
-        if variable.value is not None:
-            U = np.array(variable.value)
-        else:
-            U[:] = np.nan
-    worst = _worst_status(statuses)
-    if worst == "infeasible":
-        U = np.zeros((N, M))
-    else:
-        U = np.where(np.abs(U) <= zero_tol * max(np.abs(U).max(), 1e-300), 0.0, U)
-    result = make_result(problem, U, status=worst, message=f"CVXPY {solver}: {sorted(set(statuses))}",
-                         iterations=iterations, seconds=time.perf_counter() - start, backend="cvxpy",
-                         info={"solver": solver, "statuses": statuses})
-    if result.status == "optimal" and not within_budget(problem, result, fit_rtol=1e-6, violation_tol=1e-6):
-        result.status = "inaccurate"
-        result.message += "; the thresholded solution misses the budget or the bound by more than 1e-6"
-    return result
+        U[:] = np.nan
+    return U, statuses, iterations
 
 
 def _solve(program: cp.Problem, solver: str, options: dict, verbose: bool) -> int:

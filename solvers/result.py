@@ -90,8 +90,8 @@ def make_result(problem: LayerProblem, U: np.ndarray, *, status: str, message: s
     """Measure U exactly on the problem and wrap it, so reported numbers always belong to the returned U."""
     measures = problem.evaluate(U)
 
-    def shaped(value):
-        return np.asarray(value, dtype=np.float64) if problem.per_neuron else float(value)
+    def shaped(value):  # an array per neuron (or per group of a GroupedProblem), a float for a layer budget
+        return np.asarray(value, dtype=np.float64) if np.ndim(value) else float(value)
 
     return LayerResult(
         U=U, status=status, message=message, objective=measures["objective"], fit=shaped(measures["fit"]),
@@ -120,11 +120,12 @@ def summarize_statuses(counts: dict[str, int], per_neuron: bool) -> tuple[str, s
 def merge_results(problem: LayerProblem, blocks: list[slice], results: list[LayerResult],
                   seconds: float, U: np.ndarray | None = None) -> LayerResult:
     """One LayerResult for the layer from its blocks' results (measured again on the whole layer); `U`, when
-    given, already holds every block's weights (then the blocks' U are not copied again).
+    given, already holds every block's weights (then the blocks' U are not copied again). The blocks are
+    neurons of one LayerProblem, or the groups of a GroupedProblem (grouped.py).
 
     status: the worst block's; iterations: the most any block took; seconds: the wall time given;
     info["blocks"]: each block's neurons, status, iterations and seconds; info["l1_lower_bound"]: the blocks'
-    per-neuron bounds, side by side.
+    bounds side by side (per neuron, or one per group with scalar budgets).
     """
     if len(results) == 1 and blocks[0] == slice(0, problem.shape[2]):
         result = results[0]
@@ -139,8 +140,8 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
     info = {"blocks": [{"neurons": [block.start, block.stop], "status": result.status,
                         "iterations": result.iterations, "seconds": result.seconds} for block, result in pairs]}
     bounds = [result.info.get("l1_lower_bound") for result in results]
-    if all(np.ndim(bound) == 1 for bound in bounds):
-        info["l1_lower_bound"] = np.concatenate(bounds)
+    if all(bound is not None and np.ndim(bound) <= 1 for bound in bounds):  # per neuron, or per group
+        info["l1_lower_bound"] = np.concatenate([np.atleast_1d(bound) for bound in bounds])
     repaired = [result.info.get("repaired") for result in results]
     if all(count is not None for count in repaired):
         info["repaired"] = sum(repaired)

@@ -84,9 +84,3 @@ def test_select_layers_refuses_bad_selectors(kwargs, message):
 def test_model_without_trimmable_layers_is_refused():
     with pytest.raises(ValueError, match="model: no trimmable layer"):
         select_layers(nn.Sequential(nn.ReLU(), nn.Flatten()))
-
-
-def test_grouped_convolution_is_refused_by_name():
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(ValueError, match="'0' is a grouped convolution"):
-        select_layers(model)

@@ -66,3 +66,17 @@ def test_an_input_of_zeros_with_a_response_to_keep_is_infeasible(per_neuron):
     generous = LayerProblem(np.zeros_like(problem.X), problem.Y, problem.eps * 0 + 2 * np.linalg.norm(problem.Y),
                             problem.activation)
     assert solve(generous).status == "optimal"
+
+
+@pytest.mark.parametrize("per_neuron", [True, False])
+def test_the_reference_answer_does_not_depend_on_the_responses_units(per_neuron):
+    """Clarabel's tolerances are absolute; the reference solves in units of max|Y|, so weights (and Y, eps)
+    scaled by 1e-10 or 1e6 give the scaled optimum, "optimal", not "inaccurate"."""
+    problem = random_problem(4, N=11, P=300, M=3, per_neuron=per_neuron, g=0.05, cascade=False)
+    unit = solve(problem, backend="cvxpy")
+    for s in (1e-10, 1e6):
+        scaled = LayerProblem(problem.X, problem.Y * s, problem.eps * s, problem.activation,
+                              original_weights=problem.original_weights * s)
+        result = solve(scaled, backend="cvxpy")
+        assert result.status == unit.status == "optimal"
+        assert result.objective == pytest.approx(s * unit.objective, rel=1e-6)

@@ -467,22 +467,22 @@ def test_a_model_on_the_meta_device_is_refused_for_what_it_is():
         nettrim.trim(mlp().to("meta"), inputs(20), progress=False)
 
 
-class WithConv1d(nn.Module):
+class WithConvTranspose1d(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv1d(1, 2, 3)
-        self.fc = nn.Linear(2 * 10, 4)
+        self.conv = nn.ConvTranspose1d(1, 2, 3)
+        self.fc = nn.Linear(2 * 14, 4)
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x[:, None, :])).flatten(1))
 
 
 def test_layers_nettrim_does_not_trim_are_named_in_a_warning_and_the_report():
-    model = WithConv1d().double()
-    with pytest.warns(UserWarning, match="leaves these layers as they are.*'conv'.*Conv1d"):
+    model = WithConvTranspose1d().double()
+    with pytest.warns(UserWarning, match="leaves these layers as they are.*'conv'.*ConvTranspose1d"):
         trimmed, report = nettrim.trim(model, inputs(60, features=12), progress=False)
     assert [row.name for row in report.layers] == ["fc"]
-    assert "Conv1d" in report.not_trimmed["conv"] and "not trimmed: conv" in str(report)
+    assert "ConvTranspose1d" in report.not_trimmed["conv"] and "not trimmed: conv" in str(report)
     assert nettrim.Report.from_dict(report.to_dict()).not_trimmed == report.not_trimmed
     assert torch.equal(trimmed.conv.weight, model.conv.weight)
 
