@@ -29,20 +29,23 @@ def support_function(xp, s, lam, eps, upper, coupled: bool):
             + eps * xp.sqrt(per_budget(xp, xp.astype(quadratic, xp.float64), coupled)))
 
 
-def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, beta, dDw, x_norm, tol=1e-6):
-    """Neurons (all of them when coupled) whose scaled-dual increment certifies infeasibility.
+def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, x_norm, eps, upper, tol=1e-6):
+    """Neurons (all of them when coupled) whose scaled-dual increment certifies that the user's program (its eps
+    and V, not the iteration's tightened ones) is infeasible.
 
-    The increment y = rho dDz certifies that C and {U^T X} do not meet when ||X y^T + beta y_w|| <= tol ||X||_2 ||y||
-    while sigma_C(y) = <Y, y_Omega> + eps ||y_Omega|| + <V, y_Omega^c> < 0 with y >= 0 on Omega^c
-    (OSQP's test, Banjac et al. 2019).
+    The increment y = rho dDz certifies that no U has U^T X in C (Farkas) when ||X y^T|| <= tol ||X||_2 ||y||
+    while sigma_C(y) = <Y, y_Omega> + eps ||y_Omega|| + <V, y_Omega^c> < 0 with y >= 0 on Omega^c (OSQP's test,
+    Banjac et al. 2019). The W = U block takes no part: its set is all of R^N, whose support function is finite
+    only at 0, so beta dDw cannot make up for a large X y^T (counting it certified feasible cascade programs
+    infeasible). Neither can the iteration's internal budget, which aims inside the user's.
     """
     def total(values):
         return per_budget(xp, values, coupled)
 
     y = s.rho[:, None] * dDz
     size = xp.sqrt(total(xp.sum(y * y, axis=1)))
-    aty = xp.sqrt(total(xp.sum(((XdDz + beta * dDw) * s.rho[None, :]) ** 2, axis=0)))
-    support = support_function(xp, s, y, s.eps if coupled else s.eps[:, 0], s.upper if relu else 0.0, coupled)
+    aty = xp.sqrt(total(xp.sum((XdDz * s.rho[None, :]) ** 2, axis=0)))
+    support = support_function(xp, s, y, eps, upper if relu else 0.0, coupled)
     negative = (xp.sqrt(total(xp.sum(xp.minimum(y * s.off_omega, 0.0) ** 2, axis=1))) if relu
                 else xp.zeros_like(size))
     y_norm = xp.sqrt(total(xp.sum(s.Y * s.Y, axis=1)))  # per neuron: no neuron's test depends on another's

@@ -187,7 +187,7 @@ class Iteration:
         """Residuals, dual bounds, certificates; finalize the neurons that are done and drop them from the
         working set; balance rho. Returns True when the callback asks to stop."""
         xp, s, be, beta, options = self.xp, self.s, self.be, self.beta, self.options
-        _, _, W_old, Dz_old, Dw_old, XZ, XD, XU = previous
+        _, _, W_old, Dz_old, _, XZ, XD, XU = previous
         per_budget = partial(feasibility.per_budget, xp, coupled=self.coupled)
         # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz^T is a
         # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
@@ -212,8 +212,8 @@ class Iteration:
         objective = per_budget(xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64))
         gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
         certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
-        infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD, beta,
-                                        s.Dw - Dw_old, self.layer.x_norm)
+        infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD,
+                                        self.layer.x_norm, self._user_eps(), self._user_upper())
         flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
                                        xp.stack([xp.max(primal), xp.max(dual), xp.min(rho), xp.max(rho)]))
         converged, certified, zero, infeasible = flags

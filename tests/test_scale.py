@@ -2,6 +2,8 @@
 
 Multiplying X, Y, eps (and V) by s leaves the optimal U unchanged; raw 0-255 pixels are data too."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,15 @@ def test_the_reference_answer_does_not_depend_on_the_responses_units(per_neuron)
         result = solve(scaled, backend="cvxpy")
         assert result.status == unit.status == "optimal"
         assert result.objective == pytest.approx(s * unit.objective, rel=1e-6)
+
+
+def test_a_feasible_program_with_features_far_below_the_bias_is_not_certified_infeasible():
+    """The input of mobilenet_v3_small's features.5.block.2.fc2 (random weights, cascade mode, 8 of its
+    neurons): feature rows of norm 4e-8 to 3e-6 next to the bias row of ones, responses about 1e-6. The original
+    weights keep every budget (fit / eps = 0.95), so the program is feasible; the certificate once counted the
+    W block's dual change against X y and called it infeasible after 70 iterations."""
+    data = np.load(Path(__file__).parent / "data" / "se_fc2_cascade.npz")
+    problem = LayerProblem(data["X"], data["Y"], data["eps"], "linear", original_weights=data["W"])
+    assert problem.columns_within_budget(problem.original_weights).all()
+    result = solve(problem, dtype="float64", max_iter=500)
+    assert result.info["neuron_status"]["infeasible"] == 0
