@@ -115,7 +115,7 @@ def _solve_groups(layer: Layer, problem: GroupedProblem, scheduler: Scheduler, b
     """solve_layer for each group of a grouped convolution, one after another, as one Solved for the layer
     (small groups by interior point: module docstring)."""
     if problem.shape[0] <= SMALL_PROGRAM_FEATURES:
-        backend, options = "cvxpy", {}
+        backend, options = "cvxpy", {"accuracy": "default"}  # Clarabel's 1e-8: at 1e-9 it can end "inaccurate"
     start, parts = time.perf_counter(), []
     for part, columns in tqdm(list(zip(problem.parts, problem.columns, strict=True)), desc=layer.name,
                               unit="group", leave=False, disable=not progress):

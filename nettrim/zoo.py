@@ -1,4 +1,6 @@
-"""Reference networks for MNIST (LeNet-300-100, LeNet-5) with seeded, cached training on the bundled data."""
+"""Reference networks with seeded, cached training: LeNet-300-100 and LeNet-5 on the bundled MNIST, and a
+CIFAR-style residual network with BatchNorm for 28 x 28 images (trained on Fashion-MNIST by the architecture
+benchmark, from a folder of the same idx files)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .datasets import load_mnist
@@ -25,12 +28,45 @@ def lenet5() -> nn.Sequential:
                          nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
 
 
-ARCHITECTURES = {"lenet_300_100": (lenet_300_100, (784,)), "lenet5": (lenet5, (1, 28, 28))}
+class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), 3 x 3 convs; the shortcut is a 1 x 1 conv with
+    BatchNorm where the block changes the width or the resolution (He et al. 2016, option B), else x."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
 
 
-def mnist_inputs(name: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    """The bundled MNIST split shaped for architecture `name`, and its labels."""
-    images, labels = load_mnist(split)
+def resnet(blocks: int = 1, widths=(16, 32, 64), classes: int = 10) -> nn.Sequential:
+    """The CIFAR ResNet-(6 blocks + 2) for one-channel 28 x 28 images: a 3 x 3 stem, three stages of `blocks`
+    basic blocks of the given widths (the second and third halve the resolution), global average pooling and a
+    linear classifier. blocks=1 is ResNet-8, 3 is ResNet-20."""
+    layers = [nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    inputs = widths[0]
+    for stage, width in enumerate(widths):
+        for block in range(blocks):
+            layers.append(BasicBlock(inputs, width, 2 if stage > 0 and block == 0 else 1))
+            inputs = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, classes))
+
+
+ARCHITECTURES = {"lenet_300_100": (lenet_300_100, (784,)), "lenet5": (lenet5, (1, 28, 28)),
+                 "resnet8": (resnet, (1, 28, 28))}
+
+
+def mnist_inputs(name: str, split: str, root: Path | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The MNIST split (bundled, or the idx files in `root`, e.g. Fashion-MNIST's) shaped for architecture
+    `name`, and its labels."""
+    images, labels = load_mnist(split, root)
     return torch.from_numpy(images).reshape(-1, *ARCHITECTURES[name][1]), labels
 
 
@@ -64,16 +100,18 @@ def test_error(model: nn.Module, images, labels: np.ndarray, batch_size: int = 2
 
 
 def trained(name: str, *, epochs: int, lr: float = 1e-3, seed: int = 0, schedule: str = "cosine",
-            cache: Path | None = DEFAULT_CACHE) -> nn.Module:
-    """Architecture `name` trained on the bundled MNIST training set, cached as a state dict after the first call."""
+            cache: Path | None = DEFAULT_CACHE, root: Path | None = None) -> nn.Module:
+    """Architecture `name` trained on the bundled MNIST training set (or the idx files in `root`, named in the
+    cache file by the folder's name), cached as a state dict after the first call."""
     build = ARCHITECTURES[name][0]
-    path = None if cache is None else Path(cache) / f"{name}_e{epochs}_lr{lr:g}_s{seed}_{schedule}.pt"
+    data = "" if root is None else f"_{Path(root).name}"
+    path = None if cache is None else Path(cache) / f"{name}{data}_e{epochs}_lr{lr:g}_s{seed}_{schedule}.pt"
     torch.manual_seed(seed)
     model = build()
     if path is not None and path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    images, labels = mnist_inputs(name, "train")
+    images, labels = mnist_inputs(name, "train", root)
     train(model, images, labels, epochs=epochs, lr=lr, seed=seed, schedule=schedule)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -104,3 +104,20 @@ def test_wide_benchmark_quick_solves_in_chunks_on_the_samples_side(tmp_path):
     subset = report["neurons_to_the_end"]
     assert subset["status"] == "optimal" and subset["within_budget"] and 0 < subset["kept"] < 1
     assert "| neurons to the end |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_architectures_benchmark_quick(tmp_path):
+    """On the bundled MNIST (the same idx files as Fashion-MNIST's, which CI does not have)."""
+    out = tmp_path / "architectures.json"
+    mnist = BENCHMARKS.parent / "data" / "mnist"
+    report = _load("architectures").main(["--quick", "--out", str(out), "--data", str(mnist)])
+    saved = json.loads(out.read_text())
+    assert [(run["mode"], run["g"]) for run in saved["trims"]] == [("parallel", 0.1), ("cascade", 0.1)]
+    assert saved["model"]["parameters"] == report["model"]["parameters"] == 77_754
+    for run in saved["trims"]:
+        assert 0 < run["removed"] < 1 and 0 <= run["test_error"] <= 1
+        assert len(run["layers"]) == 10  # the stem, 2 convs per block, 2 shortcut convs, the classifier
+    assert "| cascade | 0.1 | 0 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        _load("architectures").main(["--quick", "--out", str(out), "--data", str(tmp_path)])
