@@ -8,8 +8,9 @@ original when it keeps the budget. So a trimmed layer keeps Proposition 1's prom
 A grouped convolution is one program per group (solvers/grouped.py), solved one group after another; each
 group's budget is the layer's rule applied to its own neurons (so the groups' budgets add up to the layer's).
 Group programs with at most SMALL_PROGRAM_FEATURES inputs (a depthwise 3x3 conv's are 9 weights and a bias)
-go to the interior-point reference (CVXPY + Clarabel) whatever the backend: measured on 18 such programs
-(N = 8 to 10, P = 600 to 864, relu), Clarabel solved each to 1e-9 in 30 to 40 ms, where the ADMM took 20 to
+go to the interior-point reference (CVXPY + Clarabel at its default tolerances, 1e-8; at 1e-9 it can end
+"optimal_inaccurate") whatever the backend: measured on 18 such programs (N = 8 to 10, P = 600 to 864, relu),
+Clarabel solved each in 30 to 40 ms, where the ADMM took 20 to
 more than 10,000 iterations (0.01 to 5 s; the slow ones are programs whose response is positive on few
 samples, where no fixed rho rule measured was fast on all of them).
 """
@@ -115,7 +116,7 @@ def _solve_groups(layer: Layer, problem: GroupedProblem, scheduler: Scheduler, b
     """solve_layer for each group of a grouped convolution, one after another, as one Solved for the layer
     (small groups by interior point: module docstring)."""
     if problem.shape[0] <= SMALL_PROGRAM_FEATURES:
-        backend, options = "cvxpy", {"accuracy": "default"}  # Clarabel's 1e-8: at 1e-9 it can end "inaccurate"
+        backend, options = "cvxpy", {"accuracy": "default"}
     start, parts = time.perf_counter(), []
     for part, columns in tqdm(list(zip(problem.parts, problem.columns, strict=True)), desc=layer.name,
                               unit="group", leave=False, disable=not progress):
