@@ -87,7 +87,7 @@ class Iteration:
     bounds, iterations, info) on the host."""
 
     def __init__(self, be, layer, program: Program, shape, start_weights, *, relu, coupled, dtype, original_eps,
-                 margin, options):
+                 margin, options, known_feasible=None):
         xp = self.xp = be.xp
         self.be, self.layer, self.program, self.options = be, layer, program, options
         self.relu, self.coupled, self.dt = relu, coupled, be.dtype(dtype)
@@ -97,6 +97,8 @@ class Iteration:
         self.U_out, self.bound_out = np.zeros((N, M)), np.full(M, np.nan)
         self.status_out = np.full(M, "max_iter", dtype=object)
         self.repaired = 0
+        # neurons whose original weights keep the budget: a certificate of infeasibility for them is false
+        self.known_feasible = np.zeros(M, dtype=bool) if known_feasible is None else known_feasible
         dt = self.dt
         cost = layer.unscale if program.l1_weights is None else xp.astype(program.l1_weights, dt) * layer.unscale
         U = (xp.zeros((N, M), dtype=dt, device=be.device) if start_weights is None
@@ -217,6 +219,7 @@ class Iteration:
         flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
                                        xp.stack([xp.max(primal), xp.max(dual), xp.min(rho), xp.max(rho)]))
         converged, certified, zero, infeasible = flags
+        infeasible &= ~self.known_feasible[s.neurons]
         info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
                 "converged": float(converged.mean())}
         self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,

@@ -94,3 +94,16 @@ def test_a_feasible_program_with_features_far_below_the_bias_is_not_certified_in
     assert problem.columns_within_budget(problem.original_weights).all()
     result = solve(problem, dtype="float64", max_iter=500)
     assert result.info["neuron_status"]["infeasible"] == 0
+
+
+def test_no_certificate_is_believed_for_a_neuron_whose_original_weights_keep_the_budget(monkeypatch):
+    """A certificate that every neuron is infeasible (as rounding produced on mobilenet_v3_small's
+    squeeze-and-excitation layers) is not believed where the original weights are a feasible point."""
+    import solvers.iteration
+
+    monkeypatch.setattr(solvers.iteration, "certify_infeasible", lambda xp, s, *args: xp.ones(s.Y.shape[0]) > 0)
+    problem = random_problem(5, N=11, P=200, M=4, per_neuron=True, g=0.05, cascade=True)
+    assert problem.columns_within_budget(problem.original_weights).all()
+    assert solve(problem, max_iter=200).info["neuron_status"]["infeasible"] == 0
+    without = LayerProblem(problem.X, problem.Y, problem.eps, problem.activation, upper=problem.upper)
+    assert solve(without, max_iter=200).info["neuron_status"]["infeasible"] == 4  # the certificate taken as it is
