@@ -407,7 +407,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     iteration = Iteration(be, layer, program, (N, P, M),
                           be.asarray(start_weights) if warm_start and start_weights is not None else None,
                           relu=relu, coupled=coupled, dtype=dt, original_eps=problem.eps, margin=margin,
-                          known_feasible=_known_feasible(problem),
+                          known_feasible=lambda: _known_feasible(problem),
                           options=options)
     iterations, run_info = iteration.run(callback)
     info.update(run_info)

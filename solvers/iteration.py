@@ -97,8 +97,9 @@ class Iteration:
         self.U_out, self.bound_out = np.zeros((N, M)), np.full(M, np.nan)
         self.status_out = np.full(M, "max_iter", dtype=object)
         self.repaired = 0
-        # neurons whose original weights keep the budget: a certificate of infeasibility for them is false
-        self.known_feasible = np.zeros(M, dtype=bool) if known_feasible is None else known_feasible
+        # () -> (M,) bools, the neurons whose original weights keep the budget (a certificate of infeasibility
+        # for them is false): a product with X, so computed at the first certificate only
+        self._known_feasible, self.known_feasible = known_feasible, None
         dt = self.dt
         cost = layer.unscale if program.l1_weights is None else xp.astype(program.l1_weights, dt) * layer.unscale
         U = (xp.zeros((N, M), dtype=dt, device=be.device) if start_weights is None
@@ -219,7 +220,10 @@ class Iteration:
         flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
                                        xp.stack([xp.max(primal), xp.max(dual), xp.min(rho), xp.max(rho)]))
         converged, certified, zero, infeasible = flags
-        infeasible &= ~self.known_feasible[s.neurons]
+        if infeasible.any() and self._known_feasible is not None:
+            if self.known_feasible is None:
+                self.known_feasible = self._known_feasible()
+            infeasible &= ~self.known_feasible[s.neurons]
         info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
                 "converged": float(converged.mean())}
         self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,
