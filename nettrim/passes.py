@@ -76,7 +76,6 @@ class Trimming:
                 with ThreadPoolExecutor(max(len(todo), 1), thread_name_prefix="nettrim-layer") as threads:
                     futures = {threads.submit(solve, index, layer, self.original[layer.name], False): layer
                                for index, layer in todo}
-                    position = {layer.name: index for index, layer in enumerate(self.order)}
                     try:
                         for future in as_completed(futures):
                             done(futures[future], *future.result())
@@ -84,7 +83,7 @@ class Trimming:
                         scheduler.close(abort=True)  # the other layers' tasks stop too, before the threads join
                         raise
                     finally:
-                        report.layers.sort(key=lambda row: position[row.name])  # in the network's order
+                        self.sort(report)
                 return solutions
             for index, layer in todo:
                 layer_bar.set_postfix_str(layer.name)
@@ -93,7 +92,13 @@ class Trimming:
                 done(layer, *solve(index, layer, X, bars))
                 if not keep_signals:
                     del self.original[layer.name]
+        self.sort(report)  # rows resumed from a checkpoint are in the order their layers finished
         return solutions
+
+    def sort(self, report: Report) -> None:
+        """Put the report's rows in the network's order."""
+        position = {layer.name: index for index, layer in enumerate(self.order)}
+        report.layers.sort(key=lambda row: position[row.name])
 
     def layer(self, index: int, layer: Layer, X: np.ndarray, g: float, scheduler: Scheduler, show: bool,
               initial: np.ndarray | None) -> tuple[LayerReport, np.ndarray]:

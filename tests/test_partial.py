@@ -17,19 +17,26 @@ from networks import inputs, mlp
 from solvers import solve
 
 
-def _interrupt_at(monkeypatch, name: str, calls: list, after: int = 0):
+def _wait(finished: list, until) -> None:
+    deadline = time.monotonic() + 60
+    while not until(finished) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _interrupt_at(monkeypatch, name: str, calls: list, after: int = 0, last: str | None = None):
     """Make the solve of layer `name` raise KeyboardInterrupt (Ctrl-C) once `after` other layers have been
-    solved (layers run concurrently in parallel mode on an executor); record every layer solved."""
+    solved (layers run concurrently in parallel mode on an executor), and layer `last` finish after the
+    others; record every layer solved."""
     solve_layer = nettrim.passes.solve_layer
     finished = []
 
     def interrupted(layer, *args, **kwargs):
         calls.append(layer.name)
         if layer.name == name:
-            deadline = time.monotonic() + 60
-            while len(finished) < after and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait(finished, lambda done: len(done) >= after)
             raise KeyboardInterrupt
+        if layer.name == last:
+            _wait(finished, lambda done: len(done) >= after - 1)
         solved = solve_layer(layer, *args, **kwargs)
         finished.append(layer.name)
         return solved
@@ -44,7 +51,7 @@ def test_ctrl_c_keeps_the_layers_trimmed_and_the_same_call_resumes_after_them(mo
     before = {key: value.clone() for key, value in model.state_dict().items()}
     whole, whole_report = nettrim.trim(model, x, mode=mode, progress=False)
     calls = []
-    _interrupt_at(monkeypatch, "4", calls, after=2)
+    _interrupt_at(monkeypatch, "4", calls, after=2, last="0" if threads else None)  # "2" is checkpointed first
     scheduling = {"executor": ThreadPoolExecutor(1)} if threads else {}
     with pytest.raises(nettrim.TrimInterrupted, match=r"after 2 layers; they are kept in .*ckpt") as caught:
         nettrim.trim(model, x, mode=mode, progress=False, checkpoint=tmp_path / "ckpt", inplace=True,
