@@ -60,6 +60,7 @@ import time
 
 import numpy as np
 
+from . import rowgroups
 from .arrays import Backend, backend, describe
 from .factor import LayerInput, factored_side
 from .iteration import REPAIR_BATCH_BYTES, Iteration, Program
@@ -135,6 +136,8 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
             result = _solve_in_chunks(problem.neurons(active), options, be)
             U[:, active] = result.U
             lower_bound[active] = result.info["l1_lower_bound"]
+            if problem.rows:  # the layer's bound, not the neurons'
+                lower_bound = result.info["l1_lower_bound"]
     final = make_result(problem, U, status=result.status if result else "optimal",
                         message=(result.message if result else "every neuron keeps its budget with zero weights"),
                         iterations=result.iterations if result else 0, seconds=time.perf_counter() - start,
@@ -154,7 +157,7 @@ def _solve_in_chunks(problem: LayerProblem, options: dict, be: Backend) -> Layer
     start = time.perf_counter()
     prepared = LayerInput.prepare(be, problem.X, np.dtype(options.get("dtype", "float64")),
                                   options.get("equilibrate", True), options["beta"], samples_per_block,
-                                  options.get("u_step", "auto"))
+                                  options.get("u_step", "auto"), _group_size(problem))
     if chunk >= M:
         result = _solve_admm(problem, **options, prepared=prepared)
         result.info["sample_blocks"] = len(prepared.X.blocks)
@@ -235,7 +238,7 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
     sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)),
                          options.get("u_step", "auto"))
     per_neuron = sizes["per_neuron"]
-    together = 1 if problem.per_neuron else M
+    together = 1 if problem.per_neuron and not problem.rows else M
     resident = sizes["factorization"] + sizes["X"]
     if planned - resident >= together * per_neuron:
         return int(min((planned - resident) // per_neuron, M)), None, repairs
@@ -243,14 +246,16 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
     samples_per_block = int(min(P, max(1, (STREAMED_BLOCKS_SHARE * (planned - factorization)) // (2 * N * 8))))
     fitting = (planned - factorization - _streamed_blocks_bytes(N, samples_per_block)) // per_neuron
     if fitting < together:
-        what = ("not even one neuron of this layer" if problem.per_neuron else
-                "this layer, whose single (layer) budget couples the neurons so they cannot be chunked")
+        what = ("not even one neuron of this layer" if together == 1 else
+                "this layer, whose single (layer) budget couples the neurons so they cannot be chunked"
+                if not problem.per_neuron else
+                "this layer, whose rows' objective (structure='rows') couples the neurons so they cannot be chunked")
         default = "" if options.get("memory_limit") else " (90% of the free memory)"
         raise MemoryLimitError(
             f"memory_limit: {limit / 2**30:.2f} GiB{default} holds {what}: each neuron's arrays need "
             f"{per_neuron / 2**20:.1f} MiB (P = {P} samples), the factorization of X X^T {factorization / 2**20:.1f} "
             f"MiB; lower the number of samples P (max_samples) or raise memory_limit"
-            + ("" if problem.per_neuron else " or use per-neuron budgets"))
+            + ("" if problem.per_neuron or problem.rows else " or use per-neuron budgets"))
     return int(min(fitting, M)), samples_per_block, repairs
 
 
@@ -272,7 +277,7 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     iterates every neuron exactly as the whole layer does (neuron blocks on several workers).
     """
     row_norms = np.linalg.norm(problem.X, axis=1)
-    scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones_like(row_norms)
+    scale = rowgroups.equilibration_scale(row_norms, _group_size(problem)) if equilibrate else np.ones_like(row_norms)
     gram_diagonal = (row_norms / scale) ** 2  # trace and max diag of G need only the row norms
     if beta is None:
         beta = gram_diagonal.sum() / gram_diagonal.size
@@ -379,7 +384,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     relu, coupled = problem.activation == "relu", not problem.per_neuron
     dt = np.dtype(dtype)
     layer = prepared if prepared is not None else LayerInput.prepare(be, problem.X, dt, equilibrate, float(beta),
-                                                                      side=u_step)
+                                                                      side=u_step, group_size=_group_size(problem))
     info = {"beta": float(beta), "rho_initial": float(rho), "device": describe(device), "dtype": dt.name}
     if layer.x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is optimal where 0 keeps the budget
         statuses = np.where(problem.columns_within_budget(np.zeros((N, M)), 0.0, 0.0), "optimal", "infeasible")
@@ -392,7 +397,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
         Y=be.asarray(problem.Y), omega=be.asarray(problem.omega),
         upper=be.asarray(problem.upper) if problem.upper is not None else 0.0,
         eps=float(problem.eps) if coupled else be.asarray(problem.eps),
-        l1_weights=None if problem.l1_weights is None else be.asarray(problem.l1_weights))
+        l1_weights=_cost_weights(problem, be), rows=problem.rows, group_size=_group_size(problem))
     # Aim inside the budget by the fit error the tolerance allows (||W^T X - Z|| <~ rel_tol ||y_Omega||), so a
     # converged sparse iterate rarely needs a restoration round (the published rule aims at eps itself).
     margin = 2 * rel_tol * np.linalg.norm(np.where(problem.omega, problem.Y, 0), axis=1)
@@ -411,12 +416,28 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
                           options=options)
     iterations, run_info = iteration.run(callback)
     info.update(run_info)
-    info["l1_lower_bound"] = iteration.bound_out if not coupled else float(iteration.bound_out[0])
+    info["l1_lower_bound"] = iteration.bound_out if not (coupled or problem.rows) else float(iteration.bound_out[0])
     result = _assemble(problem, iteration.U_out, iteration.status_out, iterations, start, info)
     if stopping == "step" and result.status == "optimal" and not within_budget(problem, result, 1e-9, violation_tol):
         result.status = "inaccurate"
         result.message += "; the returned iterate misses the budget or the Omega^c bound"
     return result
+
+
+def _group_size(problem: LayerProblem) -> int:
+    """The rows per group of the rows' objective (1 for l1)."""
+    return problem.group_size if problem.rows else 1
+
+
+def _cost_weights(problem: LayerProblem, be: Backend):
+    """The objective's weights on the device, (N, M) or None: C for l1, each group's c repeated over its rows."""
+    if problem.rows:
+        if problem.group_weights is None:
+            return None
+        N, _, M = problem.shape
+        per_row = rowgroups.expand(np, problem.group_weights, problem.group_size, N)
+        return be.asarray(np.repeat(per_row[:, None], M, axis=1))
+    return None if problem.l1_weights is None else be.asarray(problem.l1_weights)
 
 
 def _known_feasible(problem: LayerProblem) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import rowgroups
 from .samples import SampleBlocks
 
 SIDES = ("auto", "features", "samples")
@@ -53,12 +54,13 @@ class LayerInput:
 
     @classmethod
     def prepare(cls, be, X: np.ndarray, dt: np.dtype, equilibrate: bool, beta: float,
-                samples_per_block: int | None = None, side: str = "auto") -> LayerInput:
-        """On the device whole, or (samples_per_block given) on the host in blocks moved at each product."""
+                samples_per_block: int | None = None, side: str = "auto", group_size: int = 1) -> LayerInput:
+        """On the device whole, or (samples_per_block given) on the host in blocks moved at each product.
+        group_size > 1 (the rows' objective) scales the rows of each group alike (rowgroups.py)."""
         xp = be.xp
         side = factored_side(*X.shape, side, streamed=samples_per_block is not None)
-        row_norms = np.linalg.norm(X, axis=1)
-        host_scale = np.where(row_norms > 0, row_norms, 1.0) if equilibrate else np.ones(X.shape[0])
+        host_scale = (rowgroups.equilibration_scale(np.linalg.norm(X, axis=1), group_size) if equilibrate
+                      else np.ones(X.shape[0]))
         scale = be.asarray(host_scale)
         if samples_per_block is None:
             X64 = be.asarray(X)

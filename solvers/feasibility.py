@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import rowgroups
+
 #: Checks a neuron converged within its budget, but whose l1 is not proven within the gap tolerance of the optimum,
 #: iterates on after gap_patience iterations before it is finalized "inaccurate" (the tolerance grows meanwhile;
 #: loose residual tolerances, whose aim inside the budget costs l1, stop such neurons early).
@@ -53,7 +55,7 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, x_norm, eps, upper, tol=
             & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
 
 
-def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
+def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size=1):
     """A lower bound on each neuron's optimal objective (the layer's, repeated, when coupled) from the duals.
 
     The dual of  min sum_i c_i |u_i|  s.t.  X^T u in C  is  max -sigma_C(lam)  s.t.  |(X lam)_i| <= c_i, lam >= 0
@@ -62,7 +64,7 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
     so it is scaled into it: t = 1 / max(1, max_i |(X lam)_i| / c_i), and -t sigma_C(lam) <= the optimum by weak
     duality, for the user's eps and V (not the tightened internal ones). Exact up to rounding in the working
     precision. XDz is X Dz^T (N x k); returns float64 values in the scaled variables, whose objective
-    sum_i c_i |Us_i| equals the user's.
+    sum_i c_i |Us_i| equals the user's. (group_size is rows_dual_bound's.)
     """
     lam = s.rho[:, None] * Dz
     sigma = support_function(xp, s, lam, true_eps, true_upper if relu else 0.0, coupled)
@@ -73,6 +75,26 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled):
     if coupled:
         over = xp.zeros_like(over) + xp.max(over)
     return -sigma / xp.maximum(xp.astype(over, xp.float64), 1.0)
+
+
+def rows_dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size):
+    """dual_bound for the rows' objective sum_g c_g ||U_g,:||: a lower bound on the layer's optimum, repeated
+    for every neuron.
+
+    The dual is  max -sigma_C(Lam)  s.t.  ||(X Lam^T)_g,:||_F <= c_g  (the Frobenius norm is its own dual norm),
+    where sigma_C sums the neurons' support functions (or is the layer's, coupled). Lam = rho Dz is scaled into
+    the constraint as in dual_bound: t = 1 / max(1, max_g ||(X Lam^T)_g,:|| / c_g).
+    """
+    lam = s.rho[:, None] * Dz
+    sigma = support_function(xp, s, lam, true_eps, true_upper if relu else 0.0, coupled)
+    total = xp.max(sigma) if coupled else xp.sum(sigma)  # coupled: the layer's, repeated
+    row_norms = rowgroups.norms(xp, s.rho[None, :] * XDz, group_size)
+    cost = rowgroups.firsts(xp, s.cost[:, 0], group_size)
+    priced = cost > 0
+    unpriced = xp.where(row_norms > 0, xp.inf, xp.zeros_like(row_norms))
+    over = xp.max(xp.where(priced, row_norms / xp.where(priced, cost, 1.0), unpriced))
+    bound = -total / xp.maximum(xp.astype(over, xp.float64), 1.0)
+    return xp.zeros_like(sigma) + bound
 
 
 def measure_candidates(be, s, positions: np.ndarray, X64, program, unscale, relu: bool, coupled: bool):

@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-from . import feasibility
+from . import feasibility, rowgroups
 from .anderson import memory_or_none
 from .feasibility import accept_or_tighten, certify_infeasible, dual_bound
 from .repair import repair_on_supports
@@ -35,13 +35,17 @@ RHO_UPDATE_CHECKS = 5
 @dataclass
 class Program:
     """The user's program on the device, for the neurons of this solve: Y (M, P) and omega in float64/bool,
-    upper V (M, P) or the float 0.0, eps (M,) per neuron or the layer's float, l1 weights (N, M) or None."""
+    upper V (M, P) or the float 0.0, eps (M,) per neuron or the layer's float, l1 weights (N, M) or None
+    (with rows=True, each group's weight repeated over its rows: the objective sum_g c_g ||U_g,:||, groups of
+    group_size rows as in rowgroups.py)."""
 
     Y: object
     omega: object
     upper: object
     eps: object
     l1_weights: object
+    rows: bool = False
+    group_size: int = 1
 
 
 class WorkingSet:
@@ -91,6 +95,9 @@ class Iteration:
         xp = self.xp = be.xp
         self.be, self.layer, self.program, self.options = be, layer, program, options
         self.relu, self.coupled, self.dt = relu, coupled, be.dtype(dtype)
+        # The rows' group norm couples the neurons through the objective: they converge and end together.
+        self.rows = program.rows
+        self.together = coupled or program.rows
         N, P, M = self.shape = shape
         self.beta, self.rho0 = float(options["beta"]), float(options["rho"])
         self.y_scale = options["response_scale"]
@@ -120,8 +127,8 @@ class Iteration:
             rho=xp.full((M,), self.rho0, dtype=dt, device=be.device), tol_factor=xp.ones(M, dtype=dt, device=be.device),
             lower_bound=xp.full((M,), np.nan, dtype=xp.float64, device=be.device))
         s.Z = project(xp, layer.X.left_times(U.T), s, relu, coupled)
-        self.accelerator = (memory_or_none(be, options["anderson"], coupled) if options["stopping"] == "residuals"
-                            else None)
+        self.accelerator = (memory_or_none(be, options["anderson"], self.together)
+                            if options["stopping"] == "residuals" else None)
         self.products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
         self.history, self.checks = [], 0
 
@@ -171,11 +178,24 @@ class Iteration:
         if self.accelerator is not None:  # checks take the plain step, so their residual formulas stay exact
             zeta_z, zeta_w = self.accelerator.step(zeta_z, zeta_w, accelerate=not check)
         Z_new = project(xp, zeta_z, s, self.relu, self.coupled)
-        threshold = s.cost / (s.rho * beta)[None, :]
-        W_new = zeta_w - xp.clip(zeta_w, -threshold, threshold)
+        W_new = self.shrink(zeta_w)
         previous = (s.U, s.Z, s.W, s.Dz, s.Dw, XZ, XD, XU)
         s.U, s.Z, s.W, s.Dz, s.Dw = U, Z_new, W_new, zeta_z - Z_new, zeta_w - W_new
         return previous
+
+    def shrink(self, zeta_w):
+        """The prox of the objective at zeta_w (N, k): the soft threshold c_ij / (rho_j beta) of each weight, or
+        for rows the group soft threshold zeta_g max(0, 1 - c_g / (rho beta ||zeta_g||)) of each group of rows
+        (rho is then the same for every neuron: the rows couple them)."""
+        xp, s = self.xp, self.s
+        threshold = s.cost / (s.rho * self.beta)[None, :]
+        if not self.rows:
+            return zeta_w - xp.clip(zeta_w, -threshold, threshold)
+        size = self.program.group_size
+        norms = rowgroups.expand(xp, rowgroups.norms(xp, zeta_w, size), size, zeta_w.shape[0])[:, None]
+        row_threshold = threshold[:, :1]
+        kept = norms > row_threshold
+        return zeta_w * xp.where(kept, 1.0 - row_threshold / xp.where(kept, norms, 1.0), 0.0)
 
     def _step_small(self, previous) -> bool:
         """The published stopping rule: ||U_k - U_{k-1}||_F < step_tol (one synchronization an iteration)."""
@@ -191,7 +211,7 @@ class Iteration:
         working set; balance rho. Returns True when the callback asks to stop."""
         xp, s, be, beta, options = self.xp, self.s, self.be, self.beta, self.options
         _, _, W_old, Dz_old, _, XZ, XD, XU = previous
-        per_budget = partial(feasibility.per_budget, xp, coupled=self.coupled)
+        per_budget = partial(feasibility.per_budget, xp, coupled=self.together)
         # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz^T is a
         # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
         # right-hand side reuses both products.
@@ -210,9 +230,10 @@ class Iteration:
         absolute = s.tol_factor * options["abs_tol"]
         converged = ((primal <= absolute * (self.y_scale * math.sqrt(P + N)) + relative * iterate_scale)
                      & (dual <= absolute * (math.sqrt(N) / options["cost_unit"]) + relative * dual_scale))
-        s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
-                                   self.coupled)
-        objective = per_budget(xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64))
+        bound = feasibility.rows_dual_bound if self.rows else dual_bound
+        s.lower_bound = bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu, self.coupled,
+                              self.program.group_size)
+        objective = self._objective()
         gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
         certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
         infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD,
@@ -224,6 +245,8 @@ class Iteration:
             if self.known_feasible is None:
                 self.known_feasible = self._known_feasible()
             infeasible &= ~self.known_feasible[s.neurons]
+        if self.rows:  # one infeasible neuron makes the layer's program infeasible
+            infeasible[:] = infeasible.any()
         info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
                 "converged": float(converged.mean())}
         self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,
@@ -236,7 +259,11 @@ class Iteration:
             converged = converged & ~infeasible
         candidates = (converged | certified) & ~infeasible
         tightened = np.zeros(s.neurons.size, dtype=bool)
-        if candidates.any():
+        if candidates.any() and self.rows:
+            accepted, tightened = self._accept_together(converged, certified, certified | zero,
+                                                        count_unproven=iteration > options["gap_patience"])
+            done |= accepted
+        elif candidates.any():
             repair = None if self.coupled or not options["repair_misses"] else partial(
                 self.repair, gap_allowed=gap_allowed)
             # "optimal" only within gap_allowed of the certified bound (or at l1 = 0, the least there is)
@@ -256,6 +283,50 @@ class Iteration:
         if ratio is not None and s.neurons.size:
             self._rescale(ratio)
         return False
+
+    def _objective(self):
+        """Each neuron's objective sum_i c_i |W_im| (the layer's, repeated, when coupled), or the rows' group
+        norm sum_g c_g ||W_g,:||, repeated; in float64."""
+        xp, s = self.xp, self.s
+        if self.rows:
+            size = self.program.group_size
+            costs = rowgroups.firsts(xp, s.cost[:, 0], size)
+            total = xp.sum(xp.astype(costs * rowgroups.norms(xp, s.W, size), xp.float64))
+            return xp.zeros((s.neurons.size,), dtype=xp.float64, device=self.be.device) + total
+        return feasibility.per_budget(xp, xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64),
+                                      self.coupled)
+
+    def _accept_together(self, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray,
+                         count_unproven: bool):
+        """accept_or_tighten for neurons that end together (rows): all of them "optimal" when every one keeps its
+        budget and the layer's objective is proven within tolerance; else the neurons that miss are tightened
+        (a converged layer) or all iterate on. Returns the host masks (done, tightened)."""
+        be, s, options = self.be, self.s, self.options
+        everyone = np.arange(s.neurons.size)
+        nothing = np.zeros(s.neurons.size, dtype=bool)
+        _, _, excess, violation = feasibility.measure_candidates(be, s, everyone, self.layer.X64, self.program,
+                                                                 self.layer.unscale, self.relu, self.coupled)
+        excess, violation = be.to_host(self.xp.stack([excess, violation]))
+        missed = (excess > 1e-12 * self.y_scale) | (violation > options["violation_tol"] * self.y_scale)
+        if not missed.any():
+            if proven.all():
+                self.finalize(everyone, "optimal")
+                return ~nothing, nothing
+            s.unproven_checks += int(count_unproven and converged.all())
+            if s.unproven_checks[0] >= feasibility.UNPROVEN_CHECKS:
+                self.finalize(everyone, "inaccurate")
+                return ~nothing, nothing
+            return nothing, nothing
+        if not converged.all():  # certified only: iterate on
+            return nothing, nothing
+        if (s.rounds_left[missed] == 0).any():
+            self.finalize(everyone, "inaccurate")
+            return ~nothing, nothing
+        retrying = np.flatnonzero(missed)
+        feasibility.tighten(be, s, retrying, excess[missed], violation[missed], self.relu, self.coupled)
+        if s.rounds_left[retrying].min() < options["restore_rounds"] - 2:  # from the third round, tolerances too
+            s.tol_factor = s.tol_factor * 0.3
+        return nothing, missed
 
     def _to_host(self, flags, summary):
         """The per-neuron flags (host bool arrays) and the summary numbers, in one transfer."""

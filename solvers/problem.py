@@ -8,6 +8,15 @@ Y (M x P). Net-Trim replaces the layer's weights by the solution U (N x M) of
 
 (with optional l1 weights C >= 0 the objective is sum_ij C_ij |U_ij|: reweighted l1, see reweight.py)
 
+With structure="rows" the objective is instead the group norm over the rows of U,
+
+    minimize sum_g c_g ||U_g,:||_F        (c_g >= 0: group_weights, 1 unless given)
+
+over groups g of rows (rowgroups.py: consecutive blocks of group_size rows, a trailing bias row alone) under
+the same constraints: row i holds every weight that reads input feature i, so a zero group is an input (a
+neuron of the previous layer, or a channel's kh x kw rows) that the layer no longer reads. The rows couple
+the neurons through the objective, so with either budget form the layer is one program.
+
 where Omega = {(m, p): Y[m, p] > 0} and V is the cascade upper bound (0 unless given). A scalar eps is one
 Frobenius budget for the whole layer (the paper's form, coupling all neurons); a length-M vector gives each
 neuron m its own budget eps_m on row m, which splits the layer into M independent programs.
@@ -19,7 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import rowgroups
+
 ACTIVATIONS = ("relu", "linear")
+STRUCTURES = ("weights", "rows")
 
 
 def _as_finite_matrix(name: str, value, ndim: int = 2) -> np.ndarray:
@@ -58,6 +70,9 @@ class LayerProblem:
     original_weights : optional (N, M) trained weights W; used to warm start and to check that V keeps
         them feasible, i.e. (W^T X) <= V on Omega^c.
     l1_weights : optional (N, M) nonnegative weights C of the objective sum C_ij |U_ij| (None: all ones).
+    structure : "weights" (the l1 objective) or "rows" (the group norm over rows of the module docstring).
+    group_weights : optional (G,) nonnegative weights c of the rows' objective (structure="rows" only).
+    group_size : the rows per group of the rows' objective (rowgroups.py).
     """
 
     X: np.ndarray
@@ -67,6 +82,9 @@ class LayerProblem:
     upper: np.ndarray | None = None
     original_weights: np.ndarray | None = None
     l1_weights: np.ndarray | None = None
+    structure: str = "weights"
+    group_weights: np.ndarray | None = None
+    group_size: int = 1
     omega: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -105,6 +123,7 @@ class LayerProblem:
             if np.any(l1_weights < 0):
                 raise ValueError("l1_weights must be >= 0")
         object.__setattr__(self, "l1_weights", l1_weights)
+        object.__setattr__(self, "group_weights", self._checked_group_weights(X.shape[0], l1_weights))
         object.__setattr__(self, "X", X)
         object.__setattr__(self, "Y", Y)
         object.__setattr__(self, "eps", eps)
@@ -113,6 +132,31 @@ class LayerProblem:
         object.__setattr__(self, "omega", Y > 0 if self.activation == "relu" else np.ones(Y.shape, dtype=bool))
         if weights is not None and self.activation == "relu":
             self._check_original_feasible(weights)
+
+    def _checked_group_weights(self, N: int, l1_weights) -> np.ndarray | None:
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        size = self.group_size
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise ValueError(f"group_size must be a positive int, got {self.group_size!r}")
+        if self.structure == "weights":
+            if self.group_weights is not None or self.group_size != 1:
+                raise ValueError("group_weights and group_size only apply to structure='rows'")
+            return None
+        if l1_weights is not None:
+            raise ValueError("l1_weights only apply to structure='weights'; use group_weights for rows")
+        if self.group_weights is None:
+            return None
+        weights = _as_finite_matrix("group_weights", self.group_weights, ndim=1)
+        groups = rowgroups.count(N, self.group_size)
+        if weights.shape != (groups,) or np.any(weights < 0):
+            raise ValueError(f"group_weights must be (G,) = ({groups},) and >= 0, got shape {weights.shape}")
+        return weights
+
+    @property
+    def rows(self) -> bool:
+        """Is the objective the group norm over U's rows (structure="rows")?"""
+        return self.structure == "rows"
 
     @staticmethod
     def _checked_eps(eps, M: int):
@@ -150,7 +194,8 @@ class LayerProblem:
 
     def neurons(self, index) -> LayerProblem:
         """The program of the neurons `index` (a slice, indices or a mask over M) alone: with per-neuron
-        budgets the neurons are independent programs, so solving the pieces solves the layer."""
+        budgets and the l1 objective the neurons are independent programs, so solving the pieces solves the
+        layer. (With structure="rows" they are not; the pieces serve to leave out neurons whose optimum is 0.)"""
         if not self.per_neuron:
             raise ValueError("eps: a scalar (layer) budget couples the neurons, so the layer cannot be split")
 
@@ -161,7 +206,8 @@ class LayerProblem:
             return None if array is None else array[:, index]
 
         return LayerProblem(self.X, self.Y[index], self.eps[index], self.activation, rows(self.upper),
-                            columns(self.original_weights), columns(self.l1_weights))
+                            columns(self.original_weights), columns(self.l1_weights), self.structure,
+                            self.group_weights, self.group_size)
 
     def upper_bound(self):
         """V as an array or the scalar 0."""
@@ -189,10 +235,18 @@ class LayerProblem:
         """The layer's Frobenius budget: eps, or sqrt(sum eps_m^2) for per-neuron budgets."""
         return float(np.linalg.norm(self.eps)) if self.per_neuron else float(self.eps)
 
+    def objective(self, U) -> float:
+        """The program's objective at U: (weighted) l1, or the (weighted) sum of U's row norms."""
+        U = np.asarray(U, dtype=np.float64)
+        if self.rows:
+            norms = rowgroups.norms(np, U, self.group_size)
+            return float(norms.sum() if self.group_weights is None else self.group_weights @ norms)
+        return float(np.abs(U).sum() if self.l1_weights is None else (self.l1_weights * np.abs(U)).sum())
+
     def evaluate(self, U) -> dict:
         """Exact measures of weights U (N x M) on this program, in float64.
 
-        objective:       ||U||_1, or sum C_ij |U_ij| with l1 weights C
+        objective:       ||U||_1, or sum C_ij |U_ij| with l1 weights C; sum_g c_g ||U_g,:|| for rows
         fit:             ||(U^T X - Y)_Omega||_F (per neuron, a length-M array, when eps is per neuron)
         max_violation:   max over Omega^c of (U^T X - V)_+ (0 for a linear layer)
         response_error:  ||act(U^T X) - Y|| in the same form as fit: Proposition 1 bounds it by eps
@@ -208,7 +262,7 @@ class LayerProblem:
             output_error = residual
         axis = 1 if self.per_neuron else None
         return {
-            "objective": float(np.abs(U).sum() if self.l1_weights is None else (self.l1_weights * np.abs(U)).sum()),
+            "objective": self.objective(U),
             "fit": np.linalg.norm(residual, axis=axis),
             "max_violation": float(violation.max()),
             "response_error": np.linalg.norm(output_error, axis=axis),

@@ -1,7 +1,8 @@
 """The reference backend: the layer program written in CVXPY and solved by Clarabel (interior point) or SCS.
 
 Per-neuron budgets give M independent second-order cone programs in u_m (one CVXPY problem each); a scalar
-budget couples the neurons, so it is one program in U (fine for the small layers a reference is for).
+budget couples the neurons, so it is one program in U (fine for the small layers a reference is for), as does
+the rows' group norm (structure="rows") with either budget form.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import warnings
 import cvxpy as cp
 import numpy as np
 
+from . import rowgroups
 from .problem import LayerProblem
 from .result import LayerResult, make_result, within_budget
 
@@ -61,7 +63,7 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
     if worst == "infeasible":
         U = np.zeros_like(U)
     else:
-        U = unit * np.where(np.abs(U) <= zero_tol * max(np.abs(U).max(), 1e-300), 0.0, U)
+        U = unit * _thresholded(problem, U, zero_tol)
     result = make_result(problem, U, status=worst, message=f"CVXPY {solver}: {sorted(set(statuses))}",
                          iterations=iterations, seconds=time.perf_counter() - start, backend="cvxpy",
                          info={"solver": solver, "statuses": statuses})
@@ -77,15 +79,26 @@ def _in_units(problem: LayerProblem, unit: float) -> LayerProblem:
         return None if value is None else value / unit
 
     return LayerProblem(problem.X, problem.Y / unit, divided(problem.eps), problem.activation, divided(problem.upper),
-                        divided(problem.original_weights), problem.l1_weights)
+                        divided(problem.original_weights), problem.l1_weights, problem.structure,
+                        problem.group_weights, problem.group_size)
+
+
+def _thresholded(problem: LayerProblem, U: np.ndarray, zero_tol: float) -> np.ndarray:
+    """U with exact zeros where |U_ij| (rows: the group's ||U_g,:||) <= zero_tol times its largest."""
+    if problem.rows:
+        norms = rowgroups.norms(np, U, problem.group_size)
+        size = rowgroups.expand(np, norms, problem.group_size, U.shape[0])[:, None]
+    else:
+        size = np.abs(U)
+    return np.where(size <= zero_tol * max(size.max(), 1e-300), 0.0, U)
 
 
 def _solve_programs(problem: LayerProblem, solver: str, options: dict, verbose: bool):
-    """(U, CVXPY statuses, iterations): one program per neuron (per-neuron budgets) or one for the layer."""
+    """(U, CVXPY statuses, iterations): one program per neuron (per-neuron budgets, l1) or one for the layer."""
     N, _, M = problem.shape
     U = np.zeros((N, M))
     statuses, iterations = [], 0
-    if problem.per_neuron:
+    if problem.per_neuron and not problem.rows:
         for m in range(M):
             u = cp.Variable(N)
             residual, constraints = _neuron_constraints(problem, u, m)
@@ -103,9 +116,12 @@ def _solve_programs(problem: LayerProblem, solver: str, options: dict, verbose: 
         residual, neuron_constraints = _neuron_constraints(problem, variable[:, m], m)
         residuals.append(residual)
         constraints += neuron_constraints
-    constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.eps)
-    weights = 1.0 if problem.l1_weights is None else problem.l1_weights
-    program = cp.Problem(cp.Minimize(cp.sum(cp.multiply(weights, cp.abs(variable)))), constraints)
+    if problem.per_neuron:
+        constraints += [cp.norm(residual, 2) <= eps for residual, eps in zip(residuals, problem.eps, strict=True)
+                        if residual.size]
+    else:
+        constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.eps)
+    program = cp.Problem(cp.Minimize(_layer_objective(problem, variable)), constraints)
     iterations += _solve(program, solver, options, verbose)
     statuses.append(program.status)
     if variable.value is not None:
@@ -113,6 +129,16 @@ def _solve_programs(problem: LayerProblem, solver: str, options: dict, verbose: 
     else:
         U[:] = np.nan
     return U, statuses, iterations
+
+
+def _layer_objective(problem: LayerProblem, variable):
+    """sum C |U| (l1), or sum_g c_g ||U_g,:||_F (rows), as a CVXPY expression."""
+    if problem.rows:
+        norms = cp.hstack([cp.norm(variable[rows, :], "fro")
+                           for rows in rowgroups.slices(problem.shape[0], problem.group_size)])
+        return cp.sum(norms) if problem.group_weights is None else problem.group_weights @ norms
+    weights = 1.0 if problem.l1_weights is None else problem.l1_weights
+    return cp.sum(cp.multiply(weights, cp.abs(variable)))
 
 
 def _solve(program: cp.Problem, solver: str, options: dict, verbose: bool) -> int:
