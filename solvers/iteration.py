@@ -261,7 +261,7 @@ class Iteration:
         tightened = np.zeros(s.neurons.size, dtype=bool)
         if candidates.any() and self.rows:
             accepted, tightened = self._accept_together(converged, certified, certified | zero,
-                                                        count_unproven=iteration > options["gap_patience"])
+                                                        iteration > options["gap_patience"], gap_allowed)
             done |= accepted
         elif candidates.any():
             repair = None if self.coupled or not options["repair_misses"] else partial(
@@ -297,15 +297,17 @@ class Iteration:
                                       self.coupled)
 
     def _accept_together(self, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray,
-                         count_unproven: bool):
+                         count_unproven: bool, gap_allowed: float):
         """accept_or_tighten for neurons that end together (rows): all of them "optimal" when every one keeps its
-        budget and the layer's objective is proven within tolerance; else the neurons that miss are tightened
-        (a converged layer) or all iterate on. Returns the host masks (done, tightened)."""
+        budget (as it is, or repaired on its support, which keeps the zero rows zero: in float32 the residuals
+        can stall above their tolerance while the gap is closed, and the repair ends it) and the layer's
+        objective is proven within tolerance; else the neurons that miss are tightened (a layer converged by its
+        residuals) or all iterate on. Returns the host masks (done, tightened)."""
         be, s, options = self.be, self.s, self.options
         everyone = np.arange(s.neurons.size)
         nothing = np.zeros(s.neurons.size, dtype=bool)
-        _, _, excess, violation = feasibility.measure_candidates(be, s, everyone, self.layer.X64, self.program,
-                                                                 self.layer.unscale, self.relu, self.coupled)
+        weights, response, excess, violation = feasibility.measure_candidates(
+            be, s, everyone, self.layer.X64, self.program, self.layer.unscale, self.relu, self.coupled)
         excess, violation = be.to_host(self.xp.stack([excess, violation]))
         missed = (excess > 1e-12 * self.y_scale) | (violation > options["violation_tol"] * self.y_scale)
         if not missed.any():
@@ -317,7 +319,10 @@ class Iteration:
                 self.finalize(everyone, "inaccurate")
                 return ~nothing, nothing
             return nothing, nothing
-        if not converged.all():  # certified only: iterate on
+        if not self.coupled and options["repair_misses"] and self._repair_together(weights, response, missed,
+                                                                                   gap_allowed):
+            return ~nothing, nothing
+        if not converged.all():  # certified only: iterate on (its gap closes, or its residuals converge)
             return nothing, nothing
         if (s.rounds_left[missed] == 0).any():
             self.finalize(everyone, "inaccurate")
@@ -327,6 +332,38 @@ class Iteration:
         if s.rounds_left[retrying].min() < options["restore_rounds"] - 2:  # from the third round, tolerances too
             s.tol_factor = s.tol_factor * 0.3
         return nothing, missed
+
+    def _repair_together(self, weights, response, missed: np.ndarray, gap_allowed: float) -> bool:
+        """Repair the neurons `missed` (host mask) on their supports (repair.py; per-neuron budgets) and
+        finalize every neuron "optimal" when all are repaired and the layer's objective, with the repaired
+        columns, is within gap_allowed of its certified bound. `weights` (N, M) and `response` (M, P) are the
+        measured iterates. Returns whether it finalized them."""
+        xp, be, s, program = self.xp, self.be, self.s, self.program
+        positions = np.flatnonzero(missed)
+        pick, neurons = be.asarray(positions), be.asarray(s.neurons[positions])
+
+        def rows(array):
+            return array if isinstance(array, float) else xp.take(array, neurons, axis=0)
+
+        old = xp.take(weights, pick, axis=1)
+        tau = 0.1 * self.options["violation_tol"] * self.y_scale
+        new, ok = repair_on_supports(be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y),
+                                     rows(program.omega), rows(program.upper), old,
+                                     (1 - 1e-4) * rows(program.eps), tau, self.layer.scale)
+        size = program.group_size
+        squares = xp.sum(weights**2, axis=1) - xp.sum(old**2, axis=1) + xp.sum(new**2, axis=1)
+        norms = xp.sqrt(xp.maximum(rowgroups.sums(xp, squares, size), 0.0))
+        objective = (xp.sum(norms) if program.l1_weights is None
+                     else xp.sum(rowgroups.firsts(xp, program.l1_weights[:, 0], size) * norms))
+        bound = s.lower_bound[0]
+        accepted = be.scalars(xp.all(ok) & (objective - bound <= gap_allowed * objective))[0]
+        if not accepted:
+            s.repair_wait[positions] = REPAIR_WAIT_CHECKS
+            return False
+        self.finalize(np.flatnonzero(~missed), "optimal")
+        self.finalize(positions, "optimal", new)
+        self.repaired += int(positions.size)
+        return True
 
     def _to_host(self, flags, summary):
         """The per-neuron flags (host bool arrays) and the summary numbers, in one transfer."""

@@ -55,7 +55,8 @@ def test_the_group_admm_matches_the_sum_of_norms_oracle(case):
 
 
 def test_the_rows_objective_removes_inputs_that_l1_only_thins():
-    """Inputs in near-duplicate pairs: l1 picks a copy per neuron, the rows' norm one copy for every neuron."""
+    """Inputs in near-duplicate pairs: l1 picks a copy per neuron, the rows' norm one copy for every neuron (at
+    the default gap_tol, 0.5%, the ADMM stops with 2 of the oracle's 4 zero rows; at 0.1% it has all 4)."""
     rng = np.random.default_rng(0)
     features = rng.standard_normal((12, 200))
     X = np.vstack([features, features + 0.05 * rng.standard_normal(features.shape), np.ones((1, 200))])
@@ -64,7 +65,7 @@ def test_the_rows_objective_removes_inputs_that_l1_only_thins():
     Y = np.maximum(W.T @ X, 0.0)
     problem = LayerProblem(X, Y, relative_budget(Y, 0.1, per_neuron=True), original_weights=W)
     plain = solve(problem)
-    rows = solve(dataclasses.replace(problem, structure="rows"))
+    rows = solve(dataclasses.replace(problem, structure="rows"), gap_tol=1e-3)
     assert rows.status == plain.status == "optimal"
     assert _zero_rows(rows.U) >= 4 > _zero_rows(plain.U)
     oracle = solve(dataclasses.replace(problem, structure="rows"), backend="cvxpy")
