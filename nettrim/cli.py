@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__, save, trim
 from .io import write_atomically
 from .schedule import BlockError
-from .trim import BUDGETS, DEFAULT_EPSILON, MODES, TrimInterrupted
+from .trim import BUDGETS, DEFAULT_EPSILON, MODES, STRUCTURES, TrimInterrupted
 
 
 def _layer_epsilon(text: str) -> tuple[str, float]:
@@ -45,6 +45,9 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--device", default="cpu", help="where the ADMM runs: cpu, cuda or cuda:K (default cpu)")
     parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
     parser.add_argument("--reweight", type=int, default=0, help="rounds of reweighted l1 (sparser; default 0)")
+    parser.add_argument("--structure", choices=STRUCTURES, default="weights",
+                        help="weights: scattered zeros (default); neurons: remove whole neurons and channels, "
+                             "and write a smaller model")
     parser.add_argument("--target-sparsity", type=float,
                         help="fraction of zero weights each layer must reach (the budget is found by bisection)")
     parser.add_argument("--model-sparsity", type=float,
@@ -222,7 +225,8 @@ def _run_trim(args) -> int:
 
 def _shared_options(args) -> dict:
     """trim()'s options that `nettrim trim` and `nettrim demo` share."""
-    return dict(reweight=args.reweight, target_sparsity=args.target_sparsity, model_sparsity=args.model_sparsity,
+    return dict(reweight=args.reweight, structure=args.structure, target_sparsity=args.target_sparsity,
+                model_sparsity=args.model_sparsity,
                 max_epsilon=args.max_epsilon, max_samples=args.max_samples, max_iter=args.max_iter,
                 time_limit=args.time_limit)
 

@@ -44,6 +44,7 @@ class Trimming:
     targets: dict[str, float | None]
     max_epsilon: float
     time_limit: float | None
+    input_groups: dict[str, int] | None = None  # neuron trimming: rows of U per input of each layer
 
     def run(self, report: Report, budgets: dict[str, float], scheduler: Scheduler, *, progress: bool,
             initial: dict[str, np.ndarray] | None = None, checkpoint: Checkpoint | None = None,
@@ -115,7 +116,8 @@ class Trimming:
         deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
 
         def solve_at(g: float, closest: Solved | None) -> Solved:
-            problem = layer_problem(layer, X, Y, W, activation, self.budget, g, factor)
+            problem = layer_problem(layer, X, Y, W, activation, self.budget, g, factor,
+                                    None if self.input_groups is None else self.input_groups[layer.name])
             start = initial if closest is None else closest.U
             return solve_layer(layer, problem, scheduler, self.backend, self.solve_options, self.reweight, show,
                                start, deadline)  # the layer's time, shared by its budget search and rounds

@@ -37,18 +37,19 @@ FIT_RTOL, VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fit 
 SMALL_PROGRAM_FEATURES = 32
 
 
-def layer_problem(layer: Layer, X, Y, W, activation, budget, g,
-                  cascade_factor) -> LayerProblem | GroupedProblem:
+def layer_problem(layer: Layer, X, Y, W, activation, budget, g, cascade_factor,
+                  input_group: int | None = None) -> LayerProblem | GroupedProblem:
     """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 and V = W^T X for a
     cascade layer after the first (cascade_factor = gamma or kappa); per neuron or for the layer (for each
-    group of a grouped convolution)."""
+    group of a grouped convolution). `input_group` (neuron trimming) makes the objective the rows' group norm
+    over groups of that many rows, one per input of the layer (grouped convolutions keep l1)."""
     if layer.groups == 1:
-        return _program(X, Y, W, activation, budget, g, cascade_factor)
+        return _program(X, Y, W, activation, budget, g, cascade_factor, input_group)
     return GroupedProblem([_program(X_g, Y[columns], W[:, columns], activation, budget, g, cascade_factor)
                            for X_g, columns in zip(layer.group_inputs(X), layer.group_columns(), strict=True)])
 
 
-def _program(X, Y, W, activation, budget, g, cascade_factor) -> LayerProblem:
+def _program(X, Y, W, activation, budget, g, cascade_factor, input_group: int | None = None) -> LayerProblem:
     per_neuron = budget == "neuron"
     eps = np.asarray(solvers.relative_budget(Y, g, per_neuron=per_neuron))
     upper = None
@@ -58,8 +59,9 @@ def _program(X, Y, W, activation, budget, g, cascade_factor) -> LayerProblem:
         inherited = np.linalg.norm(np.where(omega, response - Y, 0.0), axis=1 if per_neuron else None)
         eps = np.sqrt(eps**2 + cascade_factor * inherited**2)
         upper = response if activation == "relu" else None
+    rows = {} if input_group is None else {"structure": "rows", "group_size": input_group}
     return LayerProblem(X, Y, eps if per_neuron else float(eps), activation=activation, upper=upper,
-                        original_weights=W)
+                        original_weights=W, **rows)
 
 
 @dataclass
@@ -107,6 +109,8 @@ def solve_layer(layer: Layer, problem: LayerProblem | GroupedProblem, scheduler:
     else:  # one budget for the layer: W replaces U whole or not at all
         denser = np.full(len(missed), np.count_nonzero(result.U) > np.count_nonzero(W))
     sparser = ~missed & denser & problem.columns_within_budget(W, FIT_RTOL, VIOLATION_TOL)
+    if problem.rows:  # never for the rows' objective, whose aim is zero rows: the original's columns fill them
+        sparser[:] = False
     U = np.where((missed | sparser)[None, :], W, result.U)  # W keeps the budget (kappa < 1 aside)
     return Solved(problem, result, U, missed, sparser)
 
@@ -128,13 +132,17 @@ def _solve_groups(layer: Layer, problem: GroupedProblem, scheduler: Scheduler, b
                   *(np.concatenate([getattr(solved, mask) for solved in parts]) for mask in ("missed", "sparser")))
 
 
-def certified_gap(result: solvers.LayerResult, kept_solution: np.ndarray) -> float | None:
+def certified_gap(problem, result: solvers.LayerResult, kept_solution: np.ndarray) -> float | None:
     """1 - bound / ||u||_1 over the neurons whose solved weights were kept (LayerReport.certified_gap): each
     neuron's proven lower bound (or the layer's) clipped to [0, its l1], so a false bound never makes it
-    negative or above 1; None without a bound or without a kept solution."""
+    negative or above 1 (for the rows' objective, the layer's bound against it); None without a bound or
+    without a kept solution."""
     bound = result.info.get("l1_lower_bound")
     if bound is None or not kept_solution.any():
         return None
+    if getattr(problem, "rows", False):  # the layer's bound on the rows' objective
+        objective = problem.objective(result.U)
+        return float(1.0 - min(max(float(bound), 0.0), objective) / objective) if objective > 0 else 0.0
     l1 = np.abs(result.U).sum(axis=0)
     bound = np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=0.0)
     if bound.shape == l1.shape:
@@ -161,6 +169,18 @@ def layer_report(layer: Layer, solved: Solved, g: float, target: float | None, n
         eps=problem.budget_total(), fit_ratio=float(np.max(ratio)),
         violation=measures["max_violation"] / y_scale, iterations=result.iterations, seconds=result.seconds,
         status=result.status, message=message, dense_fallback=int(solved.missed.sum()), g=g,
-        target_sparsity=target, certified_gap=certified_gap(result, solved.kept_solution), bias=layer.has_bias,
+        target_sparsity=target, certified_gap=certified_gap(problem, result, solved.kept_solution),
+        bias=layer.has_bias,
         bias_nonzeros_before=int(np.count_nonzero(W[weights:])), bias_nonzeros_after=int(np.count_nonzero(U[weights:])),
-        sparser_original=int(solved.sparser.sum()), groups=layer.groups)
+        sparser_original=int(solved.sparser.sum()), groups=layer.groups,
+        inputs_unread=_inputs_unread(problem, U, layer.has_bias))
+
+
+def _inputs_unread(problem, U: np.ndarray, has_bias: bool) -> int | None:
+    """For the rows' objective, how many inputs of the layer (groups of rows, the bias row apart) it reads with
+    zero weights only; else None."""
+    if not getattr(problem, "rows", False):
+        return None
+    inputs = U[:U.shape[0] - has_bias]
+    groups = inputs.reshape(-1, problem.group_size * inputs.shape[1])
+    return int(np.sum(~groups.any(axis=1)))

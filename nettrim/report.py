@@ -48,6 +48,9 @@ class LayerReport:
     bias_nonzeros_after: int = 0
     sparser_original: int = 0
     groups: int = 1                       # a grouped convolution's groups: W is N x M over each group's inputs
+    inputs_unread: int | None = None      # neuron trimming: the layer's inputs (features, channels) read with zeros
+    width_before: int | None = None       # neuron trimming: the layer's output neurons (channels) before and after
+    width_after: int | None = None
 
     @property
     def weights(self) -> int:
@@ -76,6 +79,8 @@ class Report:
     reweight: int = 0
     not_trimmed: dict[str, str] = field(default_factory=dict)  # layers with weights left as they were, and why
     model_sparsity: dict | None = None  # a model_sparsity search: target, reached, scale, trims [[scale, sparsity]]
+    structure: str = "weights"
+    size: dict | None = None  # neuron trimming: params, flops, latency_ms {batch: ms}, each {"before", "after"}
 
     def total(self, attribute: str) -> int:
         """The sum of a count over the layers ("weights", "nonzeros_after", "dense_fallback", ...)."""
@@ -123,7 +128,7 @@ class Report:
         return {
             "mode": self.mode, "backend": self.backend, "reweight": self.reweight, "seconds": self.seconds,
             "folded_batchnorm": dict(self.folded_batchnorm), "not_trimmed": dict(self.not_trimmed),
-            "model_sparsity": self.model_sparsity,
+            "model_sparsity": self.model_sparsity, "structure": self.structure, "size": self.size,
             "totals": {"weights": self.weights, "nonzeros_before": self.nonzeros_before,
                        "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept,
                        "biases": sum(row.shape[1] for row in self.layers if row.bias),
@@ -144,6 +149,7 @@ class Report:
         return cls(mode=data["mode"], backend=data["backend"], seconds=data["seconds"],
                    reweight=data.get("reweight", 0), folded_batchnorm=dict(data.get("folded_batchnorm", {})),
                    not_trimmed=dict(data.get("not_trimmed", {})), model_sparsity=data.get("model_sparsity"),
+                   structure=data.get("structure", "weights"), size=data.get("size"),
                    layers=[LayerReport(**{key: row[key] for key in _FIELDS if key in row}) for row in data["layers"]])
 
     def table(self) -> str:
@@ -171,6 +177,25 @@ class Report:
         lines.insert(len(lines) - 1, lines[1])
         return "\n".join(lines)
 
+    def _neurons_summary(self) -> str:
+        """Neuron trimming's lines: widths, inputs no longer read, and the model's size and speed."""
+        if self.structure != "neurons":
+            return ""
+        widths = ", ".join(f"{row.name} {row.width_before} -> {row.width_after}" for row in self.layers
+                           if row.width_before is not None)
+        lines = [f"neurons kept (output widths): {widths}"]
+        first = self.layers[0] if self.layers else None
+        if first is not None and first.inputs_unread:
+            lines.append(f"inputs of the model no longer read by {first.name!r}: {first.inputs_unread}")
+        if self.size:
+            size = self.size
+            lines.append(f"parameters {size['params']['before']:,} -> {size['params']['after']:,}, FLOPs "
+                         f"{size['flops']['before']:,} -> {size['flops']['after']:,} per input")
+            lines += [f"CPU latency at batch {batch}: {times['before']:.3g} -> {times['after']:.3g} ms "
+                      f"({times['before'] / max(times['after'], 1e-12):.2f}x)"
+                      for batch, times in size["latency_ms"].items()]
+        return "".join(f"\n{line}" for line in lines)
+
     def __str__(self) -> str:
         rounds = f", {self.reweight} reweighting rounds" if self.reweight else ""
         untouched = "".join(f"\nnot trimmed: {name} ({reason})" for name, reason in self.not_trimmed.items())
@@ -186,4 +211,5 @@ class Report:
                       "hardswish, 1 for max pooling)")
         fallbacks = self.dense_fallback_warning()
         notes += f"\n{fallbacks}" if fallbacks else ""
+        notes += self._neurons_summary()
         return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}{notes}"

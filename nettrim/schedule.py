@@ -66,11 +66,13 @@ class SharedArray:
         return np.load(self.path, mmap_mode="r")
 
 
-def solve_block(X, Y, eps, activation, upper, weights, l1_weights, backend, options) -> LayerResult:
-    """A worker's task: the program of one block of neurons (X may be a SharedArray)."""
+def solve_block(X, Y, eps, activation, upper, weights, l1_weights, backend, options,
+                structure=("weights", None, 1)) -> LayerResult:
+    """A worker's task: the program of one block of neurons (X may be a SharedArray); `structure` is the
+    program's (structure, group_weights, group_size)."""
     if isinstance(X, SharedArray):
         X = X.load()
-    problem = LayerProblem(X, Y, eps, activation, upper, weights, l1_weights)
+    problem = LayerProblem(X, Y, eps, activation, upper, weights, l1_weights, *structure)
     return solvers.solve(problem, backend=backend, **options)
 
 
@@ -193,7 +195,8 @@ class Scheduler:
             weights = None if problem.original_weights is None else problem.original_weights[:, block]
             l1_weights = None if problem.l1_weights is None else problem.l1_weights[:, block]
             future = self.executor.submit(solve_block, X, problem.Y[block], eps, problem.activation, upper,
-                                          weights, l1_weights, backend, task_options)
+                                          weights, l1_weights, backend, task_options,
+                                          (problem.structure, problem.group_weights, problem.group_size))
             futures[future] = index
         with self._lock:
             self._outstanding.update(futures)

@@ -36,7 +36,7 @@ from torch import nn
 
 import solvers
 
-from . import __version__
+from . import __version__, neurons
 from .checkpoint import Checkpoint, fingerprint
 from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers, untrimmed_layers
@@ -48,6 +48,9 @@ from .target import smallest_budget
 
 MODES = ("cascade", "parallel")
 BUDGETS = ("neuron", "layer")
+STRUCTURES = ("weights", "neurons")
+#: The batch sizes of the CPU latency that neuron trimming reports.
+LATENCY_BATCHES = (1, 256)
 DEFAULT_EPSILON = 0.05
 #: Solver options used unless solver_options says otherwise: float32 iterations (the returned weights are
 #: still measured exactly in float64 against their budget).
@@ -75,7 +78,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
          max_epsilon: float = 0.5, max_samples: int | None = 20_000, seed: int = 0,
          batch_size: int = DEFAULT_BATCH_SIZE, max_iter: int | None = None, time_limit: float | None = None,
          checkpoint=None, solver_options: Mapping | None = None, executor=None, workers: int | None = None,
-         block_size: int | None = None) -> tuple[nn.Module, Report]:
+         block_size: int | None = None, structure: str = "weights") -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
     calibration: an input tensor (split into batches of `batch_size`) or an iterable of batches x or (x, y).
@@ -114,12 +117,19 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  and BLAS thread count the result equals the in-process one; where the thread counts differ,
                  float32 rounding can move single neurons (README, benchmarks/scaling.py).
 
+    structure:   "weights" (l1: scattered zeros, the model keeps its shapes) or "neurons": each layer's
+                 objective is the group norm over its inputs (a neuron, or a conv channel's kh x kw weights),
+                 and the neurons and channels that no layer reads any more are removed (nettrim/neurons.py):
+                 the model returned is physically smaller, and the report gives the widths, parameters, FLOPs
+                 and CPU latency (batch 1 and 256) before and after. Not with inplace=True.
+
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
     every layer has been trimmed: an error leaves it as it was, and Ctrl-C raises TrimInterrupted, which
     holds the layers trimmed so far.
     """
     start = time.perf_counter()
     _check_options(mode, backend, budget, gamma, kappa, max_samples, reweight, max_epsilon)
+    _check_structure(structure, inplace)
     _check_limits(backend, max_iter, time_limit, model_sparsity, target_sparsity, checkpoint)
     solve_options = _solver_options(backend, device, solver_options, max_iter)
     check_scheduling(executor, workers, block_size)
@@ -131,6 +141,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     targets = (_per_layer("target_sparsity", target_sparsity, selected, None, upper=1.0)
                if target_sparsity is not None else dict.fromkeys(budgets))
     fold_batchnorm(work, graph.batchnorm)
+    example = batches[0]
+    input_groups = neurons.input_group_sizes(work, selected, example) if structure == "neurons" else None
 
     positions = {layer.name: index for index, layer in enumerate(selected)}
     original = capture(work, batches, selected, positions, max_samples, seed)
@@ -140,19 +152,19 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     if mode == "cascade":
         _check_cascade_overrides(epsilon, order)
     report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight,
-                    not_trimmed={**untrimmed_layers(work), **uncalled})
+                    not_trimmed={**untrimmed_layers(work), **uncalled}, structure=structure)
     if report.not_trimmed:
         warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=2)
     trimming = Trimming(order, set(graph.relu), original,
                         lambda layer: capture(work, batches, [layer], positions, max_samples, seed)[layer.name],
                         mode, budget, gamma, kappa, backend, solve_options, reweight, targets, max_epsilon,
-                        time_limit)
+                        time_limit, input_groups)
     store = None
     if checkpoint is not None:
         settings = dict(mode=mode, budgets=budgets, targets=targets, budget=budget, gamma=gamma, kappa=kappa,
                         reweight=reweight, max_epsilon=max_epsilon, max_samples=max_samples, seed=seed,
                         batch_size=batch_size, backend=backend, solve_options=solve_options, time_limit=time_limit,
-                        relu=sorted(graph.relu), version=__version__)
+                        relu=sorted(graph.relu), structure=structure, version=__version__)
         store = Checkpoint(checkpoint, fingerprint(settings, [layer.weight_matrix() for layer in order],
                                                    original[order[0].name]))
         _resume(store, by_name, report, progress)
@@ -169,12 +181,39 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     fallbacks = report.dense_fallback_warning()
     if fallbacks:
         warnings.warn(fallbacks, UserWarning, stacklevel=2)
+    if structure == "neurons":
+        _remove_neurons(model, work, order, report, example)
     work.train(model.training)
     if inplace:
         _commit(model, work, order, graph.batchnorm)
         work = model
     report.seconds = time.perf_counter() - start
     return work, report
+
+
+def _remove_neurons(model: nn.Module, work: nn.Module, order: list[Layer], report: Report,
+                    example: torch.Tensor) -> None:
+    """Neuron trimming's surgery on `work` (nettrim/neurons.py), its widths in the report's rows, and the
+    model's parameters, FLOPs and CPU latency before (the caller's model, in eval mode) and after."""
+    original = _working_copy(model)
+    before = neurons.widths(order)
+    neurons.remove_unread(work, order, example)
+    after = neurons.widths(order)
+    for row in report.layers:
+        row.width_before, row.width_after = before[row.name], after[row.name]
+    sizes = {"before": neurons.model_size(original, example), "after": neurons.model_size(work, example)}
+    report.size = {key: {when: sizes[when][key] for when in sizes} for key in ("params", "flops")}
+    report.size["latency_ms"] = {str(batch): {"before": neurons.latency_ms(original, example, batch),
+                                              "after": neurons.latency_ms(work, example, batch)}
+                                 for batch in LATENCY_BATCHES}
+
+
+def _check_structure(structure: str, inplace: bool) -> None:
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+    if structure == "neurons" and inplace:
+        raise ValueError("inplace: structure='neurons' returns a smaller model, which cannot replace the caller's "
+                         "in place; use inplace=False (the default)")
 
 
 def _uncalled_layers(selected: list[Layer], original: dict, layers) -> dict[str, str]:

@@ -20,9 +20,9 @@ from .problem import LayerProblem
 def neuron_blocks(problem: LayerProblem, count: int, min_size: int = 1) -> list[slice]:
     """Split the M neurons into at most `count` contiguous blocks of near-equal size, none smaller than
     `min_size` (a block repeats the layer's factorization, so tiny blocks cost more than they save); a
-    scalar budget gives one block."""
+    scalar budget or the rows' objective (both couple the neurons) gives one block."""
     M = problem.shape[2]
-    if not problem.per_neuron:
+    if not problem.per_neuron or problem.rows:
         return [slice(0, M)]
     count = max(1, min(int(count), M // max(int(min_size), 1)))
     edges = np.linspace(0, M, count + 1).round().astype(int)

@@ -67,6 +67,18 @@ def test_trim_writes_a_pickled_module_for_other_suffixes(files):
     assert int((trimmed[0].weight == 0).sum()) > 0
 
 
+def test_structure_neurons_writes_a_smaller_model_that_loads_into_the_original_architecture(files):
+    folder, model, x = files
+    code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--epsilon", "0.3",
+                     "--reweight", "2", "--structure", "neurons", "--out", str(folder / "small.safetensors"),
+                     "--quiet"])
+    assert code == 0
+    small, report = nettrim.load(folder / "small.safetensors", model)
+    assert report.structure == "neurons"
+    assert [small[i].out_features for i in (0, 2, 4)] == [row.width_after for row in report.layers]
+    assert sum(row.width_after for row in report.layers) < sum(row.width_before for row in report.layers)
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--calib", "missing.pt"], "--calib: .* does not exist"),
     (["--calib", "model.pt"], "--calib: .* does not hold a tensor"),

@@ -86,11 +86,11 @@ def test_the_certified_gap_lies_in_0_1_whatever_the_bounds():
     U = np.array([[1.0, 0.5, 2.0], [0.0, 0.5, 0.0]])
     result = solvers.LayerResult(U, "max_iter", "", 4.0, np.zeros(3), np.ones(3), 0.0, np.zeros(3), 5, 0.1, "admm",
                                  info={"l1_lower_bound": np.array([-3e9, 4e12, np.nan])})
-    assert certified_gap(result, np.ones(3, dtype=bool)) == pytest.approx(1 - 1.0 / 4.0)
-    assert certified_gap(result, np.array([True, False, True])) == 1.0
-    assert certified_gap(result, np.zeros(3, dtype=bool)) is None
+    assert certified_gap(None, result, np.ones(3, dtype=bool)) == pytest.approx(1 - 1.0 / 4.0)
+    assert certified_gap(None, result, np.array([True, False, True])) == 1.0
+    assert certified_gap(None, result, np.zeros(3, dtype=bool)) is None
     result.info["l1_lower_bound"] = 7e9  # a layer budget's single bound
-    assert certified_gap(result, np.ones(3, dtype=bool)) == 0.0
+    assert certified_gap(None, result, np.ones(3, dtype=bool)) == 0.0
 
 
 def test_parallel_bound_on_the_output(parallel_mlp):
