@@ -121,3 +121,17 @@ def test_architectures_benchmark_quick(tmp_path):
     assert "| cascade | 0.1 | 0 |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         _load("architectures").main(["--quick", "--out", str(out), "--data", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_neurons_benchmark_quick(tmp_path):
+    out = tmp_path / "neurons.json"
+    report = _load("neurons").main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    run = saved["models"]["lenet_300_100"]["trims"][0]
+    assert run == json.loads(json.dumps(report["models"]["lenet_300_100"]["trims"][0]))
+    assert run["widths"]["0"][0] == 300 and run["widths"]["2"][0] == 100 and run["widths"]["4"] == [10, 10]
+    assert run["size"]["flops"]["after"] < run["size"]["flops"]["before"]
+    assert 0 <= run["test_error"] <= 1 and 0 <= run["test_error_finetuned"] <= 1
+    assert "| lenet_300_100 | 0.2 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 0

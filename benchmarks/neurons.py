@@ -1,0 +1,139 @@
+"""Neuron trimming on MNIST: the smaller models' widths, FLOPs and CPU latency against test error, without and with
+fine-tuning.
+
+One run, same data, same process: LeNet-300-100 and LeNet-5 (nettrim.zoo, trained with seeded Adam and cached);
+calibration = seeded training images; for each g of the grid, one cascade trim with structure="neurons" (the
+rows' group norm, reweighted) that returns a physically smaller model; its test error on the 10,000 test images,
+then again after masked fine-tuning (nettrim.finetune: Adam, the zeros kept) of a copy. Widths, parameters,
+FLOPs and latency (batch 1 and 256, median of repeated runs on this machine's CPU) come from the trim's report,
+before and after, measured in the same process one after the other.
+Writes benchmarks/results/neurons.json, a markdown table and a plot of test error against FLOPs.
+
+    python -m benchmarks.neurons           # the grid on both models (about 40 minutes on 2 cores)
+    python -m benchmarks.neurons --quick   # LeNet-300-100 trained one epoch on 5,000 images, one small trim
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: this file's folder would shadow the `solvers` package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import nettrim  # noqa: E402
+from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from nettrim.zoo import lenet_300_100, mnist_inputs, test_error, train, trained  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+#: Per model: training epochs (cached), calibration images, max_samples, the grid of g, reweighting rounds, and
+#: the fine-tuning (epochs, learning rate) applied to each trimmed model.
+FULL = {"lenet_300_100": {"epochs": 10, "calibration": 2000, "max_samples": 2000, "grid": [0.1, 0.2, 0.3],
+                          "reweight": 2, "finetune": (2, 1e-4)},
+        "lenet5": {"epochs": 2, "calibration": 1000, "max_samples": 4000, "grid": [0.1, 0.2, 0.3],
+                   "reweight": 2, "finetune": (2, 1e-4)}}
+QUICK = {"lenet_300_100": {"epochs": 1, "training_images": 5000, "calibration": 300, "max_samples": 300,
+                           "grid": [0.2], "reweight": 1, "finetune": (1, 1e-4)}}
+
+
+def trained_model(name: str, sizes: dict) -> torch.nn.Module:
+    if "training_images" not in sizes:
+        return trained(name, epochs=sizes["epochs"])
+    images, labels = mnist_inputs(name, "train")
+    torch.manual_seed(0)
+    chosen = slice(0, sizes["training_images"])
+    return train(lenet_300_100(), images[chosen], labels[chosen], epochs=sizes["epochs"])
+
+
+def one_trim(model, calibration, test, train_loader, g: float, sizes: dict) -> dict:
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small, report = nettrim.trim(model, calibration, epsilon=g, reweight=sizes["reweight"], structure="neurons",
+                                     max_samples=sizes["max_samples"], progress=False)
+    seconds = time.perf_counter() - start
+    epochs, lr = sizes["finetune"]
+    tuned = nettrim.finetune(copy.deepcopy(small), train_loader, epochs=epochs, lr=lr, progress=False).eval()
+    return {"g": g, "seconds": seconds, "test_error": test_error(small, *test),
+            "test_error_finetuned": test_error(tuned, *test), "finetune": {"epochs": epochs, "lr": lr},
+            "widths": {row.name: [row.width_before, row.width_after] for row in report.layers},
+            "inputs_unread": report.layers[0].inputs_unread, "size": report.size,
+            "weights_kept": report.kept, "statuses": [row.status for row in report.layers],
+            "dense_fallback": report.dense_fallback, "warnings": [str(warning.message) for warning in caught]}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| model | g | widths (hidden) | params | FLOPs | latency b=1 | latency b=256 | test error | "
+             "fine-tuned | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, result in report["models"].items():
+        base = result["test_error"]
+        lines.append(f"| {name} | - | {' - '.join(str(w[0]) for w in result['trims'][0]['widths'].values())} "
+                     f"| {result['trims'][0]['size']['params']['before']:,} "
+                     f"| {result['trims'][0]['size']['flops']['before']:,} | 1x | 1x | {100 * base:.2f}% | - | - |")
+        for run in result["trims"]:
+            size = run["size"]
+            speed = {batch: times["before"] / times["after"] for batch, times in size["latency_ms"].items()}
+            lines.append(f"| {name} | {run['g']:g} | {' - '.join(str(w[1]) for w in run['widths'].values())} "
+                         f"| {size['params']['after']:,} | {size['flops']['after']:,} | {speed['1']:.2f}x "
+                         f"| {speed['256']:.2f}x | {100 * run['test_error']:.2f}% "
+                         f"| {100 * run['test_error_finetuned']:.2f}% | {run['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Test error against FLOPs per input, each model's trims without and with fine-tuning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, result in report["models"].items():
+        flops = [run["size"]["flops"]["after"] for run in result["trims"]]
+        axis.plot(flops, [100 * run["test_error"] for run in result["trims"]], "o-", label=f"{name}, trimmed")
+        axis.plot(flops, [100 * run["test_error_finetuned"] for run in result["trims"]], "s--",
+                  label=f"{name}, fine-tuned")
+        axis.plot([result["trims"][0]["size"]["flops"]["before"]], [100 * result["test_error"]], "k*")
+    axis.set_xscale("log")
+    axis.set_xlabel("FLOPs per input")
+    axis.set_ylabel("MNIST test error (%)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> dict:
+    parser = benchmark_parser(__doc__, "LeNet-300-100 trained one epoch on 5,000 images, one small trim",
+                              RESULTS / "neurons.json")
+    args = parser.parse_args(argv)
+    grid = QUICK if args.quick else FULL
+    report = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads()}, "models": {}}
+    for name, sizes in grid.items():
+        model = trained_model(name, sizes)
+        test = mnist_inputs(name, "test")
+        images, labels = mnist_inputs(name, "train")
+        chosen = np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))
+        generator = torch.Generator().manual_seed(0)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.from_numpy(labels)),
+                                             batch_size=128, shuffle=True, generator=generator)
+        report["models"][name] = {
+            "epochs": sizes["epochs"], "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],
+            "test_error": test_error(model, *test),
+            "trims": [one_trim(model, images[chosen], test, loader, g, sizes) for g in sizes["grid"]]}
+    write_results(args.out, report, markdown(report))
+    plot(report, args.out.with_suffix(".png"))
+    return report
+
+
+if __name__ == "__main__":
+    main()
