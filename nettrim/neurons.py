@@ -28,9 +28,9 @@ EXACT_RTOL = 1e-4
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of `model` traced on `example` (one batch of inputs)."""
+    """torch-pruning's dependency graph of `model` traced on one input of `example` (a batch of inputs)."""
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
     except Exception as error:  # torch-pruning traces with autograd; models it cannot follow raise many types
         raise ValueError(f"model: structure='neurons' needs torch-pruning's dependency graph, which cannot be "
                          f"built for this model ({type(error).__name__}: {error}); use structure='weights'") from error
@@ -62,6 +62,8 @@ def input_group_sizes(model: nn.Module, order: list[Layer], example: torch.Tenso
     graph = dependency_graph(model, example)
     by_module = {id(layer.module): layer for layer in order}
     for layer in order:
+        if layer.module not in graph.module2node:  # not called as a module (its weight used functionally)
+            continue
         readers, _ = _consumers(graph, layer.module, [0])
         channels = layer.module.weight.shape[0]
         for module, idxs in readers:
@@ -86,6 +88,8 @@ def _read_with_zeros(module: nn.Module, idxs: list[int]) -> bool:
 def unread_channels(graph: tp.DependencyGraph, layer: Layer) -> list[int]:
     """The output channels of `layer` that every layer reading them reads with zero weights (and that some layer
     reads: the model's outputs are never unread)."""
+    if layer.module not in graph.module2node:
+        return []
     unread = []
     for channel in range(layer.module.weight.shape[0]):
         readers, checkable = _consumers(graph, layer.module, [channel])
