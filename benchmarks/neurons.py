@@ -54,7 +54,9 @@ def trained_model(name: str, sizes: dict) -> torch.nn.Module:
     return train(lenet_300_100(), images[chosen], labels[chosen], epochs=sizes["epochs"])
 
 
-def one_trim(model, calibration, test, train_loader, g: float, sizes: dict) -> dict:
+def one_trim(model, calibration, test, training, g: float, sizes: dict) -> dict:
+    """One neuron trim at g, then masked fine-tuning of a copy on `training` (a dataset, shuffled by a
+    generator seeded alike for every trim)."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -62,7 +64,9 @@ def one_trim(model, calibration, test, train_loader, g: float, sizes: dict) -> d
                                      max_samples=sizes["max_samples"], progress=False)
     seconds = time.perf_counter() - start
     epochs, lr = sizes["finetune"]
-    tuned = nettrim.finetune(copy.deepcopy(small), train_loader, epochs=epochs, lr=lr, progress=False).eval()
+    loader = torch.utils.data.DataLoader(training, batch_size=128, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    tuned = nettrim.finetune(copy.deepcopy(small), loader, epochs=epochs, lr=lr, progress=False).eval()
     return {"g": g, "seconds": seconds, "test_error": test_error(small, *test),
             "test_error_finetuned": test_error(tuned, *test), "finetune": {"epochs": epochs, "lr": lr},
             "widths": {row.name: [row.width_before, row.width_after] for row in report.layers},
@@ -124,13 +128,11 @@ def main(argv=None) -> dict:
         test = mnist_inputs(name, "test")
         images, labels = mnist_inputs(name, "train")
         chosen = np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))
-        generator = torch.Generator().manual_seed(0)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.from_numpy(labels)),
-                                             batch_size=128, shuffle=True, generator=generator)
+        training = torch.utils.data.TensorDataset(images, torch.from_numpy(labels))
         report["models"][name] = {
             "epochs": sizes["epochs"], "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],
             "test_error": test_error(model, *test),
-            "trims": [one_trim(model, images[chosen], test, loader, g, sizes) for g in sizes["grid"]]}
+            "trims": [one_trim(model, images[chosen], test, training, g, sizes) for g in sizes["grid"]]}
     write_results(args.out, report, markdown(report))
     plot(report, args.out.with_suffix(".png"))
     return report
