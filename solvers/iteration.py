@@ -340,16 +340,8 @@ class Iteration:
         measured iterates. Returns whether it finalized them."""
         xp, be, s, program = self.xp, self.be, self.s, self.program
         positions = np.flatnonzero(missed)
-        pick, neurons = be.asarray(positions), be.asarray(s.neurons[positions])
-
-        def rows(array):
-            return array if isinstance(array, float) else xp.take(array, neurons, axis=0)
-
-        old = xp.take(weights, pick, axis=1)
-        tau = 0.1 * self.options["violation_tol"] * self.y_scale
-        new, ok = repair_on_supports(be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y),
-                                     rows(program.omega), rows(program.upper), old,
-                                     (1 - 1e-4) * rows(program.eps), tau, self.layer.scale)
+        new, ok = self._repaired(positions, positions, weights, response)
+        old = xp.take(weights, be.asarray(positions), axis=1)
         size = program.group_size
         squares = xp.sum(weights**2, axis=1) - xp.sum(old**2, axis=1) + xp.sum(new**2, axis=1)
         norms = xp.sqrt(xp.maximum(rowgroups.sums(xp, squares, size), 0.0))
@@ -435,18 +427,24 @@ class Iteration:
             repaired[part] = self._repair_batch(positions[part], weights, response, chosen[part], gap_allowed)
         return repaired
 
-    def _repair_batch(self, positions, weights, response, chosen, gap_allowed):
-        xp, be, s, program = self.xp, self.be, self.s, self.program
-        pick, neurons = be.asarray(chosen), be.asarray(s.neurons[positions])
+    def _repaired(self, positions: np.ndarray, chosen: np.ndarray, weights, response):
+        """repair_on_supports (repair.py) for the working-set `positions` (host), whose measured iterates are the
+        columns `chosen` (host) of `weights` (N, k) and the rows `chosen` of `response` (k, P): (weights, ok)."""
+        xp, be, program = self.xp, self.be, self.program
+        pick, neurons = be.asarray(chosen), be.asarray(self.s.neurons[positions])
 
         def rows(array):
             return array if isinstance(array, float) else xp.take(array, neurons, axis=0)
 
         tau = 0.1 * self.options["violation_tol"] * self.y_scale
-        new_weights, ok = repair_on_supports(
-            be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y), rows(program.omega),
-            rows(program.upper), xp.take(weights, pick, axis=1), (1 - 1e-4) * rows(program.eps), tau,
-            self.layer.scale)
+        return repair_on_supports(be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y),
+                                  rows(program.omega), rows(program.upper), xp.take(weights, pick, axis=1),
+                                  (1 - 1e-4) * rows(program.eps), tau, self.layer.scale)
+
+    def _repair_batch(self, positions, weights, response, chosen, gap_allowed):
+        xp, be, s, program = self.xp, self.be, self.s, self.program
+        neurons = be.asarray(s.neurons[positions])
+        new_weights, ok = self._repaired(positions, chosen, weights, response)
         magnitude = xp.abs(new_weights)
         if program.l1_weights is not None:
             magnitude = xp.take(program.l1_weights, neurons, axis=1) * magnitude
