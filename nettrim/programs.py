@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 import solvers
-from solvers import LayerProblem
+from solvers import LayerProblem, rowgroups
 from solvers.grouped import GroupedProblem
 from solvers.result import merge_results
 
@@ -181,6 +181,4 @@ def _inputs_unread(problem, U: np.ndarray, has_bias: bool) -> int | None:
     zero weights only; else None."""
     if not getattr(problem, "rows", False):
         return None
-    inputs = U[:U.shape[0] - has_bias]
-    groups = inputs.reshape(-1, problem.group_size * inputs.shape[1])
-    return int(np.sum(~groups.any(axis=1)))
+    return int(np.sum(rowgroups.norms(np, U[:U.shape[0] - has_bias], problem.group_size) == 0))
