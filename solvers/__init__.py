@@ -6,8 +6,11 @@
     >>> result = solve(problem, backend="cvxpy")     # the CVXPY + Clarabel reference
 """
 
+import time
+
 from .admm import PUBLISHED_OPTIONS, MemoryLimitError, solve_admm
 from .arrays import backend, device_to_host_transfers
+from .copies import distinct_rows, spread_result
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget
@@ -22,12 +25,17 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
 
     reweight=K adds K rounds of reweighted l1 (see reweight.py; delta is its relative floor), each warm started
     from the previous round and keeping the same budget.
+
+    Inputs that are copies of one another (equal rows of X) are solved as one variable and the result put back
+    on the original rows (copies.py; info["input_copies"] counts the rows merged away): the same optimum.
     """
     if not isinstance(problem, LayerProblem):
         raise ValueError(f"problem must be a LayerProblem, got {type(problem).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
+    start = time.perf_counter()
+    program, options, copies = distinct_rows(problem, options)
     first_start = options.pop("initial", None) if backend == "admm" else None
 
     def solve_once(program: LayerProblem, start) -> LayerResult:
@@ -35,9 +43,8 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
             return solve_reference(program, **options)
         return solve_admm(program, **options, initial=first_start if start is None else start)
 
-    if reweight == 0:
-        return solve_once(problem, None)
-    return solve_reweighted(problem, solve_once, reweight, delta)
+    result = solve_once(program, None) if reweight == 0 else solve_reweighted(program, solve_once, reweight, delta)
+    return result if copies is None else spread_result(problem, copies, result, time.perf_counter() - start)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .admm import iteration_constants
+from .copies import distinct_rows
 from .problem import LayerProblem
 
 
@@ -30,7 +31,9 @@ def neuron_blocks(problem: LayerProblem, count: int, min_size: int = 1) -> list[
 
 
 def block_options(problem: LayerProblem, backend: str, options: dict) -> dict:
-    """The solver options every block shares: the layer's iteration constants fixed for the ADMM."""
+    """The solver options every block shares: the layer's iteration constants fixed for the ADMM (those of the
+    program over X's distinct rows, which every block's solve merges alike: copies.py)."""
     if backend != "admm":
         return dict(options)
-    return dict(options, **iteration_constants(problem, **options))
+    program, merged_options, _ = distinct_rows(problem, options)
+    return dict(options, **iteration_constants(program, **merged_options))

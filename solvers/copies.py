@@ -1,0 +1,128 @@
+"""Inputs that are copies of one another, solved as one variable.
+
+If rows i and j of X are equal, only u_i + u_j enters U^T X, and c_i |u_i| + c_j |u_j| >= min(c_i, c_j) |u_i + u_j|,
+with equality when the sum sits on the cheaper copy. So the program over the distinct rows of X (each group of
+copies once, its weight the sum of theirs, its cost the least of theirs) has the same responses and the same
+optimal value, and a solution of it, put on the cheapest copy of each group (the first among equals; per neuron
+for l1 weights) with 0 on the other copies, solves the original program with the same response and the same
+objective. A certified lower bound on the merged program's optimum is one on the original's. The rows' group norm
+with one row per group (group_size = 1) merges alike (||u_i|| + ||u_j|| >= ||u_i + u_j||); groups of several rows
+are left as they are.
+
+Copies are common: an adaptive average pooling that upsamples (VGG's classifier reads each of 512 channels at 49
+positions when the images are 32 x 32: 25,088 inputs, 512 distinct), features constant on the calibration data,
+and inputs that are always 0 (dead ReLUs, blank pixels). Rows are copies when their float64 values are equal
+(0.0 and -0.0 alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .problem import LayerProblem
+from .result import LayerResult, make_result
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The distinct rows of X: `first` (K,) the first row of each group, in X's order; `group` (N,) the group
+    of every row (group[first[k]] = k)."""
+
+    first: np.ndarray
+    group: np.ndarray
+
+    @property
+    def order(self) -> np.ndarray:
+        """X's rows sorted by group (each group's rows in X's order)."""
+        return np.argsort(self.group, kind="stable")
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each group begins in `order`."""
+        return np.concatenate([[0], np.cumsum(np.bincount(self.group, minlength=self.first.size))[:-1]])
+
+    def sums(self, A: np.ndarray) -> np.ndarray:
+        """(K, ...) the sum of A's rows over each group."""
+        return np.add.reduceat(A[self.order], self.starts, axis=0)
+
+    def least(self, A: np.ndarray) -> np.ndarray:
+        """(K, ...) the least of A's rows over each group."""
+        return np.minimum.reduceat(A[self.order], self.starts, axis=0)
+
+
+def find_copies(X: np.ndarray) -> Copies | None:
+    """The groups of equal rows of X, or None when its rows are distinct. Rows are grouped by a 128-bit digest of
+    their values and the groups then checked for exact equality (None on a digest collision: nothing is merged)."""
+    digests = np.array([hashlib.blake2b(np.ascontiguousarray(row + 0.0).tobytes(), digest_size=16).digest()
+                        for row in X], dtype="S16")
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    if first.size == X.shape[0]:
+        return None
+    by_position = np.argsort(first)  # number the groups in the order of their first rows
+    renumber = np.empty_like(by_position)
+    renumber[by_position] = np.arange(first.size)
+    copies = Copies(first[by_position], renumber[inverse.reshape(-1)])
+    others = np.flatnonzero(copies.first[copies.group] != np.arange(X.shape[0]))
+    if not np.array_equal(X[others], X[copies.first[copies.group[others]]]):
+        return None
+    return copies
+
+
+def mergeable(problem: LayerProblem) -> bool:
+    """Can the program's equal rows be merged (the module docstring)? All but a rows' objective over groups of
+    several rows."""
+    return not (problem.rows and problem.group_size > 1)
+
+
+def merge(problem: LayerProblem, copies: Copies, initial=None) -> tuple[LayerProblem, np.ndarray | None]:
+    """The program over the distinct rows, and the merged `initial` (N, M) weights (None stays None)."""
+    def summed(array):
+        return None if array is None else copies.sums(np.asarray(array, dtype=np.float64))
+
+    def least(array):
+        return None if array is None else copies.least(array)
+
+    merged = LayerProblem(problem.X[copies.first], problem.Y, problem.eps, problem.activation, problem.upper,
+                          summed(problem.original_weights), least(problem.l1_weights), problem.structure,
+                          least(problem.group_weights), problem.group_size)
+    return merged, summed(initial)
+
+
+def spread(problem: LayerProblem, copies: Copies, U: np.ndarray) -> np.ndarray:
+    """The original program's weights (N, M) from the merged program's U (K, M): each group's weight on its
+    cheapest copy (the first among equals), 0 on the others."""
+    cost = problem.l1_weights if problem.l1_weights is not None else (
+        None if problem.group_weights is None else problem.group_weights[:, None])
+    full = np.zeros((problem.shape[0], U.shape[1]))
+    if cost is None:
+        full[copies.first] = U
+        return full
+    order, starts = copies.order, copies.starts
+    sorted_cost = cost[order]
+    cheapest = sorted_cost == copies.least(cost)[copies.group[order]]
+    seen = np.cumsum(cheapest, axis=0)
+    before_group = np.concatenate([np.zeros((1, cost.shape[1]), dtype=seen.dtype), seen[starts[1:] - 1]])
+    first_cheapest = cheapest & (seen - before_group[copies.group[order]] == 1)
+    full[order] = np.where(first_cheapest, U[copies.group[order]], 0.0)
+    return full
+
+
+def distinct_rows(problem: LayerProblem, options: dict) -> tuple[LayerProblem, dict, Copies | None]:
+    """(program, options, copies): the program over X's distinct rows and the options with its `initial` merged,
+    or the problem and options as they are (copies None) when X has no equal rows or they cannot be merged."""
+    copies = find_copies(problem.X) if mergeable(problem) else None
+    if copies is None:
+        return problem, options, None
+    program, initial = merge(problem, copies, options.get("initial"))
+    return program, (options if initial is None else dict(options, initial=initial)), copies
+
+
+def spread_result(problem: LayerProblem, copies: Copies, result: LayerResult, seconds: float) -> LayerResult:
+    """The merged program's result as the original program's: its U spread over the copies, measured again."""
+    U = spread(problem, copies, result.U)
+    info = dict(result.info, input_copies=int(problem.shape[0] - copies.first.size))
+    return make_result(problem, U, status=result.status, message=result.message, iterations=result.iterations,
+                       seconds=seconds, backend=result.backend, info=info)
