@@ -19,8 +19,9 @@ comes from one eigendecomposition of the Gram matrix (the standard's linalg.eigh
 
 Equilibration. The rows of X are scaled to unit norm, X = D Xs with D = diag(||x_i||); in the variable
 Us = D U the program is the same with the weighted objective sum_i |Us_i| / d_i, whose prox is still an
-elementwise soft threshold. With beta = trace(Xs Xs^T) / N (about 1) this halved the iterations on the MNIST
-layer-1 benchmark compared with the published scaling (beta = 0.09 max diag X X^T on the raw data).
+elementwise soft threshold. With beta = trace(Xs Xs^T) / min(N, P) (the mean nonzero eigenvalue; about 1 when
+P >= N) this halved the iterations on the MNIST layer-1 benchmark compared with the published scaling (beta = 0.09
+max diag X X^T on the raw data).
 
 Acceleration. ADMM is a fixed-point iteration in zeta = (relaxed point + scaled dual); anderson.py extrapolates
 it per neuron (type-II Anderson acceleration with a safeguard, as SCS 3 does), which removed about half of the
@@ -263,8 +264,10 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
                         warm_start=True, initial=None, **_) -> dict:
     """The layer-level numbers of the iteration, {"rho", "beta", "response_scale", "cost_unit"}, from the whole layer.
 
-    beta balances the two consensus blocks: the mean eigenvalue trace(G)/N of the (equilibrated) Gram matrix G
-    by default (measured best on MNIST layers), 0.09 max diag G in the published form (its c0^2). rho sets the
+    beta balances the two consensus blocks: the mean nonzero eigenvalue trace(G)/min(N, P) of the (equilibrated)
+    Gram matrix G by default (G = Xs Xs^T has at most min(N, P) of them; trace(G)/N, measured best on MNIST layers,
+    when P >= N; on a wide layer, N = 25,089 and P = 1,000, trace(G)/N took 64 neurons 10,000 iterations and
+    trace(G)/P 960), 0.09 max diag G in the published form (its c0^2). rho sets the
     soft threshold of weight i, c_i / (rho beta) with c_i = 1 / ||x_i|| (equilibrated), at c_i T with
     T = THRESHOLD_OVER_MEAN_WEIGHT * mean|D W0| * cost_unit, where cost_unit, the mean |x| over X's nonzero
     entries, converts the cost to the data's units: scaling X and Y by s scales D W0 and cost_unit by s and c by
@@ -280,7 +283,7 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     scale = rowgroups.equilibration_scale(row_norms, _group_size(problem)) if equilibrate else np.ones_like(row_norms)
     gram_diagonal = (row_norms / scale) ** 2  # trace and max diag of G need only the row norms
     if beta is None:
-        beta = gram_diagonal.sum() / gram_diagonal.size
+        beta = gram_diagonal.sum() / min(gram_diagonal.size, problem.shape[1])
     elif beta == "published":
         beta = 0.09 * gram_diagonal.max()
     beta = float(beta) if beta else 1.0  # beta = 0 only when X = 0, which needs no iteration
