@@ -55,7 +55,7 @@ class WorkingSet:
     ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw", "cost")
     VECTORS = ("rho", "tol_factor", "lower_bound")
-    HOST = ("neurons", "rounds_left", "repair_wait", "unproven_checks")
+    HOST = ("neurons", "rounds_left", "repair_wait", "unproven_checks", "inside_margin")
 
     def __init__(self, **arrays):
         self.__dict__.update(arrays)
@@ -118,7 +118,7 @@ class Iteration:
         restore = options["restore_rounds"] if options["restore"] else 0
         s = self.s = WorkingSet(
             neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
-            unproven_checks=np.zeros(M, dtype=int),
+            unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool),
             Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt),
             off_omega=xp.astype(~program.omega, dt), original_eps=program.eps,
             upper=program.upper if isinstance(program.upper, float) else xp.astype(program.upper, dt), eps=eps,
