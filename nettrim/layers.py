@@ -95,11 +95,12 @@ class Layer:
     def weight_matrix(self) -> np.ndarray:
         """W (N, M) in float64: one column per output unit (over its group's inputs), the bias (if any) as the
         last row."""
-        weight = self.module.weight.detach().to("cpu", torch.float64).reshape(self.module.weight.shape[0], -1)
-        columns = [weight.T]
+        weight = self.module.weight.detach().reshape(self.module.weight.shape[0], -1)
+        W = torch.empty((weight.shape[1] + self.has_bias, weight.shape[0]), dtype=torch.float64)
+        W[:weight.shape[1]].copy_(weight.T)  # converted as it is copied: no float64 temporary of the weight
         if self.has_bias:
-            columns.append(self.module.bias.detach().to("cpu", torch.float64)[None, :])
-        return torch.cat(columns).numpy()
+            W[-1].copy_(self.module.bias.detach())
+        return W.numpy()
 
     def set_weight_matrix(self, U: np.ndarray) -> None:
         """Write U (N, M) back into the module's weight and bias, in their dtype and device."""
@@ -107,9 +108,9 @@ class Layer:
         U = torch.as_tensor(np.asarray(U, dtype=np.float64))
         features = weight[0].numel()
         with torch.no_grad():
-            weight.copy_(U[:features].T.reshape(weight.shape).to(weight))
+            weight.copy_(U[:features].T.reshape(weight.shape))  # copy_ converts dtype and device
             if bias is not None:
-                bias.copy_(U[features].to(bias))
+                bias.copy_(U[features])
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """The samples the layer multiplies by its weight, one per row: (samples, in features), no bias column."""

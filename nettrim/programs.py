@@ -26,6 +26,7 @@ from tqdm import tqdm
 import solvers
 from solvers import LayerProblem, rowgroups
 from solvers.grouped import GroupedProblem
+from solvers.problem import column_l1
 from solvers.result import merge_results
 
 from .layers import Layer
@@ -111,7 +112,8 @@ def solve_layer(layer: Layer, problem: LayerProblem | GroupedProblem, scheduler:
     sparser = ~missed & denser & problem.columns_within_budget(W, FIT_RTOL, VIOLATION_TOL)
     if problem.rows:  # never for the rows' objective, whose aim is zero rows: the original's columns fill them
         sparser[:] = False
-    U = np.where((missed | sparser)[None, :], W, result.U)  # W keeps the budget (kappa < 1 aside)
+    fallback = missed | sparser
+    U = np.where(fallback[None, :], W, result.U) if fallback.any() else result.U  # W keeps the budget
     return Solved(problem, result, U, missed, sparser)
 
 
@@ -143,7 +145,7 @@ def certified_gap(problem, result: solvers.LayerResult, kept_solution: np.ndarra
     if getattr(problem, "rows", False):  # the layer's bound on the rows' objective
         objective = problem.objective(result.U)
         return float(1.0 - min(max(float(bound), 0.0), objective) / objective) if objective > 0 else 0.0
-    l1 = np.abs(result.U).sum(axis=0)
+    l1 = column_l1(result.U)
     bound = np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=0.0)
     if bound.shape == l1.shape:
         l1, proven = l1[kept_solution], np.clip(bound, 0.0, l1)[kept_solution].sum()

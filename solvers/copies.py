@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+import scipy.sparse
 
 from .problem import LayerProblem
 from .result import LayerResult, make_result
+
+#: Columns of an (N, M) array grouped at once: the temporaries of grouping its rows stay N x BLOCK_COLUMNS.
+BLOCK_COLUMNS = 256
 
 
 @dataclass(frozen=True)
@@ -34,23 +39,32 @@ class Copies:
     first: np.ndarray
     group: np.ndarray
 
-    @property
+    @cached_property
     def order(self) -> np.ndarray:
         """X's rows sorted by group (each group's rows in X's order)."""
         return np.argsort(self.group, kind="stable")
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
         """Where each group begins in `order`."""
         return np.concatenate([[0], np.cumsum(np.bincount(self.group, minlength=self.first.size))[:-1]])
 
     def sums(self, A: np.ndarray) -> np.ndarray:
-        """(K, ...) the sum of A's rows over each group."""
-        return np.add.reduceat(A[self.order], self.starts, axis=0)
+        """(K, ...) the sum of A's rows over each group (a sparse K x N indicator times A)."""
+        N = self.group.size
+        indicator = scipy.sparse.csr_array((np.ones(N), (self.group, np.arange(N))), shape=(self.first.size, N))
+        return indicator @ A
 
     def least(self, A: np.ndarray) -> np.ndarray:
         """(K, ...) the least of A's rows over each group."""
-        return np.minimum.reduceat(A[self.order], self.starts, axis=0)
+        if A.ndim == 1:
+            return self.least(A[:, None])[:, 0]
+        return np.hstack([np.minimum.reduceat(A[:, block][self.order], self.starts, axis=0)
+                          for block in _column_blocks(A.shape[1])])
+
+
+def _column_blocks(M: int) -> list[slice]:
+    return [slice(first, first + BLOCK_COLUMNS) for first in range(0, max(M, 1), BLOCK_COLUMNS)]
 
 
 def find_copies(X: np.ndarray) -> Copies | None:
@@ -100,14 +114,20 @@ def spread(problem: LayerProblem, copies: Copies, U: np.ndarray) -> np.ndarray:
     if cost is None:
         full[copies.first] = U
         return full
-    order, starts = copies.order, copies.starts
-    sorted_cost = cost[order]
-    cheapest = sorted_cost == copies.least(cost)[copies.group[order]]
-    seen = np.cumsum(cheapest, axis=0)
-    before_group = np.concatenate([np.zeros((1, cost.shape[1]), dtype=seen.dtype), seen[starts[1:] - 1]])
-    first_cheapest = cheapest & (seen - before_group[copies.group[order]] == 1)
-    full[order] = np.where(first_cheapest, U[copies.group[order]], 0.0)
+    for block in _column_blocks(U.shape[1]):
+        full[:, block] = _on_cheapest_copies(copies, cost if cost.shape[1] == 1 else cost[:, block], U[:, block])
     return full
+
+
+def _on_cheapest_copies(copies: Copies, cost: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """(N, k): U's (K, k) rows each on the first copy of its group whose cost (N, k or 1) is the group's least."""
+    order, group = copies.order, copies.group[copies.order]
+    cheapest = cost[order] == copies.least(cost)[group]
+    seen = np.cumsum(cheapest, axis=0)  # per group, in X's order: the first cheapest copy is the one seen once
+    before = np.concatenate([np.zeros((1, cost.shape[1]), dtype=seen.dtype), seen[copies.starts[1:] - 1]])
+    placed = np.empty((cost.shape[0], U.shape[1]))
+    placed[order] = np.where(cheapest & (seen - before[group] == 1), U[group], 0.0)
+    return placed
 
 
 def distinct_rows(problem: LayerProblem, options: dict) -> tuple[LayerProblem, dict, Copies | None]:

@@ -56,6 +56,15 @@ def relative_budget(Y, g: float, per_neuron: bool = False):
     return float(g * np.linalg.norm(Y))
 
 
+def column_l1(U: np.ndarray, weights: np.ndarray | None = None, rows_per_block: int = 4096) -> np.ndarray:
+    """(M,) sum_i C_ij |U_ij| of each column (C = weights, or ones), in blocks of rows: no N x M temporary."""
+    total = np.zeros(U.shape[1])
+    for first in range(0, U.shape[0], rows_per_block):
+        block = np.abs(U[first:first + rows_per_block])
+        total += (block if weights is None else weights[first:first + rows_per_block] * block).sum(axis=0)
+    return total
+
+
 @dataclass(frozen=True, eq=False)
 class LayerProblem:
     """One layer's Net-Trim program (see the module docstring for the math).
@@ -241,7 +250,7 @@ class LayerProblem:
         if self.rows:
             norms = rowgroups.norms(np, U, self.group_size)
             return float(norms.sum() if self.group_weights is None else self.group_weights @ norms)
-        return float(np.abs(U).sum() if self.l1_weights is None else (self.l1_weights * np.abs(U)).sum())
+        return float(column_l1(U, self.l1_weights).sum())
 
     def evaluate(self, U) -> dict:
         """Exact measures of weights U (N x M) on this program, in float64.

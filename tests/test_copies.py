@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from instances import random_problem
-from solvers import LayerProblem, solve, solve_reference
+from solvers import LayerProblem, copies, solve, solve_reference
 from solvers.admm import iteration_constants
 from solvers.blocks import block_options
 from solvers.copies import find_copies, merge
@@ -31,11 +31,11 @@ def with_copies(problem: LayerProblem, **changes) -> LayerProblem:
 def test_equal_rows_are_found_and_distinct_ones_are_not():
     problem = random_problem(0, N=12, P=40)
     assert find_copies(problem.X) is None
-    copies = find_copies(with_copies(problem).X)
+    found = find_copies(with_copies(problem).X)
     N = problem.shape[0]
-    assert copies.first.tolist() == [*range(N - 1), N + 2, N + 4]  # the features, the zero row, the bias row
-    assert copies.group[N - 1:N + 4].tolist() == [3, 7, 3, N - 1, N - 1]  # the zero rows, -0.0 too, are one
-    assert copies.group[-1] == N
+    assert found.first.tolist() == [*range(N - 1), N + 2, N + 4]  # the features, the zero row, the bias row
+    assert found.group[N - 1:N + 4].tolist() == [3, 7, 3, N - 1, N - 1]  # the zero rows, -0.0 too, are one
+    assert found.group[-1] == N
 
 
 CASES = [("relu", True, False), ("relu", False, True), ("linear", True, False)]
@@ -58,7 +58,8 @@ def test_a_program_with_copies_has_the_oracles_optimum_on_the_program_as_given(c
         assert np.sum(result.info["l1_lower_bound"]) <= oracle.objective * (1 + 1e-6)
 
 
-def test_with_l1_weights_each_neurons_weight_sits_on_its_cheapest_copy():
+def test_with_l1_weights_each_neurons_weight_sits_on_its_cheapest_copy(monkeypatch):
+    monkeypatch.setattr(copies, "BLOCK_COLUMNS", 2)  # the neurons' columns grouped in blocks, as on wide layers
     problem = with_copies(random_problem(2, N=24, P=120, M=5, per_neuron=True, g=0.2))
     cost = np.random.default_rng(0).uniform(0.5, 1.5, problem.original_weights.shape)
     problem = dataclasses.replace(problem, l1_weights=cost)
