@@ -104,6 +104,9 @@ def test_wide_benchmark_quick_solves_in_chunks_on_the_samples_side(tmp_path):
     subset = report["neurons_to_the_end"]
     assert subset["status"] == "optimal" and subset["within_budget"] and 0 < subset["kept"] < 1
     assert "| neurons to the end |" in out.with_suffix(".md").read_text()
+    vgg = report["vgg11_bn"]  # its input repeats each of 512 channels 49 times; the bias row is distinct
+    assert vgg["inputs"] == 25_088 and vgg["distinct_inputs"] <= 512 and vgg["samples"] == 64
+    assert vgg["fit_ratio"] <= 1 + 1e-3 and 0 < vgg["kept"] < 1
 
 
 @pytest.mark.slow
