@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__, save, trim
-from .io import write_atomically
+from .io import FORMATS, write_atomically
 from .schedule import BlockError
 from .trim import BUDGETS, DEFAULT_EPSILON, MODES, STRUCTURES, TrimInterrupted
 
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     trim_parser.add_argument("--out", type=Path, required=True,
                              help="where to write the trimmed model: *.safetensors (weights and report), or any "
                                   "other suffix for the input's format (pickled module or TorchScript)")
+    trim_parser.add_argument("--format", choices=FORMATS, default="dense",
+                             help="with a .safetensors --out: the layers' weights dense, or in compressed sparse row "
+                                  "form where that is smaller (loaded back dense by nettrim.load)")
     _add_trim_options(trim_parser, DEFAULT_EPSILON)
     trim_parser.add_argument("--layer-epsilon", type=_layer_epsilon, action="append", default=[],
                              metavar="NAME=G", help="per-layer g (name or regex); repeatable")
@@ -193,6 +196,8 @@ def check_writable(path: Path, option: str) -> None:
 
 def _run_trim(args) -> int:
     check_writable(args.out, "--out")
+    if args.format == "sparse" and args.out.suffix != ".safetensors":
+        raise ValueError(f"--format sparse: writes safetensors, so --out must end in .safetensors, got {args.out}")
     if args.report is not None:
         check_writable(args.report, "--report")
     model = load_model(args.model)
@@ -208,7 +213,7 @@ def _run_trim(args) -> int:
             budget=args.budget, gamma=args.gamma, kappa=args.kappa, checkpoint=checkpoint,
             seed=args.seed, **_shared_options(args), **scheduling)
     if args.out.suffix == ".safetensors":
-        save(trimmed, args.out, report)
+        save(trimmed, args.out, report, format=args.format)
     elif isinstance(trimmed, torch.jit.ScriptModule):
         write_atomically(args.out, lambda temporary: torch.jit.save(trimmed, temporary))
     else:

@@ -5,35 +5,101 @@ nn.Identity in the trimmed model (the BatchNorms folded into the layer before th
 into a freshly built model of the original architecture: `load` replaces those modules first. A model made
 smaller by neuron trimming is saved with its widths (each layer's and BatchNorm's sizes), and `load` resizes the
 freshly built model's modules to them before loading: no pickle, no code in the file.
+
+format="sparse" stores each Linear and conv weight W (out x everything else, as a matrix) in compressed sparse
+row form when that is smaller: its nonzero values in W's dtype, their column indices and the row offsets, each
+index array in the smallest unsigned dtype that holds it (uint8, uint16 or uint32), under the keys
+"<key>::csr_values", "<key>::csr_columns", "<key>::csr_rows", with W's shape in the metadata; `load` makes them
+dense again, so the loaded model is the same dense model.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from . import __version__
 from .layers import layer_kind
 from .report import Report
 
+FORMATS = ("dense", "sparse")
+CSR_PARTS = ("values", "columns", "rows")
 
-def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None) -> Path:
-    """Write `model`'s weights to `path` (safetensors). The file appears complete or not at all."""
+
+def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None, *, format: str = "dense") -> Path:
+    """Write `model`'s weights to `path` (safetensors), its layers' weights in CSR form with format="sparse"
+    (module docstring). The file appears complete or not at all."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     path = Path(path)
     identity = [name for name, module in model.named_modules() if isinstance(module, nn.Identity) and name]
     metadata = {"format": "pt", "nettrim_version": __version__, "identity_modules": json.dumps(identity),
                 "widths": json.dumps(widths(model))}
     if report is not None:
         metadata["report"] = report.to_json()
-    write_atomically(path, lambda temporary: save_model(model, temporary, metadata=metadata))
+    if format == "dense":
+        write_atomically(path, lambda temporary: save_model(model, temporary, metadata=metadata))
+        return path
+    tensors, shapes = sparse_state(model)
+    metadata["sparse"] = json.dumps(shapes)
+    write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
     return path
+
+
+def sparse_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """(tensors, shapes): the state dict with every layer weight that is smaller in CSR form replaced by its three
+    CSR arrays, and those weights' shapes."""
+    layer_weights = {f"{name}.weight" for name, module in model.named_modules() if layer_kind(module)}
+    tensors, shapes = {}, {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        parts = csr_parts(tensor) if key in layer_weights else None
+        if parts is None:
+            tensors[key] = tensor.clone()  # no shared storage, which save_file refuses
+            continue
+        tensors.update({f"{key}::csr_{part}": array for part, array in zip(CSR_PARTS, parts, strict=True)})
+        shapes[key] = list(tensor.shape)
+    return tensors, shapes
+
+
+def csr_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(values, column indices, row offsets) of the weight as an (out, rest) matrix, indices in the smallest
+    unsigned dtype; None when they take no fewer bytes than the dense weight."""
+    matrix = weight.reshape(weight.shape[0], -1)
+    nonzero = matrix != 0
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(nonzero.sum(dim=1), dim=0)])
+    parts = (matrix[nonzero], _smallest_unsigned(torch.nonzero(nonzero)[:, 1], matrix.shape[1]),
+             _smallest_unsigned(offsets, int(offsets[-1])))
+    if sum(part.numel() * part.element_size() for part in parts) >= matrix.numel() * matrix.element_size():
+        return None
+    return parts
+
+
+def _smallest_unsigned(indices: torch.Tensor, largest: int) -> torch.Tensor:
+    dtype = next(dtype for dtype in (np.uint8, np.uint16, np.uint32, np.uint64) if largest <= np.iinfo(dtype).max)
+    return torch.from_numpy(indices.numpy().astype(dtype))
+
+
+def dense_state(handle, shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """The state dict of a file opened with safe_open: its dense tensors, and its CSR weights made dense."""
+    state = {key: handle.get_tensor(key) for key in handle.keys() if "::csr_" not in key}
+    for key, shape in shapes.items():
+        values, columns, rows = (handle.get_tensor(f"{key}::csr_{part}") for part in CSR_PARTS)
+        matrix = values.new_zeros((shape[0], math.prod(shape[1:])))
+        row_of_each = torch.repeat_interleave(torch.arange(shape[0]), torch.diff(rows.to(torch.int64)))
+        matrix[row_of_each, columns.to(torch.int64)] = values
+        state[key] = matrix.reshape(shape)
+    return state
 
 
 #: The size attributes of the modules whose widths neuron trimming changes.
@@ -99,8 +165,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report | None]:
-    """Weights saved by `save`, loaded into a copy of `model`: the trimmed architecture or the original one
-    (modules saved as nn.Identity, i.e. folded BatchNorms, are replaced, layers that gained a bias from the
+    """Weights saved by `save` (either format), loaded into a copy of `model`: the trimmed architecture or the
+    original one (modules saved as nn.Identity, i.e. folded BatchNorms, are replaced, layers that gained a bias from the
     folding get one, and modules that neuron trimming made smaller are resized to the saved widths). `model`
     itself is not modified. Returns (loaded model, report or None).
     """
@@ -118,15 +184,23 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
             raise ValueError(f"model: has no module {name!r}, which the saved model has; is it the same "
                              "architecture?") from None
         model.set_submodule(name, nn.Identity())
-    with safe_open(str(path), framework="pt") as handle:
-        saved = set(handle.keys())
-        shapes = {key: handle.get_slice(key).get_shape() for key in saved}
+    sparse = json.loads(metadata.get("sparse", "{}"))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            state = dense_state(handle, sparse) if sparse else None
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys() if "::csr_" not in key}
+    except SafetensorError as error:
+        raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+    shapes.update(sparse)
     resize(model, json.loads(metadata.get("widths", "{}")), shapes)
     for name, module in model.named_modules():
-        if layer_kind(module) and module.bias is None and f"{name}.bias" in saved:
+        if layer_kind(module) and module.bias is None and f"{name}.bias" in shapes:
             module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
     try:
-        load_model(model, str(path), strict=True)
+        if state is None:
+            load_model(model, str(path), strict=True)
+        else:
+            model.load_state_dict(state, strict=True)
     except SafetensorError as error:
         raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
     report = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None

@@ -11,6 +11,7 @@ import torch
 
 import nettrim
 from nettrim import cli
+from nettrim.io import read_metadata
 from networks import inputs, mlp
 
 
@@ -67,14 +68,14 @@ def test_trim_writes_a_pickled_module_for_other_suffixes(files):
     assert int((trimmed[0].weight == 0).sum()) > 0
 
 
-def test_structure_neurons_writes_a_smaller_model_that_loads_into_the_original_architecture(files):
+def test_structure_neurons_writes_a_smaller_sparse_model_that_loads_into_the_original_architecture(files):
     folder, model, x = files
     code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--epsilon", "0.3",
                      "--reweight", "2", "--structure", "neurons", "--out", str(folder / "small.safetensors"),
-                     "--quiet"])
+                     "--format", "sparse", "--quiet"])
     assert code == 0
     small, report = nettrim.load(folder / "small.safetensors", model)
-    assert report.structure == "neurons"
+    assert report.structure == "neurons" and "sparse" in read_metadata(folder / "small.safetensors")
     assert [small[i].out_features for i in (0, 2, 4)] == [row.width_after for row in report.layers]
     assert sum(row.width_after for row in report.layers) < sum(row.width_before for row in report.layers)
 
@@ -86,6 +87,7 @@ def test_structure_neurons_writes_a_smaller_model_that_loads_into_the_original_a
     (["--calib", "wrong.npy"], r"layer '0' \(Linear, in_features=12\)"),
     (["--calib", "calib.pt", "--workers", "0"], "workers must be a positive int"),
     (["--calib", "calib.pt", "--workers", "2", "--dask", "tcp://127.0.0.1:1"], "--workers and --dask"),
+    (["--calib", "calib.pt", "--format", "sparse"], "--format sparse: .* must end in .safetensors"),
 ])
 def test_trim_errors_exit_2_and_write_nothing(files, capsys, arguments, message):
     folder, _, _ = files

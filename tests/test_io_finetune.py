@@ -2,10 +2,12 @@
 
 import copy
 import json
+import math
 import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -79,3 +81,36 @@ def test_finetuning_keeps_every_zero_and_plain_parameters(trimmed_cnn):
 def test_finetune_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nettrim.finetune(mlp(), [(inputs(4), torch.zeros(4, dtype=torch.long))], **kwargs)
+
+
+def test_the_sparse_format_stores_the_trimmed_weights_in_csr_and_loads_the_same_model(trimmed_cnn, tmp_path):
+    x, trimmed, report = trimmed_cnn
+    dense = nettrim.save(trimmed, tmp_path / "dense.safetensors", report)
+    sparse = nettrim.save(trimmed, tmp_path / "sparse.safetensors", report, format="sparse")
+    loaded, loaded_report = nettrim.load(sparse, small_cnn(seed=5))
+    torch.testing.assert_close(loaded(x), trimmed(x), rtol=0, atol=0)
+    assert loaded_report.to_dict() == report.to_dict()
+    stored = json.loads(read_metadata(sparse)["sparse"])
+    kept = {row.name: row.nonzeros_after / row.nonzeros_before for row in report.layers}
+    assert {f"{name}.weight" for name, fraction in kept.items() if fraction < 0.5} <= set(stored)
+    with safe_open(str(sparse), framework="pt") as handle:
+        for key, shape in stored.items():
+            weight = trimmed.get_parameter(key)
+            parts = [handle.get_tensor(f"{key}::csr_{part}") for part in ("values", "columns", "rows")]
+            assert parts[0].numel() == int(torch.count_nonzero(weight)) and list(weight.shape) == shape
+            assert parts[1].dtype == (torch.uint8 if math.prod(shape[1:]) <= 256 else torch.uint16)
+            assert sum(part.numel() * part.element_size() for part in parts) < weight.numel() * weight.element_size()
+    assert sparse.stat().st_size < dense.stat().st_size
+
+
+def test_the_sparse_format_keeps_dense_weights_dense_and_loads_resized_models(tmp_path):
+    model = mlp()
+    path = nettrim.save(model, tmp_path / "m.safetensors", format="sparse")
+    assert json.loads(read_metadata(path)["sparse"]) == {}  # nothing is smaller in CSR form
+    torch.testing.assert_close(nettrim.load(path, mlp(seed=1))[0](inputs(4)), model(inputs(4)), rtol=0, atol=0)
+    smaller, _ = nettrim.trim(mlp(), inputs(64), epsilon=0.3, structure="neurons", progress=False)
+    path = nettrim.save(smaller, tmp_path / "smaller.safetensors", format="sparse")
+    loaded, _ = nettrim.load(path, mlp(seed=1))
+    torch.testing.assert_close(loaded(inputs(4)), smaller(inputs(4)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="format must be one of"):
+        nettrim.save(model, tmp_path / "x.safetensors", format="csr")
