@@ -138,3 +138,15 @@ def test_neurons_benchmark_quick(tmp_path):
     assert 0 <= run["test_error"] <= 1 and 0 <= run["test_error_finetuned"] <= 1
     assert "| lenet_300_100 | 0.2 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_storage_benchmark_quick_saves_smaller_files_and_times_both_products(tmp_path):
+    out = tmp_path / "storage.json"
+    report = _load("storage").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    row = report["rows"][0]
+    # a nonzero costs its float32 value and a uint16 or uint8 column index where a dense weight costs 4 bytes
+    assert row["bytes"]["sparse"] <= row["bytes"]["dense"] * (1.5 * row["kept"] + 0.05)
+    assert all(timing["dense"] > 0 and timing["sparse_csr"] > 0 for timing in row["latency_ms"].values())
+    assert "| lenet_300_100 (cascade" in out.with_suffix(".md").read_text()
