@@ -253,3 +253,10 @@ def test_the_margin_the_iteration_aims_inside_the_budget_costs_no_l1(per_neuron)
     result = solve(problem, rel_tol=5e-3)
     assert result.status == "optimal" and within_budget(problem, result, 1e-9, 1e-5)
     assert result.objective == pytest.approx(reference.objective, rel=5e-3)
+
+
+def test_aiming_at_the_budget_on_the_device(device):
+    problem = random_problem(0, N=30, P=150, M=6, activation="linear", per_neuron=True, g=0.05)
+    reference = solve(problem, backend="cvxpy")
+    result = solve(problem, rel_tol=5e-3, device=device)
+    assert result.status == "optimal" and result.objective == pytest.approx(reference.objective, rel=5e-3)
