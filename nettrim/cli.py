@@ -1,4 +1,5 @@
-"""The `nettrim` command: `nettrim trim MODEL --calib FILE --out PATH` and `nettrim demo`.
+"""The `nettrim` command: `nettrim trim MODEL --calib FILE --out PATH`, `nettrim compress MODEL --calib FILE
+--train FILE --val FILE --max-drop X --out PATH` and `nettrim demo`.
 
 Errors print one line naming the argument and exit with status 2 (1 when a worker fails); Ctrl-C exits with
 status 130 and writes no output (outputs are written at the very end, each through a temporary file renamed into
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pickle
 import shutil
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__, save, trim
+from .compression import DEFAULT_FINETUNE, CompressInterrupted, compress
 from .io import FORMATS, write_atomically
 from .schedule import BlockError
 from .trim import BUDGETS, DEFAULT_EPSILON, MODES, STRUCTURES, TrimInterrupted
@@ -96,6 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
                              help="folder where each trimmed layer is kept until the trim ends (default OUT.partial): "
                                   "after Ctrl-C or a crash, the same command resumes after those layers")
 
+    squeeze = commands.add_parser("compress", help="alternate trims and masked fine-tuning while the validation "
+                                                   "accuracy stays within --max-drop")
+    squeeze.add_argument("model", type=Path, help="a model saved with torch.save(model, path)")
+    squeeze.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
+    squeeze.add_argument("--train", type=Path, required=True,
+                         help="labelled training data: a .pt file holding (inputs, labels), or an .npz with x and y")
+    squeeze.add_argument("--val", type=Path, required=True, help="labelled validation data, as --train")
+    squeeze.add_argument("--max-drop", type=float, required=True,
+                         help="the validation accuracy's allowed drop from the original model's (0.005: half a point)")
+    squeeze.add_argument("--out", type=Path, required=True, help="where to write the model: *.safetensors or *.pt")
+    squeeze.add_argument("--rounds", type=int, default=8, help="rounds of trim and fine-tuning (default 8)")
+    squeeze.add_argument("--epsilon", type=float, default=0.1, help="the first round's g (default 0.1)")
+    squeeze.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE["epochs"], help="fine-tuning epochs a round")
+    squeeze.add_argument("--lr", type=float, default=DEFAULT_FINETUNE["lr"], help="fine-tuning learning rate")
+    squeeze.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
+    squeeze.add_argument("--reweight", type=int, default=0, help="reweighting rounds in each trim (default 0)")
+    squeeze.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
+    squeeze.add_argument("--history", type=Path, help="write every round (g, sparsity, accuracy, seconds) as JSON")
+    squeeze.add_argument("--seed", type=int, default=0, help="seeds the calibration subsample and the batch order")
+    squeeze.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+
     demo = commands.add_parser("demo", help="train LeNet-300-100 on the bundled MNIST (cached), trim it, compare")
     _add_trim_options(demo, 0.1)
     demo.add_argument("--samples", type=int, default=5000, help="calibration images (default 5000)")
@@ -107,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run_trim(args) if args.command == "trim" else _run_demo(args)
-    except TrimInterrupted as interrupted:
+        return {"trim": _run_trim, "compress": _run_compress, "demo": _run_demo}[args.command](args)
+    except (TrimInterrupted, CompressInterrupted) as interrupted:
         print(f"nettrim: {interrupted}; nothing else was written", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
@@ -212,12 +236,7 @@ def _run_trim(args) -> int:
             progress=not args.quiet, layers=args.layers, exclude=args.exclude, relu_layers=args.relu_layers,
             budget=args.budget, gamma=args.gamma, kappa=args.kappa, checkpoint=checkpoint,
             seed=args.seed, **_shared_options(args), **scheduling)
-    if args.out.suffix == ".safetensors":
-        save(trimmed, args.out, report, format=args.format)
-    elif isinstance(trimmed, torch.jit.ScriptModule):
-        write_atomically(args.out, lambda temporary: torch.jit.save(trimmed, temporary))
-    else:
-        write_atomically(args.out, lambda temporary: torch.save(trimmed, temporary))
+    _write_model(trimmed, args.out, report, args.format)
     if args.report is not None:
         write_atomically(args.report, report.to_json)
     if checkpoint is not None:
@@ -225,6 +244,88 @@ def _run_trim(args) -> int:
     if not args.quiet:
         print(report)
         print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _write_model(model: nn.Module, path: Path, report, format: str = "dense") -> None:
+    """*.safetensors through nettrim.save; any other suffix in the model's own format (TorchScript or pickle)."""
+    if path.suffix == ".safetensors":
+        save(model, path, report, format=format)
+    elif isinstance(model, torch.jit.ScriptModule):
+        write_atomically(path, lambda temporary: torch.jit.save(model, temporary))
+    else:
+        write_atomically(path, lambda temporary: torch.save(model, temporary))
+
+
+def load_labelled(path: Path, option: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) from a .pt file holding a pair of tensors or an .npz file with arrays x and y."""
+    if not path.exists():
+        raise FileNotFoundError(f"{option}: {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as arrays:
+            if not {"x", "y"} <= set(arrays.files):
+                raise ValueError(f"{option}: {path} must hold arrays named x and y, found {sorted(arrays.files)}")
+            pair = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    elif path.suffix == ".pt":
+        try:
+            pair = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            pair = None
+    else:
+        raise ValueError(f"{option}: expected a .pt or .npz file, got {path}")
+    if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)
+            and len(pair[0]) == len(pair[1]) > 0):
+        raise ValueError(f"{option}: {path} must hold (inputs, labels): two tensors with as many rows")
+    return pair[0], pair[1].long()
+
+
+def _accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024):
+    def accuracy(model: nn.Module) -> float:
+        with torch.no_grad():
+            hits = sum(int((model(x).argmax(dim=1) == y).sum())
+                       for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True))
+        return hits / len(labels)
+    return accuracy
+
+
+class _Shuffled:
+    """Batches (x, y) of the labelled tensors in a new seeded order every pass (what fine-tuning iterates)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        for batch in torch.randperm(len(self.labels), generator=self.generator).split(self.batch_size):
+            yield self.images[batch], self.labels[batch]
+
+
+def _run_compress(args) -> int:
+    check_writable(args.out, "--out")
+    if args.history is not None:
+        check_writable(args.history, "--history")
+    model = load_model(args.model)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError("MODEL: compress fine-tunes the model, which a TorchScript file cannot; save the nn.Module")
+    calibration = load_calibration(args.calib)
+    train = _Shuffled(*load_labelled(args.train, "--train"), args.batch_size, args.seed)
+    evaluate = _accuracy(*load_labelled(args.val, "--val"))
+    compressed, history = compress(
+        model, calibration, train, evaluate=evaluate, max_drop=args.max_drop, epsilon=args.epsilon,
+        rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight, max_samples=args.max_samples,
+        seed=args.seed, progress=not args.quiet)
+    _write_model(compressed, args.out, None)
+    if args.history is not None:
+        write_atomically(args.history, lambda temporary: Path(temporary).write_text(
+            json.dumps(history.to_dict(), indent=2)))
+    if not args.quiet:
+        print(history)
+        print(f"wrote {args.out}" + (f" and {args.history}" if args.history else ""))
     return 0
 
 

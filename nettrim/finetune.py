@@ -13,6 +13,8 @@ from tqdm import tqdm
 
 from .layers import layer_kind
 
+SCHEDULES = ("constant", "cosine")
+
 
 def zero_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     """For each weight and bias of the model's Linear and Conv2d layers that has zeros: True where it is zero."""
@@ -25,19 +27,27 @@ def zero_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     return masks
 
 
-def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, loss=None,
-             progress: bool = True) -> nn.Module:
+def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, schedule: str = "constant",
+             loss=None, progress: bool = True) -> nn.Module:
     """Train `model` in place with Adam for `epochs` passes over `loader` (batches (x, y)), keeping its zeros.
 
+    schedule: "constant" (lr throughout) or "cosine": lr_t = lr (1 + cos(pi t / T)) / 2 over the T batches
+    of all epochs (T = epochs * len(loader); a loader without len() decays once per epoch instead).
     loss(output, y) defaults to cross-entropy. Returns the model in the training mode it came in.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     loss = nn.functional.cross_entropy if loss is None else loss
     masks = zero_masks(model)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    per_batch = hasattr(loader, "__len__")
+    steps = epochs * len(loader) if per_batch else epochs
+    decay = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if schedule == "cosine"
+             else None)
     was_training = model.training
     device = next(model.parameters()).device
     model.train()
@@ -58,6 +68,10 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, los
                     with torch.no_grad():
                         for parameter, mask in masks.items():
                             parameter.masked_fill_(mask, 0.0)
+                if decay is not None and per_batch:
+                    decay.step()
+            if decay is not None and not per_batch:
+                decay.step()
     finally:
         model.train(was_training)
     return model

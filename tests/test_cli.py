@@ -11,6 +11,7 @@ import torch
 
 import nettrim
 from nettrim import cli
+from nettrim.compression import sparsity
 from nettrim.io import read_metadata
 from networks import inputs, mlp
 
@@ -189,3 +190,53 @@ def test_a_model_whose_class_cannot_be_imported_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1
     assert "No module named 'mymodels'" in error and "PYTHONPATH" in error
+
+
+@pytest.fixture
+def labelled(files):
+    """The model's own labels on 300 inputs: (inputs, labels) files for --train (.pt) and --val (.npz)."""
+    folder, model, x = files
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    torch.save((x[:200], labels[:200]), folder / "train.pt")
+    np.savez(folder / "val.npz", x=x[200:].numpy(), y=labels[200:].numpy())
+    return folder
+
+
+def test_compress_writes_the_sparsest_model_within_the_drop_and_its_history(labelled, capsys):
+    folder = labelled
+    out, history = folder / "small.pt", folder / "history.json"
+    code = cli.main(["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
+                     "--train", str(folder / "train.pt"), "--val", str(folder / "val.npz"), "--max-drop", "0.05",
+                     "--rounds", "2", "--epochs", "1", "--lr", "0.01", "--batch-size", "50",
+                     "--out", str(out), "--history", str(history), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rounds = json.loads(history.read_text())["rounds"]
+    assert len(rounds) == 2 and any(entry["accepted"] for entry in rounds)
+    best = [entry for entry in rounds if entry["accepted"]][-1]
+    compressed = torch.load(out, weights_only=False)
+    val = np.load(folder / "val.npz")
+    with torch.no_grad():
+        accuracy = float((compressed(torch.from_numpy(val["x"])).argmax(dim=1).numpy() == val["y"]).mean())
+    assert accuracy == pytest.approx(best["metric"]) and accuracy >= 0.95
+    assert sparsity(compressed) == pytest.approx(best["sparsity"]) and best["sparsity"] > 0
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--train", "missing.pt"], "--train: .* does not exist"),
+    (["--val", "calib.pt"], "--val: .* must hold \\(inputs, labels\\)"),
+    (["--train", "calib.npy"], "--train: expected a .pt or .npz file"),
+    (["--max-drop", "-1"], "max_drop must be a finite number >= 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1")])
+def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, message):
+    folder = labelled
+    options = {"--train": "train.pt", "--val": "val.npz", "--max-drop": "0.01"}
+    for flag, value in zip(arguments[::2], arguments[1::2], strict=True):
+        options[flag] = value
+    argv = ["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--out",
+            str(folder / "small.pt"), "--quiet"]
+    for flag, value in options.items():
+        argv += [flag, value if flag == "--max-drop" or flag == "--batch-size" else str(folder / value)]
+    assert cli.main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (folder / "small.pt").exists()

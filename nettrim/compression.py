@@ -1,0 +1,186 @@
+"""Accuracy-aware compression: rounds of Net-Trim alternated with masked fine-tuning.
+
+Round k trims the current model at budget g_k (cascade mode by default, so the budget is the first layer's and the
+later ones inherit it), fine-tunes the trimmed model with its zeros fixed (nettrim/finetune.py), and scores it with
+the user's metric. The round is accepted when
+
+    metric(candidate) >= metric(original) - max_drop   and   sparsity(candidate) > sparsity(current),
+
+and the next round trims the candidate at g_{k+1} = grow g_k (capped at max_epsilon). A rejected candidate is
+dropped and the next round trims the current model again at g_{k+1} = g_k / 2. Each round's budget is relative to
+the current model's own responses, so accepted rounds compound: the trimmed model drifts from the original by more
+than any single eps, and fine-tuning pulls it back towards the task. The guarantee a user gets is the metric's,
+measured by `evaluate` on their data after every round; the sparsest accepted model is returned.
+
+Sparsity counts the zeros of the selected layers' weights and biases (Report.weights), the caller's model
+included, so a model that arrives sparse is only replaced by a sparser one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from torch import nn
+
+from .finetune import SCHEDULES, finetune
+from .layers import select_layers
+from .trim import trim
+
+DEFAULT_FINETUNE = {"epochs": 3, "lr": 1e-3, "schedule": "cosine"}
+
+
+@dataclasses.dataclass
+class Round:
+    """One round: the budget g it trimmed at, the candidate's sparsity and metric, whether it was kept."""
+
+    epsilon: float
+    sparsity: float
+    metric: float
+    accepted: bool
+    trim_seconds: float
+    finetune_seconds: float
+    evaluate_seconds: float
+
+
+@dataclasses.dataclass
+class History:
+    """The original model's metric and sparsity, the allowed drop, and every round in order."""
+
+    original_metric: float
+    original_sparsity: float
+    max_drop: float
+    rounds: list[Round] = dataclasses.field(default_factory=list)
+
+    @property
+    def best(self) -> Round | None:
+        """The last accepted round (the sparsest within max_drop), or None when no round was accepted."""
+        accepted = [entry for entry in self.rounds if entry.accepted]
+        return accepted[-1] if accepted else None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"original: metric {self.original_metric:.4g}, sparsity {self.original_sparsity:.1%}; "
+                 f"allowed drop {self.max_drop:g}",
+                 "| round | g | sparsity | metric | kept | trim s | fine-tune s |", "|---|---|---|---|---|---|---|"]
+        for index, entry in enumerate(self.rounds, start=1):
+            lines.append(f"| {index} | {entry.epsilon:.4g} | {entry.sparsity:.2%} | {entry.metric:.4g} "
+                         f"| {'yes' if entry.accepted else 'no'} | {entry.trim_seconds:.0f} "
+                         f"| {entry.finetune_seconds:.0f} |")
+        return "\n".join(lines)
+
+
+class CompressInterrupted(KeyboardInterrupt):
+    """Ctrl-C during compress(): `model` is the sparsest model accepted so far (a copy; the caller's model is
+    untouched) and `history` the rounds finished."""
+
+    def __init__(self, model: nn.Module, history: History):
+        super().__init__(f"compress interrupted after {len(history.rounds)} rounds")
+        self.model, self.history = model, history
+
+
+def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: Callable[[nn.Module], float],
+             max_drop: float, epsilon: float = 0.1, rounds: int = 8, grow: float = 1.5, max_epsilon: float = 0.5,
+             epochs: int = DEFAULT_FINETUNE["epochs"], lr: float = DEFAULT_FINETUNE["lr"],
+             schedule: str = DEFAULT_FINETUNE["schedule"], loss=None, progress: bool = True,
+             **trim_options) -> tuple[nn.Module, History]:
+    """The sparsest model within `max_drop` of the original's metric, from `rounds` rounds of trim and fine-tune.
+
+    train_data: an iterable of (x, y) batches, re-iterated every epoch (a DataLoader); loss(output, y) defaults
+                to cross-entropy. epochs, lr and schedule: each round's masked fine-tuning (Adam; the cosine
+                decay restarts every round; see README "Compression" for how the defaults were chosen).
+    evaluate:   evaluate(model) -> float, the user's metric on their own validation data, higher is better; it
+                gets the model in eval mode.
+    max_drop:   the metric's allowed drop from the original model's (e.g. 0.005 for half a point of accuracy).
+    epsilon, grow, max_epsilon: the first round's g, its factor after an accepted round (halved after a rejected
+                one), and its cap. trim_options go to every trim (mode defaults to "cascade"; reweight, layers,
+                exclude, max_samples, workers, ...; not inplace or structure).
+
+    Returns (model, History). The model is a copy (the caller's stays untouched, also on errors and Ctrl-C,
+    which raises CompressInterrupted holding the best model so far), in the caller's model's training mode;
+    when no round is accepted it is an unchanged copy of the original.
+    """
+    _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule, trim_options)
+    trim_options = {"mode": "cascade", "progress": progress, **trim_options}
+    selection = {key: trim_options.get(key) for key in ("layers", "exclude")}
+    best = copy.deepcopy(model)
+    history = History(_scored(evaluate, best), sparsity(best, **selection), max_drop)
+    g, current_sparsity = epsilon, history.original_sparsity
+    tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, progress=progress)
+    try:
+        for _ in range(rounds):
+            candidate, entry = _round(best, calibration, train_data, evaluate, g, selection, trim_options, tuning)
+            entry.accepted = (entry.metric >= history.original_metric - max_drop
+                              and entry.sparsity > current_sparsity)
+            history.rounds.append(entry)
+            if progress:
+                print(f"compress: round {len(history.rounds)}, g = {g:.4g}: sparsity {entry.sparsity:.2%}, "
+                      f"metric {entry.metric:.4g} ({'kept' if entry.accepted else 'dropped'})", flush=True)
+            if entry.accepted:
+                best, current_sparsity = candidate, entry.sparsity
+            g = min(g * grow, max_epsilon) if entry.accepted else g / 2
+    except KeyboardInterrupt as interrupt:
+        raise CompressInterrupted(best.train(model.training), history) from interrupt
+    return best.train(model.training), history
+
+
+def _round(current: nn.Module, calibration, train_data, evaluate, g: float, selection: dict, trim_options: dict,
+           tuning: dict) -> tuple[nn.Module, Round]:
+    """Trim `current` at g, fine-tune the result, score it; the round is not yet judged (accepted=False)."""
+    start = time.perf_counter()
+    candidate, _ = trim(current, calibration, epsilon=g, **trim_options)
+    trimmed = time.perf_counter()
+    finetune(candidate, train_data, **tuning)
+    tuned = time.perf_counter()
+    metric = _scored(evaluate, candidate)
+    return candidate, Round(g, sparsity(candidate, **selection), metric, False, trimmed - start, tuned - trimmed,
+                            time.perf_counter() - tuned)
+
+
+def _scored(evaluate, model: nn.Module) -> float:
+    model.eval()
+    metric = evaluate(model)
+    try:
+        metric = float(metric)
+    except (TypeError, ValueError):
+        raise ValueError(f"evaluate must return a number, got {type(metric).__name__}") from None
+    if not math.isfinite(metric):
+        raise ValueError(f"evaluate returned {metric}, not a finite number")
+    return metric
+
+
+def sparsity(model: nn.Module, layers=None, exclude=None) -> float:
+    """The fraction of zeros among the selected layers' weights and biases (all Linear and Conv2d by default)."""
+    matrices = [layer.weight_matrix() for layer in select_layers(model, layers, exclude)]
+    total = sum(matrix.size for matrix in matrices)
+    return 1.0 - sum(int(np.count_nonzero(matrix)) for matrix in matrices) / max(total, 1)
+
+
+def _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule,
+                     trim_options) -> None:
+    if not callable(evaluate):
+        raise ValueError(f"evaluate must be a function of the model returning a number, got {evaluate!r}")
+    if not (isinstance(max_drop, int | float) and math.isfinite(max_drop) and max_drop >= 0):
+        raise ValueError(f"max_drop must be a finite number >= 0, got {max_drop!r}")
+    if not (isinstance(epsilon, int | float) and 0 < epsilon <= max_epsilon):
+        raise ValueError(f"epsilon must be a number in (0, max_epsilon={max_epsilon}], got {epsilon!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if not (isinstance(grow, int | float) and grow >= 1):
+        raise ValueError(f"grow must be a number >= 1, got {grow!r}")
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    for refused in ("inplace", "structure", "model_sparsity", "checkpoint"):
+        if refused in trim_options:
+            raise ValueError(f"{refused}: not an option of compress() (each round trims a copy of the current "
+                             "model with the weights' l1 objective)")

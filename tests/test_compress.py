@@ -1,0 +1,124 @@
+"""nettrim.compress: rounds of trim and masked fine-tuning judged by the user's metric."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import nettrim
+import nettrim.compression as compress_module
+from nettrim.compression import CompressInterrupted, compress, sparsity
+from networks import inputs, mlp
+
+
+@pytest.fixture(scope="module")
+def task():
+    """A teacher's own labels on 400 inputs (its accuracy is 1), split into training batches and a validation
+    set, and calibration inputs."""
+    teacher = mlp(seed=3)
+    x = inputs(400, seed=4)
+    with torch.no_grad():
+        labels = teacher(x).argmax(dim=1)
+    train = [(x[i:i + 50], labels[i:i + 50]) for i in range(0, 300, 50)]
+    validation = (x[300:], labels[300:])
+    return teacher, train, validation, x[:200]
+
+
+def accuracy_on(validation):
+    def evaluate(model):
+        assert not model.training
+        with torch.no_grad():
+            return float((model(validation[0]).argmax(dim=1) == validation[1]).double().mean())
+    return evaluate
+
+
+def test_compress_keeps_the_sparsest_model_within_the_allowed_drop(task, monkeypatch):
+    teacher, train, validation, calibration = task
+    evaluate = accuracy_on(validation)
+    original = copy.deepcopy(teacher.state_dict())
+    trimmed_zeros = []
+
+    def recording_trim(*args, **kwargs):
+        model, report = nettrim.trim(*args, **kwargs)
+        trimmed_zeros.append({name: p == 0 for name, p in model.named_parameters()})
+        return model, report
+
+    monkeypatch.setattr(compress_module, "trim", recording_trim)
+    teacher.train()
+    model, history = compress(teacher, calibration, train, evaluate=evaluate, max_drop=0.05, epsilon=0.1, rounds=4,
+                              epochs=2, lr=1e-2, progress=False, max_samples=None)
+    assert teacher.training and model.training  # the caller's mode, kept and given back
+    assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
+    assert history.original_metric == 1.0 and len(history.rounds) == 4
+    accepted = [entry for entry in history.rounds if entry.accepted]
+    assert accepted, history
+    assert all(entry.metric >= 1.0 - 0.05 for entry in accepted)
+    assert [entry.sparsity for entry in accepted] == sorted({entry.sparsity for entry in accepted})
+    assert all(not entry.accepted for entry in history.rounds
+               if entry.metric < 0.95 or entry.sparsity <= history.original_sparsity)
+    assert sparsity(model) == history.best.sparsity > 0.2
+    assert evaluate(model.eval()) == history.best.metric
+    round_of_best = max(index for index, entry in enumerate(history.rounds) if entry.accepted)
+    for name, parameter in model.named_parameters():  # fine-tuning kept that round's zeros
+        assert torch.all(parameter[trimmed_zeros[round_of_best][name]] == 0), name
+    g = [entry.epsilon for entry in history.rounds]
+    for index in range(1, len(g)):
+        factor = 1.5 if history.rounds[index - 1].accepted else 0.5
+        assert g[index] == pytest.approx(min(g[index - 1] * factor, 0.5))
+    assert "| round | g | sparsity" in str(history) and history.to_dict()["rounds"][0]["epsilon"] == 0.1
+
+
+def test_with_no_round_accepted_the_original_comes_back_as_a_copy(task):
+    teacher, train, validation, calibration = task
+    with torch.no_grad():
+        logits = teacher(validation[0])
+
+    def closeness(model):  # 0 for the teacher, negative for anything else
+        with torch.no_grad():
+            return -float(((model(validation[0]) - logits) ** 2).mean())
+
+    model, history = compress(teacher, calibration, train, evaluate=closeness, max_drop=0.0, epsilon=0.5,
+                              rounds=1, epochs=0, progress=False, max_samples=None)
+    assert history.original_metric == 0.0 and history.rounds[0].metric < 0.0 < history.rounds[0].sparsity
+    assert history.best is None and not history.rounds[0].accepted
+    assert model is not teacher
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), teacher.state_dict().values(),
+                                                 strict=True))
+
+
+def test_an_interrupted_compress_leaves_the_model_untouched_and_hands_over_the_best(task):
+    teacher, train, validation, calibration = task
+    original = copy.deepcopy(teacher.state_dict())
+    evaluate, calls = accuracy_on(validation), []
+
+    def interrupted_in_round_two(model):
+        calls.append(1)
+        if len(calls) == 3:  # the original, round 1, then Ctrl-C while round 2 is scored
+            raise KeyboardInterrupt
+        return evaluate(model)
+
+    with pytest.raises(CompressInterrupted) as caught:
+        compress(teacher, calibration, train, evaluate=interrupted_in_round_two, max_drop=0.05, epochs=1, lr=1e-2,
+                 progress=False, max_samples=None)
+    assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
+    assert len(caught.value.history.rounds) == 1
+    expected = caught.value.history.best.sparsity if caught.value.history.best else 0.0
+    assert sparsity(caught.value.model) == expected
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(evaluate=None), "evaluate must be a function"), (dict(max_drop=-0.1), "max_drop"),
+    (dict(max_drop=float("nan")), "max_drop"), (dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.9), "epsilon"),
+    (dict(rounds=0), "rounds"), (dict(grow=0.5), "grow"), (dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
+    (dict(schedule="step"), "schedule"), (dict(inplace=True), "inplace"), (dict(structure="neurons"), "structure"),
+    (dict(evaluate=lambda model: "good"), "evaluate must return a number"),
+    (dict(evaluate=lambda model: float("nan")), "evaluate returned nan")])
+def test_compress_refuses_bad_arguments_by_name(task, kwargs, message):
+    teacher, train, validation, calibration = task
+    original = copy.deepcopy(teacher.state_dict())
+    arguments = {"evaluate": accuracy_on(validation), "max_drop": 0.01, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        compress(teacher, calibration, train, **arguments)
+    assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
