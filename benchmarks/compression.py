@@ -1,20 +1,22 @@
-"""Compression on MNIST: Net-Trim (parallel and cascade, plain and reweighted l1) against magnitude pruning at
-exactly the same per-layer nonzeros, with and without one masked fine-tuning epoch.
+"""Compression on MNIST: Net-Trim (parallel and cascade, plain and reweighted l1) against magnitude pruning,
+SparseGPT and Wanda at exactly the same per-layer nonzeros, with and without one masked fine-tuning epoch.
 
 One run, same data, same process: LeNet-300-100 and LeNet-5 (Caffe 20-50-800-500) trained with seeded Adam on
 the bundled MNIST (cached); calibration = P seeded training images; for each model, mode, number of
-reweighting rounds and g of the grid, one trim; for each trim a magnitude-pruned copy of the original model
-with the trimmed model's per-layer nonzeros (the largest |w| of each layer's W, bias row included); each of the
-two, as it is and after one masked fine-tuning epoch (Adam, lr 1e-4). Test error on the 10,000 test images.
+reweighting rounds and g of the grid, one trim; for each trim, copies of the original model pruned to the trimmed
+model's per-layer nonzeros (bias row included) by magnitude (the largest |w| of each layer's W), by SparseGPT and
+by Wanda (benchmarks/peers.py: layer by layer in execution order, on the same calibration images and P); each,
+as it is and after one masked fine-tuning epoch (Adam, lr 1e-4). Test error on the 10,000 test images.
 Writes benchmarks/results/compression.json, a markdown table and a PNG plot of test error against weights kept.
 
     python -m benchmarks.compression            # the grid below (about an hour on 2 cores)
-    python -m benchmarks.compression --quick    # LeNet-300-100 briefly trained, one g: well under 3 minutes
+    python -m benchmarks.compression --quick    # LeNet-300-100 briefly trained, one g: a few minutes
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import platform
 import sys
@@ -28,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
+from benchmarks.peers import pruned_sequentially, sparsegpt, wanda  # noqa: E402
 from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from nettrim.layers import select_layers  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
@@ -40,6 +43,9 @@ FULL = {"samples": 5000, "finetune_lr": 1e-4, "models": {
 QUICK = {"samples": 600, "finetune_lr": 1e-4, "models": {
     "lenet_300_100": {"epochs": 2, "grid": [0.1], "modes": ["parallel", "cascade"], "reweight": [0, 1]}}}
 TRAINING_LR = {"lenet_300_100": 2e-3, "lenet5": 1e-3}
+PEERS = {"sparsegpt": sparsegpt, "wanda": wanda}
+METHODS = ("nettrim", "magnitude", *PEERS)
+LABELS = {"nettrim": "Net-Trim", "magnitude": "magnitude", "sparsegpt": "SparseGPT", "wanda": "Wanda"}
 
 
 def magnitude_pruned(model: torch.nn.Module, nonzeros: dict[str, int]) -> torch.nn.Module:
@@ -72,49 +78,69 @@ def evaluate(model, test, train, lr, seed) -> dict:
 
 def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None, previous: dict | None = None) -> dict:
     """The whole grid; checkpoint(report so far) is called after every trim (a long run keeps what it did).
-    Rows of `previous` (an earlier report with the same seed and samples) are reused instead of recomputed."""
+    Rows of `previous` (an earlier report with the same seed and samples) are reused instead of recomputed, each
+    method's on its own (an earlier report without the peers gets them added)."""
     rows, baselines = [], {}
     reusable = {}
     if previous is not None and (previous["seed"], previous["config"]["samples"]) == (seed, config["samples"]):
-        for ours, theirs in zip(previous["rows"][::2], previous["rows"][1::2], strict=True):
-            reusable[(ours["model"], ours["mode"], ours["reweight"], ours["g"])] = (ours, theirs)
+        reusable = {_key(row): row for row in previous["rows"]}
     report = {"config": config, "seed": seed, "baselines": baselines, "rows": rows,
               "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}}
     for name, settings in config["models"].items():
-        start = time.perf_counter()
-        epochs = settings["epochs"]
-        model = trained(name, epochs=epochs, lr=TRAINING_LR[name], seed=seed)
-        training_seconds = time.perf_counter() - start
-        train_images, train_labels = mnist_inputs(name, "train")
-        test = mnist_inputs(name, "test")
-        chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), config["samples"], replace=False))
-        calibration = train_images[torch.from_numpy(chosen)]
-        weights = sum(layer.weight_matrix().size for layer in select_layers(model))
-        baselines[name] = {"epochs": epochs, "training_seconds": round(training_seconds, 1),
-                           "test_error": test_error(model, *test), "weights": weights}
-        for mode in settings["modes"]:
-            for rounds in settings["reweight"]:
-                for g in settings["grid"]:
-                    if (name, mode, rounds, g) in reusable:
-                        rows.extend(reusable[(name, mode, rounds, g)])
-                        continue
-                    trimmed, trimming = nettrim.trim(model, calibration, epsilon=g, mode=mode, reweight=rounds,
-                                                     max_samples=config["samples"], progress=progress, seed=seed)
-                    nonzeros = {row.name: row.nonzeros_after for row in trimming.layers}
-                    common = {"model": name, "mode": mode, "reweight": rounds, "g": g,
-                              "kept": trimming.nonzeros_after / trimming.weights,
-                              "layer_nonzeros": nonzeros}
-                    rows.append({**common, "method": "nettrim", "seconds": round(trimming.seconds, 1),
-                                 "statuses": [row.status for row in trimming.layers],
-                                 **evaluate(trimmed, test, (train_images, train_labels), config["finetune_lr"],
-                                            seed)})
-                    rows.append({**common, "method": "magnitude", "seconds": 0.0,
-                                 **evaluate(magnitude_pruned(model, nonzeros), test, (train_images, train_labels),
-                                            config["finetune_lr"], seed)})
-                    print(_row_line(rows[-2]), "|", _row_line(rows[-1]), flush=True)
-                    if checkpoint is not None:
-                        checkpoint(report)
+        model, calibration, scored, baselines[name] = _prepared(name, settings["epochs"], config, seed)
+        for mode, rounds, g in itertools.product(settings["modes"], settings["reweight"], settings["grid"]):
+            common = {"model": name, "mode": mode, "reweight": rounds, "g": g}
+            ours = reusable.get(_key({**common, "method": "nettrim"}))
+            if ours is None:
+                trimmed, trimming = nettrim.trim(model, calibration, epsilon=g, mode=mode, reweight=rounds,
+                                                 max_samples=config["samples"], progress=progress, seed=seed)
+                ours = {**common, "kept": trimming.nonzeros_after / trimming.weights,
+                        "layer_nonzeros": {row.name: row.nonzeros_after for row in trimming.layers},
+                        "method": "nettrim", "seconds": round(trimming.seconds, 1),
+                        "statuses": [row.status for row in trimming.layers], **scored(trimmed)}
+            rows.append(ours)
+            for method in METHODS[1:]:
+                row = reusable.get(_key({**common, "method": method}))
+                rows.append(row or _peer_row(method, model, calibration, ours, scored, config, seed))
+            print(" | ".join(_row_line(row) for row in rows[-len(METHODS):]), flush=True)
+            if checkpoint is not None:
+                checkpoint(report)
     return report
+
+
+def _prepared(name: str, epochs: int, config: dict, seed: int):
+    """The trained model, its calibration images, scored(model) -> test errors before and after fine-tuning,
+    and the model's baseline entry."""
+    start = time.perf_counter()
+    model = trained(name, epochs=epochs, lr=TRAINING_LR[name], seed=seed)
+    training_seconds = time.perf_counter() - start
+    train = mnist_inputs(name, "train")
+    test = mnist_inputs(name, "test")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train[0]), config["samples"], replace=False))
+    weights = sum(layer.weight_matrix().size for layer in select_layers(model))
+    baseline = {"epochs": epochs, "training_seconds": round(training_seconds, 1),
+                "test_error": test_error(model, *test), "weights": weights}
+    return (model, train[0][torch.from_numpy(chosen)],
+            lambda pruned: evaluate(pruned, test, train, config["finetune_lr"], seed), baseline)
+
+
+def _peer_row(method: str, model, calibration, ours: dict, scored, config: dict, seed: int) -> dict:
+    """The row of `method` pruning the original model to Net-Trim's per-layer nonzeros (`ours`)."""
+    start = time.perf_counter()
+    if method == "magnitude":
+        pruned = magnitude_pruned(model, ours["layer_nonzeros"])
+    else:
+        pruned = pruned_sequentially(model, calibration, ours["layer_nonzeros"], PEERS[method], config["samples"],
+                                     seed)
+    seconds = round(time.perf_counter() - start, 1)
+    reached = {layer.name: int(np.count_nonzero(layer.weight_matrix()))
+               for layer in select_layers(pruned, list(ours["layer_nonzeros"]))}
+    shared = {key: ours[key] for key in ("model", "mode", "reweight", "g", "kept")}
+    return {**shared, "layer_nonzeros": reached, "method": method, "seconds": seconds, **scored(pruned)}
+
+
+def _key(row: dict) -> tuple:
+    return row["model"], row["mode"], row["reweight"], row["g"], row["method"]
 
 
 def _row_line(row: dict) -> str:
@@ -127,14 +153,16 @@ def markdown(report: dict) -> str:
     for name, base in report["baselines"].items():
         lines += [f"**{name}** (trained {base['epochs']} epochs, test error {base['test_error']:.2%}, "
                   f"{base['weights']:,} weights incl. biases; P = {report['config']['samples']:,} calibration "
-                  "images).", "",
-                  "| mode | reweight | g | weights kept | Net-Trim error | + fine-tune | magnitude error "
-                  "| + fine-tune | Net-Trim seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "images). Test error as pruned / after one fine-tuning epoch.", "",
+                  "| mode | reweight | g | weights kept | " + " | ".join(LABELS[m] for m in METHODS)
+                  + " | Net-Trim seconds |", "|---|---:|---:|---:|" + "---:|" * (len(METHODS) + 1)]
         rows = [row for row in report["rows"] if row["model"] == name]
-        for ours, theirs in zip(rows[::2], rows[1::2], strict=True):
-            lines.append(f"| {ours['mode']} | {ours['reweight']} | {ours['g']} | {ours['kept']:.1%} "
-                         f"| {ours['test_error']:.2%} | {ours['test_error_finetuned']:.2%} "
-                         f"| {theirs['test_error']:.2%} | {theirs['test_error_finetuned']:.2%} "
+        for start in range(0, len(rows), len(METHODS)):
+            group = {row["method"]: row for row in rows[start:start + len(METHODS)]}
+            ours = group["nettrim"]
+            errors = " | ".join(f"{group[m]['test_error']:.2%} / {group[m]['test_error_finetuned']:.2%}"
+                                for m in METHODS)
+            lines.append(f"| {ours['mode']} | {ours['reweight']} | {ours['g']} | {ours['kept']:.1%} | {errors} "
                          f"| {ours['seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines).rstrip()
@@ -148,16 +176,14 @@ def plot(report: dict, path: Path) -> None:
 
     models = list(report["baselines"])
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    markers = {"nettrim": "o", "magnitude": "x", "sparsegpt": "^", "wanda": "v"}
     for axis, name in zip(axes[0], models, strict=True):
-        for method, fine, marker in (("nettrim", False, "o"), ("nettrim", True, "s"), ("magnitude", False, "x"),
-                                     ("magnitude", True, "+")):
+        for method in METHODS:
             rows = [row for row in report["rows"] if row["model"] == name and row["method"] == method]
-            key = "test_error_finetuned" if fine else "test_error"
-            label = f"{'Net-Trim' if method == 'nettrim' else 'magnitude'}{' + fine-tune' if fine else ''}"
-            axis.scatter([100 * row["kept"] for row in rows], [100 * row[key] for row in rows], marker=marker,
-                         label=label)
+            axis.scatter([100 * row["kept"] for row in rows], [100 * row["test_error"] for row in rows],
+                         marker=markers[method], label=LABELS[method])
         axis.axhline(100 * report["baselines"][name]["test_error"], color="gray", linestyle=":", label="trained")
-        axis.set(xlabel="weights kept (%)", ylabel="test error (%)", title=name, yscale="log")
+        axis.set(xlabel="weights kept (%)", ylabel="test error without fine-tuning (%)", title=name, yscale="log")
         axis.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

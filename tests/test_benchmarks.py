@@ -36,12 +36,14 @@ def test_compression_benchmark_quick(tmp_path):
     out = tmp_path / "compression.json"
     report = _load("compression").main(["--quick", "--out", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["rows"] == report["rows"] and len(saved["rows"]) == 8  # 2 modes x 2 reweightings x 2 methods
-    for ours, theirs in zip(saved["rows"][::2], saved["rows"][1::2], strict=True):
-        assert ours["method"] == "nettrim" and theirs["method"] == "magnitude"
-        assert theirs["layer_nonzeros"] == ours["layer_nonzeros"] and theirs["kept"] == ours["kept"]
-        assert 0 < ours["kept"] < 1 and 0 <= ours["test_error"] <= 1
-    plain, reweighted = saved["rows"][0], saved["rows"][2]
+    assert saved["rows"] == report["rows"] and len(saved["rows"]) == 16  # 2 modes x 2 reweightings x 4 methods
+    for start in range(0, 16, 4):
+        ours, *theirs = saved["rows"][start:start + 4]
+        assert [row["method"] for row in theirs] == ["magnitude", "sparsegpt", "wanda"]
+        assert ours["method"] == "nettrim" and 0 < ours["kept"] < 1
+        for row in (ours, *theirs):  # every method reached Net-Trim's nonzeros in every layer
+            assert row["layer_nonzeros"] == ours["layer_nonzeros"] and 0 <= row["test_error"] <= 1
+    plain, reweighted = saved["rows"][0], saved["rows"][4]
     assert reweighted["reweight"] == 1 and reweighted["kept"] < plain["kept"]
     assert "| parallel | 0 | 0.1 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -150,3 +152,53 @@ def test_storage_benchmark_quick_saves_smaller_files_and_times_both_products(tmp
     assert row["bytes"]["sparse"] <= row["bytes"]["dense"] * (1.5 * row["kept"] + 0.05)
     assert all(timing["dense"] > 0 and timing["sparse_csr"] > 0 for timing in row["latency_ms"].values())
     assert "| lenet_300_100 (cascade" in out.with_suffix(".md").read_text()
+
+
+def test_sparsegpt_pruning_one_input_gives_the_least_squares_fit_of_the_others():
+    peers = _load("peers")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 50))
+    U = rng.standard_normal((6, 4))
+    U[0] *= 1e-3  # the lowest scores: input 0 is the one pruned
+    pruned = peers.sparsegpt(U, X, zeros=4, damping=1e-12)
+    assert np.all(pruned[0] == 0) and np.count_nonzero(pruned[1:]) == 20
+    optimum = np.linalg.lstsq(X[1:].T, X.T @ U, rcond=None)[0]
+    np.testing.assert_allclose(pruned[1:], optimum, rtol=1e-8, atol=1e-10)
+
+
+def test_sparsegpt_reaches_exactly_the_zeros_asked_in_blocks():
+    peers = _load("peers")
+    rng = np.random.default_rng(1)
+    X, U = rng.standard_normal((300, 400)), rng.standard_normal((300, 7))
+    X[5] = 0.0  # a dead input
+    for zeros in (0, 1, 1000, 2099):
+        pruned = peers.sparsegpt(U, X, zeros, block=128)
+        assert U.size - np.count_nonzero(pruned) == zeros
+    np.testing.assert_allclose(peers.sparsegpt(U, X, 0), U, rtol=0, atol=1e-12)  # nothing pruned, nothing moved
+
+
+def test_wanda_drops_the_smallest_weight_times_input_norm_per_output():
+    peers = _load("peers")
+    U = np.array([[1.0, -4.0], [2.0, 1.0], [-3.0, 0.5]])
+    X = np.array([[10.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # input norms 10, 1, 1: scores [[10, 40], [2, 1], [3, 0.5]]
+    # 3 zeros: 2 for output 0 (drops scores 2 and 3), 1 for output 1 (drops 0.5)
+    np.testing.assert_array_equal(peers.wanda(U, X, zeros=3), [[1.0, -4.0], [0.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(peers.even_split(5, 3), [2, 1, 2])
+
+
+def test_gradual_magnitude_pruning_follows_the_cubic_schedule_to_the_final_sparsity():
+    import torch
+
+    from nettrim.compression import sparsity
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 10), torch.nn.ReLU(), torch.nn.Linear(10, 5))
+    reached = []
+    pruned = _load("schedules").gradual_magnitude(model, 0.8, 4, lambda m: reached.append(sparsity(m)))
+    total = 20 * 10 + 10 + 10 * 5 + 5
+    expected = [round(total * 0.8 * (1 - (1 - k / 4) ** 3)) / total for k in range(1, 5)]
+    assert reached == pytest.approx(expected) and sparsity(pruned) == pytest.approx(0.8, abs=1 / total)
+    values = torch.cat([p.detach().abs().flatten() for p in model.parameters()])
+    kept = torch.cat([p.detach().flatten() for p in pruned.parameters()]) != 0
+    assert values[kept].min() >= values[~kept].max()  # without tuning in between: the largest survive
+    assert all(type(p) is torch.nn.Parameter for p in pruned.parameters()) and not list(model.buffers())
