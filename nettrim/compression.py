@@ -94,7 +94,8 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
 
     train_data: an iterable of (x, y) batches, re-iterated every epoch (a DataLoader); loss(output, y) defaults
                 to cross-entropy. epochs, lr and schedule: each round's masked fine-tuning (Adam; the cosine
-                decay restarts every round; see README "Compression" for how the defaults were chosen).
+                decay restarts every round; README, "Compressing with fine-tuning", says how the defaults were
+                chosen).
     evaluate:   evaluate(model) -> float, the user's metric on their own validation data, higher is better; it
                 gets the model in eval mode.
     max_drop:   the metric's allowed drop from the original model's (e.g. 0.005 for half a point of accuracy).
