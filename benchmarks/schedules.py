@@ -39,6 +39,7 @@ from torch.nn.utils import prune  # noqa: E402
 import nettrim  # noqa: E402
 from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from nettrim.compression import sparsity  # noqa: E402
+from nettrim.finetune import ShuffledBatches  # noqa: E402
 from nettrim.layers import layer_kind  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
@@ -53,21 +54,6 @@ TUNING = {"lenet_300_100": {"training_epochs": 30, "g": 0.3, "lr": [1e-4, 3e-4, 
                      "schedules": ["cosine"]}}
 QUICK = {"samples": 600, "rounds": 2, "epochs": 1, "lr": 1e-3, "epsilon": 0.1, "models": {
     "lenet_300_100": {"training_epochs": 2, "target_error": 0.05}}}
-
-
-class Batches:
-    """The training set in batches of 128, in a new seeded order every epoch."""
-
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, seed: int):
-        self.images, self.labels = images, torch.from_numpy(labels)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.labels) // 128)
-
-    def __iter__(self):
-        for batch in torch.randperm(len(self.labels), generator=self.generator).split(128):
-            yield self.images[batch], self.labels[batch]
 
 
 def gradual_magnitude(model: torch.nn.Module, final_sparsity: float, steps: int, tune) -> torch.nn.Module:
@@ -93,6 +79,7 @@ def errors(model, halves) -> dict:
 def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool) -> dict:
     model = trained(name, epochs=settings["training_epochs"], lr=TRAINING_LR[name], seed=seed)
     train_images, train_labels = mnist_inputs(name, "train")
+    train_labels = torch.from_numpy(train_labels)
     test_images, test_labels = mnist_inputs(name, "test")
     halves = [(test_images[:5000], test_labels[:5000]), (test_images[5000:], test_labels[5000:])]
     chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), config["samples"], replace=False))
@@ -101,13 +88,13 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
     max_drop = max(settings["target_error"] - original["test_error"], 0.0)
     start = time.perf_counter()
     compressed, history = nettrim.compress(
-        model, train_images[torch.from_numpy(chosen)], Batches(train_images, train_labels, seed),
+        model, train_images[torch.from_numpy(chosen)], ShuffledBatches(train_images, train_labels, seed=seed),
         evaluate=lambda m: 1 - test_error(m, *halves[0]), max_drop=max_drop, epsilon=config["epsilon"],
         rounds=config["rounds"], max_samples=config["samples"], seed=seed, progress=progress, **tuning)
     compress_seconds = time.perf_counter() - start
     final = sparsity(compressed)
     start = time.perf_counter()
-    tune = Batches(train_images, train_labels, seed)
+    tune = ShuffledBatches(train_images, train_labels, seed=seed)
     gmp = gradual_magnitude(model, final, config["rounds"],
                             lambda m: nettrim.finetune(m, tune, progress=False, **tuning))
     gmp_seconds = time.perf_counter() - start
@@ -129,6 +116,7 @@ def tuning_grid(seed: int = 0) -> dict:
     for name, settings in TUNING.items():
         model = trained(name, epochs=settings["training_epochs"], lr=TRAINING_LR[name], seed=seed)
         train_images, train_labels = mnist_inputs(name, "train")
+        train_labels = torch.from_numpy(train_labels)
         test = mnist_inputs(name, "test")
         chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), 5000, replace=False))
         trimmed, report = nettrim.trim(model, train_images[torch.from_numpy(chosen)], epsilon=settings["g"],
@@ -136,8 +124,8 @@ def tuning_grid(seed: int = 0) -> dict:
         base = {"model": name, "g": settings["g"], "kept": report.kept, "trimmed_error": test_error(trimmed, *test)}
         for lr, epochs, schedule in itertools.product(settings["lr"], settings["epochs"], settings["schedules"]):
             torch.manual_seed(seed)
-            tuned = nettrim.finetune(copy.deepcopy(trimmed), Batches(train_images, train_labels, seed), epochs,
-                                     lr, schedule=schedule, progress=False)
+            batches = ShuffledBatches(train_images, train_labels, seed=seed)
+            tuned = nettrim.finetune(copy.deepcopy(trimmed), batches, epochs, lr, schedule=schedule, progress=False)
             rows.append({**base, "lr": lr, "epochs": epochs, "schedule": schedule,
                          "test_error": test_error(tuned.eval(), *test)})
             print(rows[-1], flush=True)

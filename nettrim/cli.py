@@ -25,6 +25,7 @@ from torch import nn
 
 from . import __version__, save, trim
 from .compression import DEFAULT_FINETUNE, CompressInterrupted, compress
+from .finetune import ShuffledBatches
 from .io import FORMATS, write_atomically
 from .schedule import BlockError
 from .trim import BUDGETS, DEFAULT_EPSILON, MODES, STRUCTURES, TrimInterrupted
@@ -288,23 +289,6 @@ def _accuracy(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
     return accuracy
 
 
-class _Shuffled:
-    """Batches (x, y) of the labelled tensors in a new seeded order every pass (what fine-tuning iterates)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
-        if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
-
-    def __iter__(self):
-        for batch in torch.randperm(len(self.labels), generator=self.generator).split(self.batch_size):
-            yield self.images[batch], self.labels[batch]
-
-
 def _run_compress(args) -> int:
     check_writable(args.out, "--out")
     if args.history is not None:
@@ -313,7 +297,9 @@ def _run_compress(args) -> int:
     if isinstance(model, torch.jit.ScriptModule):
         raise ValueError("MODEL: compress fine-tunes the model, which a TorchScript file cannot; save the nn.Module")
     calibration = load_calibration(args.calib)
-    train = _Shuffled(*load_labelled(args.train, "--train"), args.batch_size, args.seed)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    train = ShuffledBatches(*load_labelled(args.train, "--train"), args.batch_size, args.seed)
     evaluate = _accuracy(*load_labelled(args.val, "--val"))
     compressed, history = compress(
         model, calibration, train, evaluate=evaluate, max_drop=args.max_drop, epsilon=args.epsilon,

@@ -16,6 +16,26 @@ from .layers import layer_kind
 SCHEDULES = ("constant", "cosine")
 
 
+class ShuffledBatches:
+    """Batches (x, y) of labelled tensors in a new seeded order on every pass: a training loader for finetune()
+    and compress() when the data is already in memory."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 128, seed: int = 0):
+        if len(inputs) != len(labels):
+            raise ValueError(f"inputs and labels: {len(inputs)} inputs but {len(labels)} labels")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.inputs, self.labels, self.batch_size = inputs, torch.as_tensor(labels), batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        for batch in torch.randperm(len(self.labels), generator=self.generator).split(self.batch_size):
+            yield self.inputs[batch], self.labels[batch]
+
+
 def zero_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     """For each weight and bias of the model's Linear and Conv2d layers that has zeros: True where it is zero."""
     masks = {}
