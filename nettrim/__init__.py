@@ -18,5 +18,4 @@ from .report import LayerReport, Report  # noqa: E402
 from .trim import MODES, TrimInterrupted, trim  # noqa: E402
 
 __all__ = ["MODES", "CompressInterrupted", "History", "LayerReport", "Report", "ShuffledBatches", "TrimInterrupted",
-           "compress",
-           "finetune", "load", "save", "trim", "__version__"]
+           "compress", "finetune", "load", "save", "trim", "__version__"]
