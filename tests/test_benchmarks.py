@@ -143,6 +143,36 @@ def test_neurons_benchmark_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_conv_budgets_benchmark_quick(tmp_path):
+    out = tmp_path / "conv_budgets.json"
+    report = _load("conv_budgets").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert {(trim["max_samples"], trim["budget"]) for trim in report["trims"]} == {
+        (500, "neuron"), (500, "layer"), (2000, "neuron"), (2000, "layer")}
+    for trim in report["trims"]:
+        assert all(0 < kept < 1 for kept in trim["kept"].values())
+        assert all(0 < error < 1 for error in trim["held_out_response_error"].values())
+    assert "| 0.2 | 2,000 | layer |" in out.with_suffix(".md").read_text()
+
+
+def test_conv_response_errors_are_relative_to_the_original_convs():
+    import copy
+
+    import torch
+
+    benchmark = _load("conv_budgets")
+    torch.manual_seed(0)
+    model, images = benchmark.lenet5().eval(), torch.randn(3, 1, 28, 28)
+    assert benchmark.response_errors(model, copy.deepcopy(model), images) == {"0": 0.0, "2": 0.0}
+    halved = copy.deepcopy(model)
+    for name in benchmark.CONVS:  # every output halved: the error is half the response
+        layer = dict(halved.named_modules())[name]
+        layer.weight.data /= 2
+        layer.bias.data /= 2
+    assert benchmark.response_errors(model, halved, images) == pytest.approx({"0": 0.5, "2": 0.5})
+
+
+@pytest.mark.slow
 def test_storage_benchmark_quick_saves_smaller_files_and_times_both_products(tmp_path):
     out = tmp_path / "storage.json"
     report = _load("storage").main(["--quick", "--out", str(out)])
