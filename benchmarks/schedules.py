@@ -6,7 +6,8 @@ training images. The metric compress() is given is the accuracy on the first 5,0
 half), with max_drop = the error target minus the model's test error (the points of accuracy the target leaves;
 the halves differ in difficulty, so the target itself is not applied to one half); the errors reported are on
 the other 5,000 (held out: never seen by any choice) and on all 10,000. Calibration: P seeded training images.
-compress(): `rounds` rounds, each a cascade trim and `epochs` epochs of masked fine-tuning (Adam, cosine from lr).
+compress(): `rounds` rounds, each a cascade trim (`reweight` rounds of reweighting) and `epochs` epochs of masked
+fine-tuning (Adam, cosine from lr).
 GMP (Zhu and Gupta 2017): as many steps, step k pruning the smallest weights and biases of all layers together
 (torch.nn.utils.prune.global_unstructured) to s_k = s (1 - (1 - k/R)^3) of zeros, s = compress's final sparsity,
 each step followed by the same fine-tuning. Writes benchmarks/results/schedules.json and a markdown table.
@@ -45,14 +46,14 @@ from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAINING_LR = {"lenet_300_100": 2e-3, "lenet5": 1e-3}
-FULL = {"samples": 5000, "rounds": 8, "epochs": 3, "lr": 3e-3, "epsilon": 0.1, "models": {
+FULL = {"samples": 5000, "rounds": 8, "epochs": 3, "lr": 3e-3, "epsilon": 0.1, "reweight": 0, "models": {
     "lenet_300_100": {"training_epochs": 30, "target_error": 0.02},
     "lenet5": {"training_epochs": 10, "target_error": 0.01}}}
 TUNING = {"lenet_300_100": {"training_epochs": 30, "g": 0.3, "lr": [1e-4, 3e-4, 1e-3, 3e-3], "epochs": [1, 3, 8],
                              "schedules": ["constant", "cosine"]},
           "lenet5": {"training_epochs": 10, "g": 0.2, "lr": [3e-4, 1e-3, 3e-3], "epochs": [1, 3],
                      "schedules": ["cosine"]}}
-QUICK = {"samples": 600, "rounds": 2, "epochs": 1, "lr": 1e-3, "epsilon": 0.1, "models": {
+QUICK = {"samples": 600, "rounds": 2, "epochs": 1, "lr": 1e-3, "epsilon": 0.1, "reweight": 0, "models": {
     "lenet_300_100": {"training_epochs": 2, "target_error": 0.05}}}
 
 
@@ -90,7 +91,8 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
     compressed, history = nettrim.compress(
         model, train_images[torch.from_numpy(chosen)], ShuffledBatches(train_images, train_labels, seed=seed),
         evaluate=lambda m: 1 - test_error(m, *halves[0]), max_drop=max_drop, epsilon=config["epsilon"],
-        rounds=config["rounds"], max_samples=config["samples"], seed=seed, progress=progress, **tuning)
+        rounds=config["rounds"], reweight=config["reweight"], max_samples=config["samples"], seed=seed,
+        progress=progress, **tuning)
     compress_seconds = time.perf_counter() - start
     final = sparsity(compressed)
     start = time.perf_counter()

@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     squeeze.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE["epochs"], help="fine-tuning epochs a round")
     squeeze.add_argument("--lr", type=float, default=DEFAULT_FINETUNE["lr"], help="fine-tuning learning rate")
     squeeze.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
-    squeeze.add_argument("--reweight", type=int, default=0, help="reweighting rounds in each trim (default 0)")
+    squeeze.add_argument("--reweight", type=int, default=2, help="reweighting rounds in each trim (default 2)")
+    squeeze.add_argument("--structure", choices=STRUCTURES, default="weights",
+                         help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model")
     squeeze.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
     squeeze.add_argument("--history", type=Path, help="write every round (g, sparsity, accuracy, seconds) as JSON")
     squeeze.add_argument("--seed", type=int, default=0, help="seeds the calibration subsample and the batch order")
@@ -303,8 +305,8 @@ def _run_compress(args) -> int:
     evaluate = _accuracy(*load_labelled(args.val, "--val"))
     compressed, history = compress(
         model, calibration, train, evaluate=evaluate, max_drop=args.max_drop, epsilon=args.epsilon,
-        rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight, max_samples=args.max_samples,
-        seed=args.seed, progress=not args.quiet)
+        rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight, structure=args.structure,
+        max_samples=args.max_samples, seed=args.seed, progress=not args.quiet)
     _write_model(compressed, args.out, None)
     if args.history is not None:
         write_atomically(args.history, lambda temporary: Path(temporary).write_text(

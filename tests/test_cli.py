@@ -222,6 +222,19 @@ def test_compress_writes_the_sparsest_model_within_the_drop_and_its_history(labe
     assert sparsity(compressed) == pytest.approx(best["sparsity"]) and best["sparsity"] > 0
 
 
+def test_compress_by_neurons_writes_the_smaller_model_that_load_restores(labelled, capsys):
+    folder = labelled
+    out = folder / "small.safetensors"
+    code = cli.main(["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
+                     "--train", str(folder / "train.pt"), "--val", str(folder / "val.npz"), "--max-drop", "0.05",
+                     "--rounds", "2", "--epsilon", "0.3", "--epochs", "1", "--lr", "0.01", "--batch-size", "50",
+                     "--structure", "neurons", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    small, _ = nettrim.load(out, torch.load(folder / "model.pt", weights_only=False))
+    widths = [layer.out_features for layer in small if isinstance(layer, torch.nn.Linear)]
+    assert widths[-1] == 4 and sum(widths) < 16 + 10 + 4
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--train", "missing.pt"], "--train: .* does not exist"),
     (["--val", "calib.pt"], "--val: .* must hold \\(inputs, labels\\)"),

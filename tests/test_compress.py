@@ -9,7 +9,7 @@ import torch
 
 import nettrim
 import nettrim.compression as compress_module
-from nettrim.compression import CompressInterrupted, compress, sparsity
+from nettrim.compression import CompressInterrupted, compress, sparsity, weight_count
 from networks import inputs, mlp
 
 
@@ -70,6 +70,22 @@ def test_compress_keeps_the_sparsest_model_within_the_allowed_drop(task, monkeyp
     assert "| round | g | sparsity" in str(history) and history.to_dict()["rounds"][0]["epsilon"] == 0.1
 
 
+def test_compress_by_neurons_returns_a_smaller_model_within_the_allowed_drop(task):
+    teacher, train, validation, calibration = task
+    evaluate, original = accuracy_on(validation), copy.deepcopy(teacher.state_dict())
+    model, history = compress(teacher, calibration, train, evaluate=evaluate, max_drop=0.05, epsilon=0.2, rounds=3,
+                              structure="neurons", epochs=2, lr=1e-2, progress=False, max_samples=None)
+    assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
+    best = history.best
+    assert best is not None and best.metric >= 0.95, history
+    widths = [layer.out_features for layer in model if isinstance(layer, torch.nn.Linear)]
+    assert widths == list(best.widths.values()) and widths[-1] == 4 and sum(widths) < 16 + 10 + 4
+    assert best.sparsity == sparsity(model, total=weight_count(teacher)) > 0
+    assert evaluate(model.eval()) == best.metric
+    kept = [entry.sparsity for entry in history.rounds if entry.accepted]
+    assert kept == sorted(set(kept)) and "(widths " in str(history)
+
+
 def test_with_no_round_accepted_the_original_comes_back_as_a_copy(task):
     teacher, train, validation, calibration = task
     with torch.no_grad():
@@ -112,7 +128,7 @@ def test_an_interrupted_compress_leaves_the_model_untouched_and_hands_over_the_b
     (dict(evaluate=None), "evaluate must be a function"), (dict(max_drop=-0.1), "max_drop"),
     (dict(max_drop=float("nan")), "max_drop"), (dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.9), "epsilon"),
     (dict(rounds=0), "rounds"), (dict(grow=0.5), "grow"), (dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
-    (dict(schedule="step"), "schedule"), (dict(inplace=True), "inplace"), (dict(structure="neurons"), "structure"),
+    (dict(schedule="step"), "schedule"), (dict(inplace=True), "inplace"), (dict(structure="channels"), "structure"),
     (dict(evaluate=lambda model: "good"), "evaluate must return a number"),
     (dict(evaluate=lambda model: float("nan")), "evaluate returned nan")])
 def test_compress_refuses_bad_arguments_by_name(task, kwargs, message):
