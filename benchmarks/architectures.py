@@ -17,6 +17,7 @@ repository), never downloaded.
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -35,13 +36,15 @@ from nettrim.zoo import mnist_inputs, resnet, test_error, train, trained  # noqa
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-#: (mode, g, reweighting rounds) of each trim.
+#: (mode, g, reweighting rounds, budget form) of each trim.
 FULL = {"epochs": 3, "calibration": 1000, "max_samples": 5000,
-        "trims": [("parallel", 0.05, 0), ("parallel", 0.1, 0), ("parallel", 0.2, 0), ("cascade", 0.05, 0),
-                  ("cascade", 0.1, 0), ("cascade", 0.15, 0), ("cascade", 0.2, 0), ("cascade", 0.05, 3),
-                  ("cascade", 0.1, 3), ("cascade", 0.15, 3), ("cascade", 0.175, 3), ("cascade", 0.2, 3)]}
+        "trims": [("parallel", 0.05, 0, "neuron"), ("parallel", 0.1, 0, "neuron"), ("parallel", 0.2, 0, "neuron"),
+                  ("cascade", 0.05, 0, "neuron"), ("cascade", 0.1, 0, "neuron"), ("cascade", 0.15, 0, "neuron"),
+                  ("cascade", 0.2, 0, "neuron"), ("cascade", 0.05, 3, "neuron"), ("cascade", 0.1, 3, "neuron"),
+                  ("cascade", 0.15, 3, "neuron"), ("cascade", 0.175, 3, "neuron"), ("cascade", 0.2, 3, "neuron"),
+                  ("cascade", 0.15, 3, "layer"), ("cascade", 0.175, 3, "layer")]}
 QUICK = {"epochs": 1, "training_images": 5000, "calibration": 200, "max_samples": 1000,
-         "trims": [("parallel", 0.1, 0), ("cascade", 0.1, 0)]}
+         "trims": [("parallel", 0.1, 0, "neuron"), ("cascade", 0.1, 0, "layer")]}
 
 
 def trained_model(sizes: dict, data: Path) -> torch.nn.Module:
@@ -53,14 +56,14 @@ def trained_model(sizes: dict, data: Path) -> torch.nn.Module:
     return train(resnet(), images[chosen], labels[chosen], epochs=sizes["epochs"])
 
 
-def one_trim(model, calibration, test, mode: str, g: float, reweight: int, max_samples: int) -> dict:
+def one_trim(model, calibration, test, mode: str, g: float, reweight: int, budget: str, max_samples: int) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trimmed, report = nettrim.trim(model, calibration, epsilon=g, mode=mode, reweight=reweight,
+        trimmed, report = nettrim.trim(model, calibration, epsilon=g, mode=mode, reweight=reweight, budget=budget,
                                        max_samples=max_samples, progress=False)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "g": g, "reweight": reweight, "removed": 1 - report.kept,
+    return {"mode": mode, "g": g, "reweight": reweight, "budget": budget, "removed": 1 - report.kept,
             "test_error": test_error(trimmed, *test), "seconds": seconds, "dense_fallback": report.dense_fallback,
             "layers": [{"name": row.name, "shape": row.shape, "samples": row.samples, "kept": row.kept,
                         "status": row.status, "iterations": row.iterations, "seconds": row.seconds}
@@ -72,22 +75,37 @@ def markdown(report: dict) -> str:
     lines = [f"ResNet-8 on Fashion-MNIST ({report['model']['parameters']:,} parameters, {report['model']['epochs']} "
              f"epochs): test error {100 * report['model']['test_error']:.2f}% before trimming; calibration "
              f"{report['calibration']} images, max_samples {report['max_samples']}, no fine-tuning.", "",
-             "| mode | g | reweight | weights removed | test error | change (points) | seconds | s / layer (max) | "
-             "neurons dense |", "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | g | reweight | budget | weights removed | test error | change (points) | seconds "
+             "| s / layer (max) | neurons dense |", "|---|---|---|---|---|---|---|---|---|---|"]
     base = report["model"]["test_error"]
     for run in report["trims"]:
         per_layer = [layer["seconds"] for layer in run["layers"]]
-        lines.append(f"| {run['mode']} | {run['g']:g} | {run['reweight']} | {100 * run['removed']:.1f}% "
+        lines.append(f"| {run['mode']} | {run['g']:g} | {run['reweight']} | {run.get('budget', 'neuron')} "
+                     f"| {100 * run['removed']:.1f}% "
                      f"| {100 * run['test_error']:.2f}% "
                      f"| {100 * (run['test_error'] - base):+.2f} | {run['seconds']:.0f} | {np.mean(per_layer):.1f} "
                      f"({max(per_layer):.1f}) | {run['dense_fallback']} |")
     return "\n".join(lines)
 
 
+def previous_trims(out: Path, report: dict) -> dict[tuple, dict]:
+    """The trims of an earlier run written to `out`, by (mode, g, reweight, budget), when its model, calibration
+    and max_samples are this run's (rows written before the budget form was recorded used per-neuron budgets)."""
+    if not out.exists():
+        return {}
+    previous = json.loads(out.read_text())
+    if any(previous.get(key) != report[key] for key in ("model", "calibration", "max_samples")):
+        return {}
+    return {(run["mode"], run["g"], run["reweight"], run.get("budget", "neuron")): {"budget": "neuron", **run}
+            for run in previous["trims"]}
+
+
 def main(argv=None) -> dict:
     parser = benchmark_parser(__doc__, "one epoch on 5,000 images, one trim per mode", RESULTS / "architectures.json")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fashion-mnist",
                         help="the folder of Fashion-MNIST's idx gz files")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the trims already in --out (same model, calibration and max_samples)")
     args = parser.parse_args(argv)
     if not (args.data / "train-images-idx3-ubyte.gz").exists():
         parser.error(f"--data: {args.data} does not hold Fashion-MNIST's idx files (train-images-idx3-ubyte.gz ...)")
@@ -101,8 +119,12 @@ def main(argv=None) -> dict:
               "model": {"name": "resnet8", "epochs": sizes["epochs"], "test_error": test_error(model, *test),
                         "parameters": sum(p.numel() for p in model.parameters())},
               "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],
-              "trims": [one_trim(model, calibration, test, mode, g, reweight, sizes["max_samples"])
-                        for mode, g, reweight in sizes["trims"]]}
+              "trims": []}
+    done = previous_trims(args.out, report) if args.resume else {}
+    for mode, g, reweight, budget in sizes["trims"]:
+        reused = done.get((mode, g, reweight, budget))
+        report["trims"].append(reused or one_trim(model, calibration, test, mode, g, reweight, budget,
+                                                  sizes["max_samples"]))
     write_results(args.out, report, markdown(report))
     return report
 

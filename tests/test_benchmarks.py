@@ -118,12 +118,15 @@ def test_architectures_benchmark_quick(tmp_path):
     mnist = BENCHMARKS.parent / "data" / "mnist"
     report = _load("architectures").main(["--quick", "--out", str(out), "--data", str(mnist)])
     saved = json.loads(out.read_text())
-    assert [(run["mode"], run["g"]) for run in saved["trims"]] == [("parallel", 0.1), ("cascade", 0.1)]
+    assert [(run["mode"], run["g"], run["budget"]) for run in saved["trims"]] == [("parallel", 0.1, "neuron"),
+                                                                                 ("cascade", 0.1, "layer")]
     assert saved["model"]["parameters"] == report["model"]["parameters"] == 77_754
     for run in saved["trims"]:
         assert 0 < run["removed"] < 1 and 0 <= run["test_error"] <= 1
         assert len(run["layers"]) == 10  # the stem, 2 convs per block, 2 shortcut convs, the classifier
-    assert "| cascade | 0.1 | 0 |" in out.with_suffix(".md").read_text()
+    assert "| cascade | 0.1 | 0 | layer |" in out.with_suffix(".md").read_text()
+    again = _load("architectures").main(["--quick", "--out", str(out), "--data", str(mnist), "--resume"])
+    assert again["trims"] == saved["trims"]  # every trim reused
     with pytest.raises(SystemExit):
         _load("architectures").main(["--quick", "--out", str(out), "--data", str(tmp_path)])
 
