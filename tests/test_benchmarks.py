@@ -176,6 +176,17 @@ def test_conv_response_errors_are_relative_to_the_original_convs():
 
 
 @pytest.mark.slow
+def test_torchvision_trims_benchmark_quick(tmp_path):
+    out = tmp_path / "torchvision_trims.json"
+    report = _load("torchvision_trims").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    (row,) = report["rows"]
+    assert row["model"] == "mobilenet_v3_small" and row["layers"] > 40 and 0 < row["kept"] < 1
+    assert sum(row["statuses"].values()) == row["layers"] and not row["not_trimmed"]
+    assert "| mobilenet_v3_small |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
 def test_storage_benchmark_quick_saves_smaller_files_and_times_both_products(tmp_path):
     out = tmp_path / "storage.json"
     report = _load("storage").main(["--quick", "--out", str(out)])
