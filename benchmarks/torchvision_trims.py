@@ -10,7 +10,7 @@ benchmarks/results/torchvision_trims.json and a markdown table. torchvision is a
 (tests/torchvision_models.py imports it here).
 
     python -m benchmarks.torchvision_trims           # the three models (about 15 minutes on 2 cores)
-    python -m benchmarks.torchvision_trims --quick   # mobilenet_v3_small on 8 images, max_samples 200, max_iter 100
+    python -m benchmarks.torchvision_trims --quick   # mobilenet_v3_small on 4 images, max_samples 100, max_iter 30
     python -m benchmarks.torchvision_trims --models resnet18   # one model (its row only)
 """
 
@@ -33,7 +33,7 @@ from benchmarks.results_files import benchmark_parser, write_results  # noqa: E4
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"models": ["mobilenet_v3_small", "resnet18", "squeezenet1_1"], "images": 64, "max_samples": 1000}
-QUICK = {"models": ["mobilenet_v3_small"], "images": 8, "max_samples": 200, "max_iter": 100}
+QUICK = {"models": ["mobilenet_v3_small"], "images": 4, "max_samples": 100, "max_iter": 30}
 
 
 def torchvision_models():
@@ -80,7 +80,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = benchmark_parser(__doc__, "mobilenet_v3_small on 8 images, max_samples 200, max_iter 100",
+    parser = benchmark_parser(__doc__, "mobilenet_v3_small on 4 images, max_samples 100, max_iter 30",
                               RESULTS / "torchvision_trims.json")
     parser.add_argument("--models", nargs="+", choices=FULL["models"], help="only these models")
     args = parser.parse_args(argv)
