@@ -107,7 +107,7 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     epsilon, grow, max_epsilon: the first round's g, its factor after an accepted round (halved after a rejected
                 one), and its cap.
     reweight:   reweighting rounds of every trim (sparser at the same budget; README, "Compressing with
-                fine-tuning", has the measurements; 0 for plain l1, about 3 times faster).
+                fine-tuning", has the measurements; 0 for plain l1, 3 to 5 times faster).
     structure:  "weights" (scattered zeros) or "neurons": every round removes whole neurons and channels, and
                 the model returned is physically smaller (trim's structure="neurons").
     trim_options: go to every trim (mode defaults to "cascade"; layers, exclude, max_samples, workers, ...;
