@@ -31,8 +31,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
+from benchmarks.models import benchmark_model  # noqa: E402
 from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
-from nettrim.zoo import mnist_inputs, resnet, test_error, train, trained  # noqa: E402
+from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,15 +46,6 @@ FULL = {"epochs": 3, "calibration": 1000, "max_samples": 5000,
                   ("cascade", 0.15, 3, "layer"), ("cascade", 0.175, 3, "layer")]}
 QUICK = {"epochs": 1, "training_images": 5000, "calibration": 200, "max_samples": 1000,
          "trims": [("parallel", 0.1, 0, "neuron"), ("cascade", 0.1, 0, "layer")]}
-
-
-def trained_model(sizes: dict, data: Path) -> torch.nn.Module:
-    if "training_images" not in sizes:
-        return trained("resnet8", epochs=sizes["epochs"], root=data)
-    images, labels = mnist_inputs("resnet8", "train", data)
-    torch.manual_seed(0)
-    chosen = slice(0, sizes["training_images"])
-    return train(resnet(), images[chosen], labels[chosen], epochs=sizes["epochs"])
 
 
 def one_trim(model, calibration, test, mode: str, g: float, reweight: int, budget: str, max_samples: int) -> dict:
@@ -110,7 +102,7 @@ def main(argv=None) -> dict:
     if not (args.data / "train-images-idx3-ubyte.gz").exists():
         parser.error(f"--data: {args.data} does not hold Fashion-MNIST's idx files (train-images-idx3-ubyte.gz ...)")
     sizes = QUICK if args.quick else FULL
-    model = trained_model(sizes, args.data)
+    model = benchmark_model("resnet8", sizes, args.data)
     test = mnist_inputs("resnet8", "test", args.data)
     images, _ = mnist_inputs("resnet8", "train", args.data)
     calibration = images[np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))]

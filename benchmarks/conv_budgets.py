@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
+from benchmarks.models import benchmark_model  # noqa: E402
 from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
-from nettrim.zoo import lenet5, mnist_inputs, test_error, train, trained  # noqa: E402
+from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONVS = ["0", "2"]
@@ -76,17 +77,8 @@ def one_trim(model, calibration, held_out, test, g: float, max_samples: int, bud
             "test_error": test_error(trimmed, *test)}
 
 
-def trained_model(config: dict) -> torch.nn.Module:
-    if "training_images" not in config:
-        return trained("lenet5", epochs=config["epochs"])
-    images, labels = mnist_inputs("lenet5", "train")
-    torch.manual_seed(0)
-    return train(lenet5(), images[: config["training_images"]], labels[: config["training_images"]],
-                 epochs=config["epochs"])
-
-
 def run(config: dict) -> dict:
-    model = trained_model(config)
+    model = benchmark_model("lenet5", config)
     images, _ = mnist_inputs("lenet5", "train")
     test = mnist_inputs("lenet5", "test")
     chosen = np.sort(np.random.default_rng(0).choice(len(images), config["calibration"], replace=False))

@@ -29,9 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
+from benchmarks.models import benchmark_model  # noqa: E402
 from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
 from nettrim.finetune import ShuffledBatches  # noqa: E402
-from nettrim.zoo import lenet_300_100, mnist_inputs, test_error, train, trained  # noqa: E402
+from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,15 +45,6 @@ FULL = {"lenet_300_100": {"epochs": 30, "lr": 2e-3, "calibration": 2000, "max_sa
                    "reweight": 2, "finetune": (3, 3e-3)}}
 QUICK = {"lenet_300_100": {"epochs": 1, "lr": 1e-3, "training_images": 5000, "calibration": 300, "max_samples": 300,
                            "grid": [0.2], "reweight": 1, "finetune": (1, 1e-4)}}
-
-
-def trained_model(name: str, sizes: dict) -> torch.nn.Module:
-    if "training_images" not in sizes:
-        return trained(name, epochs=sizes["epochs"], lr=sizes["lr"])
-    images, labels = mnist_inputs(name, "train")
-    torch.manual_seed(0)
-    chosen = slice(0, sizes["training_images"])
-    return train(lenet_300_100(), images[chosen], labels[chosen], epochs=sizes["epochs"], lr=sizes["lr"])
 
 
 def one_trim(model, calibration, test, training, g: float, sizes: dict) -> dict:
@@ -125,7 +117,7 @@ def main(argv=None) -> dict:
     report = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}, "models": {}}
     for name, sizes in grid.items():
-        model = trained_model(name, sizes)
+        model = benchmark_model(name, sizes)
         test = mnist_inputs(name, "test")
         images, labels = mnist_inputs(name, "train")
         chosen = np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))

@@ -163,9 +163,11 @@ def test_conv_response_errors_are_relative_to_the_original_convs():
 
     import torch
 
+    from nettrim.zoo import lenet5
+
     benchmark = _load("conv_budgets")
     torch.manual_seed(0)
-    model, images = benchmark.lenet5().eval(), torch.randn(3, 1, 28, 28)
+    model, images = lenet5().eval(), torch.randn(3, 1, 28, 28)
     assert benchmark.response_errors(model, copy.deepcopy(model), images) == {"0": 0.0, "2": 0.0}
     halved = copy.deepcopy(model)
     for name in benchmark.CONVS:  # every output halved: the error is half the response
