@@ -42,7 +42,8 @@ def _neuron_constraints(problem: LayerProblem, u, m: int):
 
 def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol: float = 1e-9,
                     accuracy: str = "high", verbose: bool = False, **solver_options) -> LayerResult:
-    """Solve with CVXPY. Entries with |u| <= zero_tol * max|U| are set to exact zeros before measuring.
+    """Solve with CVXPY. Entries with |d_i u_i| <= zero_tol * max|D U| (d_i the norm of X's row i: the
+    weights in the equilibrated units below) are set to exact zeros before measuring.
 
     accuracy="high" uses HIGH_ACCURACY's tolerances (overridable by solver_options); "default" uses the
     solver's own defaults. The solvers' tolerances are absolute, so the program is solved in units of max|Y|
@@ -58,13 +59,14 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
     options.update(solver_options)
     start = time.perf_counter()
     unit = float(np.max(np.abs(problem.Y))) or 1.0
-    U, statuses, iterations = _solve_programs(_in_units(problem, unit), solver, options, verbose)
+    rows = _row_scale(problem)
+    program, live = _in_units(problem, unit, rows)
+    solved, statuses, iterations = _solve_programs(program, solver, options, verbose)
     worst = _worst_status(statuses)
-    if worst == "infeasible":
-        U = np.zeros_like(U)
-    else:
-        U = unit * _thresholded(problem, U, zero_tol)
-    result = make_result(problem, U, status=worst, message=f"CVXPY {solver}: {sorted(set(statuses))}",
+    U = np.zeros((problem.shape[0], problem.shape[2]))
+    if worst != "infeasible":  # thresholded relative to the largest scaled weight
+        U[live] = unit * _thresholded(program, solved, zero_tol) / rows[live, None]
+    result = make_result(problem, U, status=worst, message=f"CVXPY {solver}: {sorted(map(str, set(statuses)))}",
                          iterations=iterations, seconds=time.perf_counter() - start, backend="cvxpy",
                          info={"solver": solver, "statuses": statuses})
     if result.status == "optimal" and not within_budget(problem, result, fit_rtol=1e-6, violation_tol=1e-6):
@@ -73,14 +75,40 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
     return result
 
 
-def _in_units(problem: LayerProblem, unit: float) -> LayerProblem:
-    """The program with Y, eps and V divided by `unit` (its solution is U / unit)."""
+def _row_scale(problem: LayerProblem) -> np.ndarray:
+    """(N,) the norms of X's rows (each group's root mean square for the rows' objective; 1 for a zero row)."""
+    return rowgroups.equilibration_scale(np.linalg.norm(problem.X, axis=1), problem.group_size if problem.rows else 1)
+
+
+def _in_units(problem: LayerProblem, unit: float, rows: np.ndarray) -> tuple[LayerProblem, np.ndarray]:
+    """(program, live): the program with Y, eps and V divided by `unit` and the rows of X by `rows` (D), whose
+    solution is D U / unit (the objective's weights become c / D), on the `live` rows of X only (for l1: a
+    zero row's weight is 0 at the optimum). Rows of norms 1e-8 beside a bias row of ones (vanishing signals)
+    made Clarabel fail; unit-norm rows are what its own scaling handles."""
     def divided(value):
         return None if value is None else value / unit
 
-    return LayerProblem(problem.X, problem.Y / unit, divided(problem.eps), problem.activation, divided(problem.upper),
-                        divided(problem.original_weights), problem.l1_weights, problem.structure,
-                        problem.group_weights, problem.group_size)
+    original = None if problem.original_weights is None else problem.original_weights * rows[:, None] / unit
+    if problem.rows:
+        firsts = rowgroups.firsts(np, rows, problem.group_size)
+        costs = (1.0 if problem.group_weights is None else problem.group_weights) / firsts
+        return LayerProblem(problem.X / rows[:, None], problem.Y / unit, divided(problem.eps), problem.activation,
+                            divided(problem.upper), original, None, problem.structure, _normalized(costs),
+                            problem.group_size), np.ones(rows.size, dtype=bool)
+    live = np.any(problem.X != 0, axis=1)
+    live = live if live.any() else ~live
+    costs = (1.0 if problem.l1_weights is None else problem.l1_weights) / rows[:, None]
+    costs = np.broadcast_to(costs, (rows.size, problem.Y.shape[0]))[live]
+    return LayerProblem(problem.X[live] / rows[live, None], problem.Y / unit, divided(problem.eps),
+                        problem.activation, divided(problem.upper), None if original is None else original[live],
+                        _normalized(costs), problem.structure), live
+
+
+def _normalized(costs: np.ndarray) -> np.ndarray:
+    """The objective's weights divided by their median positive value (the minimizer is the same), so the
+    objective is of order one whatever the scale of X."""
+    positive = costs[costs > 0]
+    return costs / np.median(positive) if positive.size else costs
 
 
 def _thresholded(problem: LayerProblem, U: np.ndarray, zero_tol: float) -> np.ndarray:
