@@ -269,12 +269,16 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     when P >= N; on a wide layer, N = 25,089 and P = 1,000, trace(G)/N took 64 neurons 10,000 iterations and
     trace(G)/P 960), 0.09 max diag G in the published form (its c0^2). rho sets the
     soft threshold of weight i, c_i / (rho beta) with c_i = 1 / ||x_i|| (equilibrated), at c_i T with
-    T = THRESHOLD_OVER_MEAN_WEIGHT * mean|D W0| * cost_unit, where cost_unit, the mean |x| over X's nonzero
-    entries, converts the cost to the data's units: scaling X and Y by s scales D W0 and cost_unit by s and c by
-    1 / s, so the iteration is the same whatever units the data are in (without equilibration c = 1 and
-    cost_unit = 1). cost_unit is 0.68 on MNIST pixels in [0, 1] and 1.0 on LeNet-300-100's first hidden layer,
-    which kept the thresholds of the measured start (the demo's trim in 34 s against 33 s before the units were
-    taken into account; the mean of X^2 or max|X| as the unit took 43 s). From `initial` (a previous round's
+    T = THRESHOLD_OVER_MEAN_WEIGHT * mean|D W0| * cost_unit, where cost_unit, the median over X's rows of their
+    mean |x| over nonzero entries, converts the cost to the data's units: scaling X and Y by s scales D W0 and
+    cost_unit by s and c by 1 / s, so the iteration is the same whatever units the data are in (without
+    equilibration c = 1 and cost_unit = 1). cost_unit is 0.60 on MNIST pixels in [0, 1] and 0.91 on
+    LeNet-300-100's first hidden layer, near the thresholds of the measured start (the mean |x| over all of X's
+    nonzero entries, 0.68 and 0.97 there, took the demo's trim 34 s against 33 s before the units were taken
+    into account; the mean of X^2 or max|X| as the unit took 43 s). The median keeps the bias row of ones out of
+    it: beside features of norm 1e-8 (a deep random network's squeeze-and-excitation layers) that mean was the
+    bias's, and every threshold a million times too large. W0 is zero on the rows where X is zero
+    (_start_weights). From `initial` (a previous round's
     solution) the factor is 1; without a warm start T = max|Y| cost_unit. response_scale = max|Y| scales the
     primal tolerances, 1 / cost_unit the dual ones. Solving any subset of the neurons with these as options
     iterates every neuron exactly as the whole layer does (neuron blocks on several workers).
@@ -287,21 +291,28 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     elif beta == "published":
         beta = 0.09 * gram_diagonal.max()
     beta = float(beta) if beta else 1.0  # beta = 0 only when X = 0, which needs no iteration
-    cost_unit = float(np.abs(problem.X).sum() / np.count_nonzero(problem.X)) if equilibrate and problem.X.any() else 1.0
+    cost_unit = _typical_magnitude(problem.X) if equilibrate and problem.X.any() else 1.0
     if response_scale is None:
         response_scale = float(np.max(np.abs(problem.Y)))
     response_scale = max(float(response_scale), 1e-300)
     if rho == "published":
         rho = 1.0 / beta
     elif rho is None:
-        start_weights, factor = ((problem.original_weights, THRESHOLD_OVER_MEAN_WEIGHT) if initial is None
-                                 else (initial, 1.0))
+        start_weights, factor = (_start_weights(problem, initial),
+                                 THRESHOLD_OVER_MEAN_WEIGHT if initial is None else 1.0)
         threshold = factor * float(np.abs(np.asarray(start_weights) * scale[:, None]).mean()) if (
             warm_start and start_weights is not None) else 0.0
         if threshold == 0:  # no (nonzero) warm start: the response's scale; any scale when the response is 0
             threshold = float(np.max(np.abs(problem.Y))) or 1.0
         rho = 1.0 / (beta * threshold * cost_unit)
     return {"rho": float(rho), "beta": beta, "response_scale": response_scale, "cost_unit": cost_unit}
+
+
+def _typical_magnitude(X: np.ndarray) -> float:
+    """The median over X's nonzero rows of the mean |x| over the row's nonzero entries."""
+    nonzeros = np.count_nonzero(X, axis=1)
+    means = np.abs(X).sum(axis=1)[nonzeros > 0] / nonzeros[nonzeros > 0]
+    return float(np.median(means))
 
 
 def _with_time_limit(options: dict) -> dict:
@@ -395,7 +406,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
                          dict(info, note="X is zero: every weight has the response 0", history=[],
                               stopped_by_callback=False, repaired=0,
                               l1_lower_bound=np.zeros(M) if problem.per_neuron else 0.0))
-    start_weights = initial if initial is not None else problem.original_weights
+    start_weights = _start_weights(problem, initial)
     program = Program(
         Y=be.asarray(problem.Y), omega=be.asarray(problem.omega),
         upper=be.asarray(problem.upper) if problem.upper is not None else 0.0,
@@ -425,6 +436,16 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
         result.status = "inaccurate"
         result.message += "; the returned iterate misses the budget or the Omega^c bound"
     return result
+
+
+def _start_weights(problem: LayerProblem, initial) -> np.ndarray | None:
+    """The warm start, `initial` or else the original weights, with zeros on the rows where X is zero: those
+    weights change no response, so the optimum has them zero, and the iteration would shrink them by one soft
+    threshold a step, which on badly scaled data (a zero row beside rows of norm 1e-8) is ~forever."""
+    start = problem.original_weights if initial is None else initial
+    if start is None:
+        return None
+    return np.where(np.any(problem.X != 0, axis=1)[:, None], np.asarray(start), 0.0)
 
 
 def _group_size(problem: LayerProblem) -> int:

@@ -9,13 +9,20 @@ T(zeta_k) by the combination of the last `memory` images whose residuals g = T(z
 (dG, dF: differences of consecutive residuals and images), one small least-squares problem per neuron, since
 the neurons are independent programs (Walker & Ni 2011; Zhang, O'Donoghue & Boyd 2020 for the safeguard SCS
 uses). Safeguard: when the residual after an accelerated step grew by more than `safeguard` times, that
-neuron falls back to the plain image of the previous point and its memory is cleared.
+neuron falls back to the plain image of the previous point and its memory is cleared. Progress guard: a neuron
+whose residual at the plain steps (the checks) has not halved in STALLED_STEPS of them iterates plainly from
+then on; accelerated steps that each shrink the residual a little can stall it (measured on squeeze-and-excitation
+layers with 8 samples beside a bias row 1e11 times cheaper than the other weights: 10,000 iterations against 1,400
+plain).
 Vectors of neuron m are row m of zeta_z (M x P) with column m of zeta_w (N x M).
 """
 
 from __future__ import annotations
 
 from array_api_compat import device as device_of
+
+#: Plain steps (checks) without the residual halving after which a neuron stops being accelerated.
+STALLED_STEPS = 20
 
 
 class Anderson:
@@ -29,6 +36,8 @@ class Anderson:
         self.accelerated = None  # per neuron: was the current point an accelerated one
         self.fallback = None  # plain image of the previous point, used when a step is rejected
         self.fresh = None  # neurons whose previous residual is unknown (after a rejection): record no difference
+        self.enabled = None  # per neuron: still accelerated (the progress guard)
+        self.reference = self.waiting = None  # per neuron: the residual to halve, and plain steps since it was set
 
     def _norms(self, g_z, g_wT):
         xp = self.xp
@@ -45,6 +54,10 @@ class Anderson:
         g_z, g_wT = f_z - self.zeta[0], f_wT - self.zeta[1].T
         norms = self._norms(g_z, g_wT)
         M = f_z.shape[0]
+        if self.enabled is None:
+            self.enabled = xp.ones(M, dtype=xp.bool, device=device_of(f_z))
+            self.reference = xp.full((M,), xp.inf, dtype=norms.dtype, device=device_of(f_z))
+            self.waiting = xp.zeros_like(norms)
         if self.dG is None:
             shapes = ((M, self.memory, f_z.shape[1]), (M, self.memory, f_wT.shape[1]))
             self.dG = tuple(xp.zeros(shape, dtype=f_z.dtype, device=device_of(f_z)) for shape in shapes)
@@ -67,6 +80,7 @@ class Anderson:
         self.fresh = None
         if not accelerate:
             rejected = None
+            self._watch_progress(norms)
         if rejected is not None and self.be.might_be_true(rejected):  # no sync on a device: where() is cheaper
             self.fresh = rejected
             self.clear(rejected)
@@ -82,9 +96,19 @@ class Anderson:
             self.accelerated = xp.zeros(M, dtype=xp.bool, device=device_of(f_z))
         else:
             new_z, new_wT = self._extrapolate(g_z, g_wT, f_z, f_wT)
-            self.accelerated = xp.ones(M, dtype=xp.bool, device=device_of(f_z)) if rejected is None else ~rejected
+            self.accelerated = self.enabled if rejected is None else self.enabled & ~rejected
+            new_z = xp.where(self.enabled[:, None], new_z, f_z)
+            new_wT = xp.where(self.enabled[:, None], new_wT, f_wT)
         self.zeta = (new_z, new_wT.T)
         return self.zeta
+
+    def _watch_progress(self, norms) -> None:
+        """The progress guard (module docstring), at a plain step whose squared residuals are `norms`."""
+        xp = self.xp
+        halved = norms <= 0.25 * self.reference
+        self.reference = xp.where(halved, norms, self.reference)
+        self.waiting = xp.where(halved, 0.0, self.waiting + 1)
+        self.enabled = self.enabled & (self.waiting < STALLED_STEPS)
 
     def _extrapolate(self, g_z, g_wT, f_z, f_wT):
         xp = self.xp
@@ -125,6 +149,9 @@ class Anderson:
         self.fresh = changed if self.fresh is None else self.fresh | changed
         self.zeta = (xp.where(changed[:, None], zeta[0], self.zeta[0]),
                      xp.where(changed[None, :], zeta[1], self.zeta[1]))
+        if self.reference is not None:  # the residual's scale changed with rho: measure progress afresh
+            self.reference = xp.where(changed, xp.inf, self.reference)
+            self.waiting = xp.where(changed, 0.0, self.waiting)
 
     def keep(self, index) -> None:
         """Restrict to the neurons still iterating, at positions `index` (an integer array on the device)."""
@@ -145,6 +172,7 @@ class Anderson:
         if self.fallback is not None:
             self.fallback = tuple(rows(a) for a in self.fallback)
         self.accelerated, self.fresh = rows(self.accelerated), rows(self.fresh)
+        self.enabled, self.reference, self.waiting = rows(self.enabled), rows(self.reference), rows(self.waiting)
 
 
 def memory_or_none(be, memory: int, coupled: bool):

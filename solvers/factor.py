@@ -51,6 +51,7 @@ class LayerInput:
     scale: object      # D, the row norms of X (ones without equilibration), float64
     unscale: object    # 1 / D as an (N, 1) column in the working precision
     x_norm: float      # ||Xs||_2
+    widest: tuple      # (k, xs_k, Xs xs_k^T, Xs) for the row k of largest norm (feasibility.dual_bound)
 
     @classmethod
     def prepare(cls, be, X: np.ndarray, dt: np.dtype, equilibrate: bool, beta: float,
@@ -78,7 +79,15 @@ class LayerInput:
         inverse = xp.astype((eigenvectors / (eigenvalues + beta)) @ eigenvectors.T, be.dtype(dt))
         x_norm = math.sqrt(be.scalars(xp.max(eigenvalues))[0])
         return cls(X64, Xs, inverse, side, float(beta), scale, xp.astype(1.0 / scale, be.dtype(dt))[:, None],
-                   x_norm)
+                   x_norm, cls._widest_row(be, X, host_scale, Xs))
+
+    @staticmethod
+    def _widest_row(be, X: np.ndarray, host_scale: np.ndarray, Xs: SampleBlocks) -> tuple:
+        """(k, xs_k, Xs xs_k^T, Xs) for the row k of X of largest norm, xs_k its row of Xs (device, working
+        precision)."""
+        k = int(np.argmax(np.linalg.norm(X, axis=1)))
+        row = be.xp.astype(be.asarray((X[k] / host_scale[k])[None, :]), Xs.device_dtype)
+        return k, row[0, :], Xs.times_transposed(row)[0][:, 0], Xs
 
     def step_u(self, C, B):
         """(U, U^T Xs) for U = (Xs Xs^T + beta I)^-1 (Xs C^T + beta B), C (M x P), B (N x M), on the samples side

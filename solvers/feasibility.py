@@ -55,7 +55,7 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, x_norm, eps, upper, tol=
             & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
 
 
-def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size=1):
+def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size=1, widest=None):
     """A lower bound on each neuron's optimal objective (the layer's, repeated, when coupled) from the duals.
 
     The dual of  min sum_i c_i |u_i|  s.t.  X^T u in C  is  max -sigma_C(lam)  s.t.  |(X lam)_i| <= c_i, lam >= 0
@@ -65,10 +65,37 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size=1
     duality, for the user's eps and V (not the tightened internal ones). Exact up to rounding in the working
     precision. XDz is X Dz^T (N x k); returns float64 values in the scaled variables, whose objective
     sum_i c_i |Us_i| equals the user's. (group_size is rows_dual_bound's.)
+
+    `widest` = (k, x_k, X x_k^T, X) for X's row of largest norm, whose weight is the cheapest after equilibration
+    (a bias row of ones beside rows of norm 1e-8: its box is 1e8 times narrower than theirs, and lam meets it
+    too late for any t to keep the bound). Then lam is also moved along x_k (for a relu layer, x_k on Omega
+    only, which keeps lam >= 0 on Omega^c, at the price of one product with X) until |(X lam)_k| = c_k, before
+    it is scaled; the larger of the two bounds is returned.
     """
     lam = s.rho[:, None] * Dz
+    X_lam = s.rho[None, :] * XDz
+    plain = _scaled_into_the_box(xp, s, lam, X_lam, true_eps, true_upper, relu, coupled)
+    if widest is None:
+        return plain
+    k, x_k, X_x_k, X = widest
+    if relu:  # moved on Omega only, where lam has no sign: X_x_k is then one product per neuron
+        direction = x_k[None, :] * s.on_omega
+        X_x_k = X.times_transposed(direction)[0]
+    else:
+        direction, X_x_k = x_k[None, :], X_x_k[:, None]
+    along = X_lam[k, :]
+    excess = along - xp.clip(along, -s.cost[k, :], s.cost[k, :])
+    length = xp.sum(direction * direction, axis=1)
+    step = xp.where(length > 0, excess / xp.where(length > 0, length, 1.0), 0.0)
+    moved = lam - step[:, None] * direction
+    bound = _scaled_into_the_box(xp, s, moved, X_lam - X_x_k * step[None, :], true_eps, true_upper, relu, coupled)
+    return xp.maximum(plain, bound)
+
+
+def _scaled_into_the_box(xp, s, lam, X_lam, true_eps, true_upper, relu, coupled):
+    """-t sigma_C(lam) with t = 1 / max(1, max_i |(X lam)_i| / c_i) (dual_bound), float64."""
     sigma = support_function(xp, s, lam, true_eps, true_upper if relu else 0.0, coupled)
-    box = xp.abs(s.rho[None, :] * XDz)
+    box = xp.abs(X_lam)
     priced = s.cost > 0
     unpriced = xp.where(box > 0, xp.inf, xp.zeros_like(box))  # a free weight must have |(X lam)_i| = 0
     over = xp.max(xp.where(priced, box / xp.where(priced, s.cost, 1.0), unpriced), axis=0)

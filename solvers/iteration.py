@@ -218,21 +218,25 @@ class Iteration:
         XZ_new, XD_new = self.products = self.layer.X.times_transposed(s.Z, s.Dz)
         rho, N, P = s.rho, self.shape[0], self.shape[1]
         primal = xp.sqrt(per_budget(xp.sum((XU - s.Z) ** 2, axis=1) + beta * xp.sum((s.U - s.W) ** 2, axis=0)))
-        dual = xp.sqrt(per_budget(rho**2 * xp.sum((XZ_new - XZ + beta * (s.W - W_old)) ** 2, axis=0)))
+        # rho outside the squares: rho is 1e23 on features of 1e-11 (rho is the same for every neuron when coupled)
+        dual = rho * xp.sqrt(per_budget(xp.sum((XZ_new - XZ + beta * (s.W - W_old)) ** 2, axis=0)))
         iterate_scale = xp.sqrt(per_budget(xp.maximum(xp.sum(XU**2, axis=1) + beta * xp.sum(s.U**2, axis=0),
                                                       xp.sum(s.Z**2, axis=1) + beta * xp.sum(s.W**2, axis=0))))
         # At the optimum X y_z^T + beta y_w = 0 (U carries no cost), so the dual scale is that of either term.
-        dual_scale = xp.sqrt(per_budget(rho**2 * xp.maximum(xp.sum(XD_new**2, axis=0),
-                                                            beta**2 * xp.sum(s.Dw**2, axis=0))))
+        dual_scale = rho * xp.sqrt(per_budget(xp.maximum(xp.sum(XD_new**2, axis=0),
+                                                         beta**2 * xp.sum(s.Dw**2, axis=0))))
         # Tightened tolerances (restoration rounds) stop at what the working precision can resolve.
         relative = xp.maximum(s.tol_factor * options["rel_tol"], 50 * float(xp.finfo(self.dt).eps))
         # The absolute terms in the residuals' units: Y's for the primal, the cost's (c = 1 / ||x_i||) for the dual.
         absolute = s.tol_factor * options["abs_tol"]
         converged = ((primal <= absolute * (self.y_scale * math.sqrt(P + N)) + relative * iterate_scale)
                      & (dual <= absolute * (math.sqrt(N) / options["cost_unit"]) + relative * dual_scale))
-        bound = feasibility.rows_dual_bound if self.rows else dual_bound
-        s.lower_bound = bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu, self.coupled,
-                              self.program.group_size)
+        if self.rows:
+            s.lower_bound = feasibility.rows_dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(),
+                                                        self.relu, self.coupled, self.program.group_size)
+        else:
+            s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
+                                       self.coupled, widest=self.layer.widest)
         objective = self._objective()
         gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
         certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
@@ -382,14 +386,15 @@ class Iteration:
 
     def _rho_ratio(self, primal, dual, iterate_scale, dual_scale):
         """Residual balancing every RHO_UPDATE_CHECKS checks: the factor (per neuron) by which rho changes, when
-        primal and dual residuals are out of balance by more than 5 (None between updates)."""
+        primal and dual residuals are out of balance by more than 5 (None between updates), within 1e-6 to 1e6
+        times the layer's rho (1e-3 to 1e3 held a dead neuron whose optimum is its bias alone at the floor)."""
         if not self.options["adaptive_rho"] or (self.checks + 1) % RHO_UPDATE_CHECKS:
             return None
         xp, s, tiny = self.xp, self.s, float(np.finfo(np.dtype(self.options["dtype"])).tiny)
         ratio = xp.sqrt((primal / xp.maximum(iterate_scale, tiny))
                         / xp.maximum(dual / xp.maximum(dual_scale, tiny), tiny))
         ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.2, 5.0), 1.0)
-        return xp.astype(xp.clip(s.rho * ratio, self.rho0 * 1e-3, self.rho0 * 1e3) / s.rho, self.dt)
+        return xp.astype(xp.clip(s.rho * ratio, self.rho0 * 1e-6, self.rho0 * 1e6) / s.rho, self.dt)
 
     def _rescale(self, ratio) -> None:
         """rho_m *= ratio_m: the scaled duals (and the products that carry them) are divided by it."""

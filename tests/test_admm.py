@@ -201,13 +201,14 @@ def test_tf32_needs_cuda():
 
 def test_rho_starts_the_threshold_at_the_warm_starts_scale():
     """1/(rho beta) = THRESHOLD_OVER_MEAN_WEIGHT mean|D W0| cost_unit from the trained weights, mean|D U| cost_unit
-    from `initial` (a previous round's solution), in the equilibrated variables D U, with cost_unit the mean |x|
-    over X's nonzero entries; `rho` given is kept. Scaling the data by s scales 1/(rho beta) by s^2."""
+    from `initial` (a previous round's solution), in the equilibrated variables D U, with cost_unit the median over
+    X's rows of their mean |x| over nonzero entries; `rho` given is kept. Scaling the data by s scales 1/(rho beta)
+    by s^2."""
     from solvers.admm import THRESHOLD_OVER_MEAN_WEIGHT, iteration_constants
 
     problem = random_problem(3, N=20, P=200, M=6, per_neuron=True)
     row_norms = np.linalg.norm(problem.X, axis=1)[:, None]
-    unit = np.abs(problem.X[problem.X != 0]).mean()
+    unit = np.median([np.abs(row[row != 0]).mean() for row in problem.X])
     constants = iteration_constants(problem)
     assert constants["cost_unit"] == pytest.approx(unit)
     threshold = 1 / (constants["rho"] * constants["beta"])
@@ -260,3 +261,20 @@ def test_aiming_at_the_budget_on_the_device(device):
     reference = solve(problem, backend="cvxpy")
     result = solve(problem, rel_tol=5e-3, device=device)
     assert result.status == "optimal" and result.objective == pytest.approx(reference.objective, rel=5e-3)
+
+
+def test_anderson_stops_accelerating_a_neuron_whose_residual_does_not_halve():
+    """The progress guard (anderson.py): the map zeta -> zeta + c (a residual that never shrinks) for neuron 0,
+    and a contraction for neuron 1; after STALLED_STEPS plain steps only neuron 1 is still accelerated, and a
+    disabled neuron's point is the plain image."""
+    from solvers.anderson import STALLED_STEPS, Anderson
+    from solvers.arrays import backend
+
+    accelerator = Anderson(backend("cpu"), memory=3)
+    zeta_z, zeta_w = np.ones((2, 4)), np.ones((5, 2))
+    for step in range(4 * (STALLED_STEPS + 2)):
+        image_z = np.vstack([zeta_z[0] + 1.0, 0.5 * zeta_z[1]])
+        image_w = np.stack([zeta_w[:, 0] + 1.0, 0.5 * zeta_w[:, 1]], axis=1)
+        zeta_z, zeta_w = accelerator.step(image_z, image_w, accelerate=step % 4 != 3)
+    assert accelerator.enabled.tolist() == [False, True]
+    np.testing.assert_array_equal(zeta_z[0], image_z[0])

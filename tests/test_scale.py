@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from instances import random_problem
-from solvers import LayerProblem, solve
+from solvers import LayerProblem, relative_budget, solve
 
 SCALES = [1e-6, 1e-3, 1.0, 255.0, 1e3, 1e6]
 
@@ -107,3 +107,37 @@ def test_no_certificate_is_believed_for_a_neuron_whose_original_weights_keep_the
     assert solve(problem, max_iter=200).info["neuron_status"]["infeasible"] == 0
     without = LayerProblem(problem.X, problem.Y, problem.eps, problem.activation, upper=problem.upper)
     assert solve(without, max_iter=200).info["neuron_status"]["infeasible"] == 4  # the certificate taken as it is
+
+
+def _vanishing_signals(seed: int, activation: str, N: int = 60, P: int = 8, M: int = 12) -> LayerProblem:
+    """A squeeze-and-excitation layer of a deep random network in miniature: P = 8 samples, feature rows of
+    norm about 1e-8, a zero row (with a trained weight on it), the bias row of ones, and (relu) the cascade
+    bound V = W^T X on Omega^c, which the original weights meet with equality."""
+    rng = np.random.default_rng(seed)
+    X = np.vstack([1e-8 * np.maximum(rng.standard_normal((N - 2, P)), 0), np.zeros((1, P)), np.ones((1, P))])
+    W = rng.normal(0, 0.2, (N, M))
+    W[-1] = 0.0
+    response = W.T @ X
+    Y = np.maximum(response, 0) if activation == "relu" else response
+    return LayerProblem(X, Y, relative_budget(Y, 0.1, per_neuron=True), activation,
+                        upper=response if activation == "relu" else None, original_weights=W)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vanishing_signals_beside_the_bias_end_optimal_at_the_references_objective(activation, seed):
+    """Features 1e8 times smaller than the bias row, whose weight is then the cheapest by as much: Clarabel
+    (on unit rows, zero rows left out) is "optimal"; the ADMM ends every neuron "optimal" within its budget, each
+    l1 within 0.5% of the reference's and its certified bound below it. Before: the zero row's trained weight
+    was shrunk by one tiny threshold a step, and the dual bound never met the bias row's narrow box."""
+    problem = _vanishing_signals(seed, activation)
+    reference = solve(problem, backend="cvxpy")
+    assert reference.status == "optimal"
+    assert problem.columns_within_budget(reference.U, 1e-6, 1e-6).all()
+    result = solve(problem)
+    assert result.info["neuron_status"]["optimal"] == problem.shape[2]
+    assert problem.columns_within_budget(result.U, 1e-3, 1e-5).all()
+    optimum = np.abs(reference.U).sum(axis=0)
+    np.testing.assert_array_less(np.abs(result.U).sum(axis=0), 1.005 * optimum + 1e-12)
+    np.testing.assert_array_less(result.info["l1_lower_bound"], optimum * (1 + 1e-6) + 1e-12)
+    assert not result.U[-2].any()  # the zero row
