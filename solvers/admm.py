@@ -28,9 +28,10 @@ it per neuron (type-II Anderson acceleration with a safeguard, as SCS 3 does), w
 remaining iterations on the same benchmark.
 
 Stopping uses primal and dual residuals with absolute and relative tolerances (Boyd et al. 2011, sec. 3.3),
-per neuron, checked every `check_every` iterations (a check makes four X-products instead of one, and the
-next iteration reuses two of them for its right-hand side). At a check the scaled dual also gives each neuron
-a certified lower bound on its optimal l1 (feasibility.dual_bound, weak duality), and a neuron whose sparse
+per neuron, checked every `check_every` iterations (a check makes four X-products instead of one, five for a
+relu layer, and the next iteration reuses two of them for its right-hand side). At a check the scaled dual also
+gives each neuron a certified lower bound on its optimal l1 (feasibility.dual_bound, weak duality, with lam also
+moved along the widest row of X), and a neuron whose sparse
 iterate keeps its budget exactly and whose objective is within gap_tol of that bound is final too, whatever
 its residuals: that is what the user asks for (on MNIST layer 1 the duality gap reaches 0.5% well before the
 residuals reach rel_tol). The scaled-dual increment is also tested as a

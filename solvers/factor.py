@@ -51,7 +51,7 @@ class LayerInput:
     scale: object      # D, the row norms of X (ones without equilibration), float64
     unscale: object    # 1 / D as an (N, 1) column in the working precision
     x_norm: float      # ||Xs||_2
-    widest: tuple      # (k, xs_k, Xs xs_k^T, Xs) for the row k of largest norm (feasibility.dual_bound)
+    widest: tuple      # (k, xs_k (1 x P), Xs xs_k^T (N x 1)) for the row k of largest norm (feasibility.dual_bound)
 
     @classmethod
     def prepare(cls, be, X: np.ndarray, dt: np.dtype, equilibrate: bool, beta: float,
@@ -83,11 +83,11 @@ class LayerInput:
 
     @staticmethod
     def _widest_row(be, X: np.ndarray, host_scale: np.ndarray, Xs: SampleBlocks) -> tuple:
-        """(k, xs_k, Xs xs_k^T, Xs) for the row k of X of largest norm, xs_k its row of Xs (device, working
+        """(k, xs_k, Xs xs_k^T) for the row k of X of largest norm, xs_k (1 x P) its row of Xs (device, working
         precision)."""
         k = int(np.argmax(np.linalg.norm(X, axis=1)))
         row = be.xp.astype(be.asarray((X[k] / host_scale[k])[None, :]), Xs.device_dtype)
-        return k, row[0, :], Xs.times_transposed(row)[0][:, 0], Xs
+        return k, row, Xs.times_transposed(row)[0]
 
     def step_u(self, C, B):
         """(U, U^T Xs) for U = (Xs Xs^T + beta I)^-1 (Xs C^T + beta B), C (M x P), B (N x M), on the samples side

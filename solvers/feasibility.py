@@ -66,29 +66,25 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size=1
     precision. XDz is X Dz^T (N x k); returns float64 values in the scaled variables, whose objective
     sum_i c_i |Us_i| equals the user's. (group_size is rows_dual_bound's.)
 
-    `widest` = (k, x_k, X x_k^T, X) for X's row of largest norm, whose weight is the cheapest after equilibration
+    `widest` = (k, d, X d^T) for X's row k of largest norm, whose weight is the cheapest after equilibration
     (a bias row of ones beside rows of norm 1e-8: its box is 1e8 times narrower than theirs, and lam meets it
-    too late for any t to keep the bound). Then lam is also moved along x_k (for a relu layer, x_k on Omega
-    only, which keeps lam >= 0 on Omega^c, at the price of one product with X) until |(X lam)_k| = c_k, before
-    it is scaled; the larger of the two bounds is returned.
+    too late for any t to keep the bound), d = x_k (1 x P) or, for a relu layer, x_k on each neuron's Omega
+    (k x P), which keeps lam >= 0 on Omega^c. Then lam is also moved along d until |(X lam)_k| = c_k before it
+    is scaled, and the larger of the two bounds is returned.
     """
     lam = s.rho[:, None] * Dz
     X_lam = s.rho[None, :] * XDz
     plain = _scaled_into_the_box(xp, s, lam, X_lam, true_eps, true_upper, relu, coupled)
     if widest is None:
         return plain
-    k, x_k, X_x_k, X = widest
-    if relu:  # moved on Omega only, where lam has no sign: X_x_k is then one product per neuron
-        direction = x_k[None, :] * s.on_omega
-        X_x_k = X.times_transposed(direction)[0]
-    else:
-        direction, X_x_k = x_k[None, :], X_x_k[:, None]
+    k, direction, X_direction = widest
     along = X_lam[k, :]
     excess = along - xp.clip(along, -s.cost[k, :], s.cost[k, :])
     length = xp.sum(direction * direction, axis=1)
     step = xp.where(length > 0, excess / xp.where(length > 0, length, 1.0), 0.0)
     moved = lam - step[:, None] * direction
-    bound = _scaled_into_the_box(xp, s, moved, X_lam - X_x_k * step[None, :], true_eps, true_upper, relu, coupled)
+    bound = _scaled_into_the_box(xp, s, moved, X_lam - X_direction * step[None, :], true_eps, true_upper, relu,
+                                 coupled)
     return xp.maximum(plain, bound)
 
 

@@ -215,7 +215,13 @@ class Iteration:
         # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz^T is a
         # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
         # right-hand side reuses both products.
-        XZ_new, XD_new = self.products = self.layer.X.times_transposed(s.Z, s.Dz)
+        k, widest_row, X_widest = self.layer.widest
+        if self.relu and not self.rows:  # dual_bound's direction: the widest row on each neuron's Omega
+            widest_row = widest_row * s.on_omega
+            XZ_new, XD_new, X_widest = self.layer.X.times_transposed(s.Z, s.Dz, widest_row)
+        else:
+            XZ_new, XD_new = self.layer.X.times_transposed(s.Z, s.Dz)
+        self.products = (XZ_new, XD_new)
         rho, N, P = s.rho, self.shape[0], self.shape[1]
         primal = xp.sqrt(per_budget(xp.sum((XU - s.Z) ** 2, axis=1) + beta * xp.sum((s.U - s.W) ** 2, axis=0)))
         # rho outside the squares: rho is 1e23 on features of 1e-11 (rho is the same for every neuron when coupled)
@@ -236,7 +242,7 @@ class Iteration:
                                                         self.relu, self.coupled, self.program.group_size)
         else:
             s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
-                                       self.coupled, widest=self.layer.widest)
+                                       self.coupled, widest=(k, widest_row, X_widest))
         objective = self._objective()
         gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
         certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
