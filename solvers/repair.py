@@ -180,8 +180,13 @@ def _within_target(be, X, omega, residual, support, B, inverse, target, running,
 
 
 def _conjugate_gradients(be, X, omega, residual, support, B, inverse, target, max_steps: int):
-    """_within_target's CG path for every neuron of the arguments (X the operator, the others restricted to it)."""
+    """_within_target's CG path for every neuron of the arguments (X the operator, the others restricted to it),
+    in units of each neuron's residual norm (the path is linear in the residual and target: the products run in
+    X's precision, and float32 overflowed on responses of 1e-11)."""
     xp = be.xp
+    unit = xp.sqrt(xp.sum(residual * residual, axis=1))
+    unit = xp.where(unit > 0, unit, 1.0)
+    residual, target = residual / unit[:, None], target / unit
 
     def projected(v):  # onto the complement of span(B_j): the equalities B_j^T e = 0 stay met
         if inverse is None:
@@ -220,4 +225,4 @@ def _conjugate_gradients(be, X, omega, residual, support, B, inverse, target, ma
         direction = xp.where(running[:, None], -gradient + ratio[:, None] * direction, 0.0)
         if (step_number + 1) % steps_per_look == 0 and not be.scalars(xp.any(running))[0]:
             break
-    return e, reached
+    return e * unit[:, None], reached
