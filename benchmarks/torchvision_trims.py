@@ -9,7 +9,7 @@ the slowest layers, and the relative change of the logits on the calibration ima
 benchmarks/results/torchvision_trims.json and a markdown table. torchvision is a test dependency
 (tests/torchvision_models.py imports it here).
 
-    python -m benchmarks.torchvision_trims           # the three models (7 min 21 s on 2 cores)
+    python -m benchmarks.torchvision_trims           # the three models (7 min 2 s on 2 cores)
     python -m benchmarks.torchvision_trims --quick   # mobilenet_v3_small on 4 images, max_samples 100, max_iter 30
     python -m benchmarks.torchvision_trims --models resnet18   # one model (its row only)
 """
