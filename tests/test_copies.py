@@ -52,10 +52,7 @@ def test_a_program_with_copies_has_the_oracles_optimum_on_the_program_as_given(c
     assert result.status == oracle.status == "optimal"
     assert result.info["input_copies"] == 4
     assert result.objective == pytest.approx(oracle.objective, rel=5e-3)
-    # each backend's promise: the ADMM measures its weights exactly; Clarabel's "optimal" is within 1e-6 of the
-    # budget (solve_reference), measured 2e-9 to 3e-9 here since it solves on unit rows of X
-    fit_rtol = 1e-9 if backend == "admm" else 1e-6
-    assert problem.columns_within_budget(result.U, fit_rtol=fit_rtol, violation_tol=1e-5).all()
+    assert problem.columns_within_budget(result.U, fit_rtol=1e-9, violation_tol=1e-5).all()
     assert not result.U[23:28].any()  # the copies after the first and the second zero row carry nothing
     if backend == "admm":
         assert np.sum(result.info["l1_lower_bound"]) <= oracle.objective * (1 + 1e-6)
