@@ -18,7 +18,6 @@ repository), never downloaded.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 import warnings
@@ -28,11 +27,10 @@ if __package__ in (None, ""):  # run as a script: this file's folder would shado
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.models import benchmark_model  # noqa: E402
-from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, machine, write_results  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,8 +104,7 @@ def main(argv=None) -> dict:
     test = mnist_inputs("resnet8", "test", args.data)
     images, _ = mnist_inputs("resnet8", "train", args.data)
     calibration = images[np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))]
-    report = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()},
+    report = {"machine": machine(),
               "model": {"name": "resnet8", "epochs": sizes["epochs"], "test_error": test_error(model, *test),
                         "parameters": sum(p.numel() for p in model.parameters())},
               "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],

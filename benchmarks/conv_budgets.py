@@ -18,7 +18,6 @@ Writes benchmarks/results/conv_budgets.json and a markdown table.
 from __future__ import annotations
 
 import itertools
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.models import benchmark_model  # noqa: E402
-from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, machine, write_results  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,8 +86,7 @@ def run(config: dict) -> dict:
              in itertools.product(config["grid"], config["max_samples"], config["budgets"])]
     return {"config": config, "test_error": test_error(model, *test), "trims": trims,
             "positions": {"0": config["calibration"] * 24 * 24, "2": config["calibration"] * 8 * 8},
-            "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()}}
+            "machine": machine()}
 
 
 def markdown(report: dict) -> str:

@@ -16,7 +16,6 @@ Writes benchmarks/results/neurons.json, a markdown table and a plot of test erro
 from __future__ import annotations
 
 import copy
-import platform
 import sys
 import time
 import warnings
@@ -30,7 +29,7 @@ import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.models import benchmark_model  # noqa: E402
-from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, machine, write_results  # noqa: E402
 from nettrim.finetune import ShuffledBatches  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
@@ -114,8 +113,7 @@ def main(argv=None) -> dict:
                               RESULTS / "neurons.json")
     args = parser.parse_args(argv)
     grid = QUICK if args.quick else FULL
-    report = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()}, "models": {}}
+    report = {"machine": machine(), "models": {}}
     for name, sizes in grid.items():
         model = benchmark_model(name, sizes)
         test = mnist_inputs(name, "test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 from pathlib import Path
 
 
@@ -14,6 +15,13 @@ def benchmark_parser(description: str, quick_help: str, out: Path) -> argparse.A
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=out)
     return parser
+
+
+def machine() -> dict:
+    """The Python and torch versions and torch's CPU threads, recorded with a torch benchmark's results."""
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def write_results(out: Path, report: dict, table: str) -> None:

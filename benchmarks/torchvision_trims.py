@@ -17,7 +17,6 @@ benchmarks/results/torchvision_trims.json and a markdown table. torchvision is a
 from __future__ import annotations
 
 import collections
-import platform
 import sys
 import time
 import warnings
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: this file's folder would shado
 import torch  # noqa: E402
 
 import nettrim  # noqa: E402
-from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, machine, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"models": ["mobilenet_v3_small", "resnet18", "squeezenet1_1"], "images": 64, "max_samples": 1000}
@@ -86,8 +85,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     config = dict(QUICK if args.quick else FULL)
     config["models"] = args.models or config["models"]
-    report = {"config": config, "rows": [], "machine": {"python": platform.python_version(),
-                                                       "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    report = {"config": config, "rows": [], "machine": machine()}
     for name in config["models"]:  # written after every model, so a stopped run keeps the models it finished
         report["rows"].append(one_model(name, config))
         write_results(args.out, report, markdown(report))
