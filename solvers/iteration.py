@@ -245,7 +245,8 @@ class Iteration:
                                        self.coupled, widest=(k, widest_row, X_widest))
         objective = self._objective()
         gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
-        certified = (objective - s.lower_bound <= gap_allowed * objective) & (objective > 0)
+        certified = ((objective - s.lower_bound <= gap_allowed * objective + options["absolute_gap"])
+                     & (objective > 0))
         infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD,
                                         self.layer.x_norm, self._user_eps(), self._user_upper())
         flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
@@ -461,7 +462,7 @@ class Iteration:
             magnitude = xp.take(program.l1_weights, neurons, axis=1) * magnitude
         objective = xp.sum(magnitude, axis=0)
         bound = xp.take(s.lower_bound, be.asarray(positions), axis=0)
-        accepted = be.to_host(ok & (objective - bound <= gap_allowed * objective))
+        accepted = be.to_host(ok & (objective - bound <= gap_allowed * objective + self.options["absolute_gap"]))
         s.repair_wait[positions[~accepted]] = REPAIR_WAIT_CHECKS
         if accepted.any():
             self.finalize(positions[accepted], "optimal",

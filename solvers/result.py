@@ -36,7 +36,8 @@ class LayerResult:
     response_error:  ||act(U^T X) - Y|| in fit's form (Proposition 1 bounds it by eps).
     info:            backend details; the ADMM's info["l1_lower_bound"] is a certified lower bound on the
                      optimal objective (per neuron, an (M,) array, for per-neuron budgets), so
-                     1 - sum(bound) / objective bounds how far U's l1 can be from the optimum.
+                     1 - sum(bound) / objective bounds how far U's l1 can be from the optimum;
+                     info["neuron_statuses"] (ADMM) is each neuron's status, an (M,) array.
     """
 
     U: np.ndarray
@@ -145,6 +146,9 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
     repaired = [result.info.get("repaired") for result in results]
     if all(count is not None for count in repaired):
         info["repaired"] = sum(repaired)
+    statuses = [result.info.get("neuron_statuses") for result in results]
+    if all(each is not None for each in statuses):
+        info["neuron_statuses"] = np.concatenate(statuses)
     counts = [result.info.get("neuron_status") for result in results]
     if all(count is not None for count in counts):
         info["neuron_status"] = {key: sum(count.get(key, 0) for count in counts) for key in counts[0]}
