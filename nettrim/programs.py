@@ -5,6 +5,9 @@ converged, or infeasible): those keep their original weights, which keep it (tri
 neurons whose solution has more nonzeros than their original weights (l1 is not l0), which keep the sparser
 original when it keeps the budget. So a trimmed layer keeps Proposition 1's promise and never gains nonzeros.
 
+Neurons the ADMM leaves "inaccurate" (converged, but their l1 not proven within the gap tolerance, or missing the
+budget) are solved again by interior point when they are few and small enough (solvers/crossover.py).
+
 A grouped convolution is one program per group (solvers/grouped.py), solved one group after another; each
 group's budget is the layer's rule applied to its own neurons (so the groups' budgets add up to the layer's).
 Group programs with at most SMALL_PROGRAM_FEATURES inputs (a depthwise 3x3 conv's are 9 weights and a bias)
@@ -25,6 +28,7 @@ from tqdm import tqdm
 
 import solvers
 from solvers import LayerProblem, rowgroups
+from solvers.crossover import finish_inaccurate
 from solvers.grouped import GroupedProblem
 from solvers.problem import column_l1
 from solvers.result import merge_results
@@ -91,8 +95,11 @@ def solve_layer(layer: Layer, problem: LayerProblem | GroupedProblem, scheduler:
 
     def solve_once(program: LayerProblem, start) -> solvers.LayerResult:
         left = {} if deadline is None else {"time_limit": max(deadline - time.perf_counter(), 0.0)}
-        return scheduler.solve(program, backend, {**options, **left}, layer.name,
-                               initial if start is None else start, progress)
+        result = scheduler.solve(program, backend, {**options, **left}, layer.name,
+                                 initial if start is None else start, progress)
+        if deadline is not None and time.perf_counter() > deadline:
+            return result
+        return finish_inaccurate(program, result)  # the ADMM's "inaccurate" neurons, by interior point
 
     try:
         result = (solve_once(problem, None) if reweight == 0
