@@ -9,7 +9,7 @@ from instances import random_problem
 from networks import inputs, mlp
 from solvers import LayerProblem, solve
 from solvers.admm import ABSOLUTE_GAP
-from solvers.crossover import pulled_inside, finish_inaccurate
+from solvers.crossover import finish_inaccurate, pulled_inside
 from solvers.problem import column_l1
 
 
