@@ -11,11 +11,13 @@ Writes benchmarks/results/neurons.json, a markdown table and a plot of test erro
 
     python -m benchmarks.neurons           # the grid on both models (about 20 minutes on 2 cores)
     python -m benchmarks.neurons --quick   # LeNet-300-100 trained one epoch on 5,000 images, one small trim
+    python -m benchmarks.neurons --resume  # reuse the trims already in the JSON, compute the new ones
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 import warnings
@@ -37,28 +39,33 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: Per model: training epochs and rate (the zoo's cached models, as in benchmarks/schedules.py), calibration images,
 #: max_samples, the grid of g, reweighting rounds, and the masked fine-tuning (epochs, learning rate; Adam with the
-#: cosine decay, the schedule README's "Compressing with fine-tuning" measured best on both models) of each trim.
+#: cosine decay, the schedule README's "Compressing with fine-tuning" measured best on both models) of each trim;
+#: "factors": further trims (g, gamma, kappa, fine-tuning epochs) with other cascade factors: a large gamma
+#: trims the middle layer's inputs (the first hidden layer) harder, kappa < 1 asks the last layer to fit the
+#: original outputs better than the error it inherits, which keeps more of the second hidden layer.
 FULL = {"lenet_300_100": {"epochs": 30, "lr": 2e-3, "calibration": 2000, "max_samples": 2000,
-                          "grid": [0.1, 0.15, 0.2, 0.25, 0.3], "reweight": 2, "finetune": (3, 3e-3)},
+                          "grid": [0.1, 0.15, 0.2, 0.25, 0.3], "reweight": 2, "finetune": (3, 3e-3),
+                          "factors": [(0.2, 6.0, 0.8, 20)]},
         "lenet5": {"epochs": 10, "lr": 1e-3, "calibration": 1000, "max_samples": 4000, "grid": [0.1, 0.2, 0.25, 0.3],
                    "reweight": 2, "finetune": (3, 3e-3)}}
 QUICK = {"lenet_300_100": {"epochs": 1, "lr": 1e-3, "training_images": 5000, "calibration": 300, "max_samples": 300,
                            "grid": [0.2], "reweight": 1, "finetune": (1, 1e-4)}}
 
 
-def one_trim(model, calibration, test, training, g: float, sizes: dict) -> dict:
-    """One neuron trim at g, then masked fine-tuning of a copy on `training` (images, labels), shuffled alike for
-    every trim."""
+def one_trim(model, calibration, test, training, g: float, sizes: dict, gamma: float = 1.1,
+             kappa: float | None = None, epochs: int | None = None) -> dict:
+    """One neuron trim at g (cascade factors gamma, kappa), then masked fine-tuning of a copy on `training`
+    (images, labels), shuffled alike for every trim, for `epochs` (default sizes["finetune"]'s)."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small, report = nettrim.trim(model, calibration, epsilon=g, reweight=sizes["reweight"], structure="neurons",
-                                     max_samples=sizes["max_samples"], progress=False)
+                                     max_samples=sizes["max_samples"], gamma=gamma, kappa=kappa, progress=False)
     seconds = time.perf_counter() - start
-    epochs, lr = sizes["finetune"]
+    epochs, lr = epochs or sizes["finetune"][0], sizes["finetune"][1]
     tuned = nettrim.finetune(copy.deepcopy(small), ShuffledBatches(*training, seed=0), epochs=epochs, lr=lr,
                              schedule="cosine", progress=False).eval()
-    return {"g": g, "seconds": seconds, "test_error": test_error(small, *test),
+    return {"g": g, "gamma": gamma, "kappa": kappa, "seconds": seconds, "test_error": test_error(small, *test),
             "test_error_finetuned": test_error(tuned, *test),
             "finetune": {"epochs": epochs, "lr": lr, "schedule": "cosine"},
             "widths": {row.name: [row.width_before, row.width_after] for row in report.layers},
@@ -68,20 +75,23 @@ def one_trim(model, calibration, test, training, g: float, sizes: dict) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | g | widths (hidden) | params | FLOPs | latency b=1 | latency b=256 | test error | "
-             "fine-tuned | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | g | gamma, kappa | widths (hidden) | params | FLOPs | latency b=1 | latency b=256 | "
+             "test error | fine-tuned (epochs) | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, result in report["models"].items():
         base = result["test_error"]
-        lines.append(f"| {name} | - | {' - '.join(str(w[0]) for w in result['trims'][0]['widths'].values())} "
+        lines.append(f"| {name} | - | - | {' - '.join(str(w[0]) for w in result['trims'][0]['widths'].values())} "
                      f"| {result['trims'][0]['size']['params']['before']:,} "
                      f"| {result['trims'][0]['size']['flops']['before']:,} | 1x | 1x | {100 * base:.2f}% | - | - |")
         for run in result["trims"]:
             size = run["size"]
             speed = {batch: times["before"] / times["after"] for batch, times in size["latency_ms"].items()}
-            lines.append(f"| {name} | {run['g']:g} | {' - '.join(str(w[1]) for w in run['widths'].values())} "
+            factors = f"{run.get('gamma', 1.1):g}, {run.get('kappa') or '-'}"
+            widths = " - ".join(str(w[1]) for w in run["widths"].values())
+            lines.append(f"| {name} | {run['g']:g} | {factors} | {widths} "
                          f"| {size['params']['after']:,} | {size['flops']['after']:,} | {speed['1']:.2f}x "
                          f"| {speed['256']:.2f}x | {100 * run['test_error']:.2f}% "
-                         f"| {100 * run['test_error_finetuned']:.2f}% | {run['seconds']:.0f} |")
+                         f"| {100 * run['test_error_finetuned']:.2f}% ({run['finetune']['epochs']}) "
+                         f"| {run['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -108,9 +118,24 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def previous_trims(out: Path, name: str, result: dict) -> dict[tuple, dict]:
+    """Model `name`'s trims in an earlier run written to `out`, by (g, gamma, kappa, fine-tuning epochs), when
+    its model, calibration and max_samples are this run's (rows written before the factors were recorded used
+    the defaults)."""
+    if not out.exists():
+        return {}
+    previous = json.loads(out.read_text())["models"].get(name, {})
+    if any(previous.get(key) != result[key] for key in ("epochs", "calibration", "max_samples")):
+        return {}
+    return {(run["g"], run.get("gamma", 1.1), run.get("kappa"), run["finetune"]["epochs"]):
+            {"gamma": 1.1, "kappa": None, **run} for run in previous.get("trims", [])}
+
+
 def main(argv=None) -> dict:
     parser = benchmark_parser(__doc__, "LeNet-300-100 trained one epoch on 5,000 images, one small trim",
                               RESULTS / "neurons.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the trims already in --out (same model, calibration and max_samples)")
     args = parser.parse_args(argv)
     grid = QUICK if args.quick else FULL
     report = {"machine": machine(), "models": {}}
@@ -120,10 +145,14 @@ def main(argv=None) -> dict:
         images, labels = mnist_inputs(name, "train")
         chosen = np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))
         training = (images, torch.from_numpy(labels))
-        report["models"][name] = {
-            "epochs": sizes["epochs"], "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],
-            "test_error": test_error(model, *test),
-            "trims": [one_trim(model, images[chosen], test, training, g, sizes) for g in sizes["grid"]]}
+        result = {"epochs": sizes["epochs"], "calibration": sizes["calibration"],
+                  "max_samples": sizes["max_samples"], "test_error": test_error(model, *test), "trims": []}
+        done = previous_trims(args.out, name, result) if args.resume else {}
+        settings = ([(g, 1.1, None, sizes["finetune"][0]) for g in sizes["grid"]] + sizes.get("factors", []))
+        for g, gamma, kappa, epochs in settings:
+            result["trims"].append(done.get((g, gamma, kappa, epochs)) or one_trim(
+                model, images[chosen], test, training, g, sizes, gamma, kappa, epochs))
+        report["models"][name] = result
     write_results(args.out, report, markdown(report))
     plot(report, args.out.with_suffix(".png"))
     return report

@@ -141,8 +141,10 @@ def test_neurons_benchmark_quick(tmp_path):
     assert run["widths"]["0"][0] == 300 and run["widths"]["2"][0] == 100 and run["widths"]["4"] == [10, 10]
     assert run["size"]["flops"]["after"] < run["size"]["flops"]["before"]
     assert 0 <= run["test_error"] <= 1 and 0 <= run["test_error_finetuned"] <= 1
-    assert "| lenet_300_100 | 0.2 |" in out.with_suffix(".md").read_text()
+    assert "| lenet_300_100 | 0.2 | 1.1, - |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
+    resumed = _load("neurons").main(["--quick", "--resume", "--out", str(out)])  # the trim is reused, not redone
+    assert resumed["models"]["lenet_300_100"]["trims"][0] == run
 
 
 @pytest.mark.slow
