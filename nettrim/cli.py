@@ -52,6 +52,11 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--structure", choices=STRUCTURES, default="weights",
                         help="weights: scattered zeros (default); neurons: remove whole neurons and channels, "
                              "and write a smaller model")
+    parser.add_argument("--refit", action="store_true",
+                        help="fit the kept weights again by least squares once every layer is trimmed (the zeros "
+                             "stay; the report gives each layer's output error before and after)")
+    parser.add_argument("--gather-inputs", action="store_true",
+                        help="with --structure neurons: the first layer reads only the inputs it still uses")
     parser.add_argument("--target-sparsity", type=float,
                         help="fraction of zero weights each layer must reach (the budget is found by bisection)")
     parser.add_argument("--model-sparsity", type=float,
@@ -319,7 +324,8 @@ def _run_compress(args) -> int:
 
 def _shared_options(args) -> dict:
     """trim()'s options that `nettrim trim` and `nettrim demo` share."""
-    return dict(reweight=args.reweight, structure=args.structure, target_sparsity=args.target_sparsity,
+    return dict(reweight=args.reweight, structure=args.structure, refit=args.refit, gather_inputs=args.gather_inputs,
+                target_sparsity=args.target_sparsity,
                 model_sparsity=args.model_sparsity,
                 max_epsilon=args.max_epsilon, max_samples=args.max_samples, max_iter=args.max_iter,
                 time_limit=args.time_limit)

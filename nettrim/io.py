@@ -3,8 +3,9 @@
 The file holds the state dict, the nettrim version, the report as JSON, and the names of the modules that are
 nn.Identity in the trimmed model (the BatchNorms folded into the layer before them), so that the weights load
 into a freshly built model of the original architecture: `load` replaces those modules first. A model made
-smaller by neuron trimming is saved with its widths (each layer's and BatchNorm's sizes), and `load` resizes the
-freshly built model's modules to them before loading: no pickle, no code in the file.
+smaller by neuron trimming is saved with its widths (each layer's and BatchNorm's sizes) and the names of the layers
+that gather the inputs they read (neurons.GatheredInputs, whose index is a buffer), and `load` wraps and resizes the
+freshly built model's modules to match before loading: no pickle, no code in the file.
 
 format="sparse" stores each Linear and conv weight W (out x everything else, as a matrix) in compressed sparse
 row form when that is smaller: its nonzero values in W's dtype, their column indices and the row offsets, each
@@ -30,6 +31,7 @@ from torch import nn
 
 from . import __version__
 from .layers import layer_kind
+from .neurons import GatheredInputs
 from .report import Report
 
 FORMATS = ("dense", "sparse")
@@ -43,8 +45,9 @@ def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     path = Path(path)
     identity = [name for name, module in model.named_modules() if isinstance(module, nn.Identity) and name]
+    gathered = {name: module.dim for name, module in model.named_modules() if isinstance(module, GatheredInputs)}
     metadata = {"format": "pt", "nettrim_version": __version__, "identity_modules": json.dumps(identity),
-                "widths": json.dumps(widths(model))}
+                "widths": json.dumps(widths(model)), "gathered_inputs": json.dumps(gathered)}
     if report is not None:
         metadata["report"] = report.to_json()
     if format == "dense":
@@ -118,15 +121,20 @@ def widths(model: nn.Module) -> dict[str, dict[str, int]]:
     return found
 
 
+def _saved_module(model: nn.Module, name: str) -> nn.Module:
+    """model's module `name`, which the saved model has; a ValueError if `model` lacks it."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"model: has no module {name!r}, which the saved model has; is it the same "
+                         "architecture?") from None
+
+
 def resize(model: nn.Module, sizes: dict[str, dict[str, int]], shapes: dict[str, list[int]]) -> None:
     """Give `model`'s modules the widths `sizes` and its parameters and buffers the `shapes` (by state-dict key),
     uninitialized: the weights to load fill them."""
     for name, attributes in sizes.items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"model: has no module {name!r}, which the saved model has; is it the same "
-                             "architecture?") from None
+        module = _saved_module(model, name)
         for attribute, value in attributes.items():
             setattr(module, attribute, value)
     state = model.state_dict()
@@ -178,11 +186,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
         raise ValueError(f"path: {path} was not written by nettrim.save (no nettrim metadata)")
     model = copy.deepcopy(model)
     for name in json.loads(metadata.get("identity_modules", "[]")):
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"model: has no module {name!r}, which the saved model has; is it the same "
-                             "architecture?") from None
+        _saved_module(model, name)
         model.set_submodule(name, nn.Identity())
     sparse = json.loads(metadata.get("sparse", "{}"))
     try:
@@ -192,6 +196,9 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
     except SafetensorError as error:
         raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
     shapes.update(sparse)
+    for name, dim in json.loads(metadata.get("gathered_inputs", "{}")).items():
+        layer = _saved_module(model, name)
+        model.set_submodule(name, GatheredInputs(layer, torch.zeros(1, dtype=torch.int64), dim))  # resized next
     resize(model, json.loads(metadata.get("widths", "{}")), shapes)
     for name, module in model.named_modules():
         if layer_kind(module) and module.bias is None and f"{name}.bias" in shapes:

@@ -14,6 +14,7 @@ layers never go (nothing reads them).
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -129,6 +130,45 @@ def _same_outputs(expected, outputs) -> bool:
     if isinstance(expected, dict):
         return expected.keys() == outputs.keys() and all(_same_outputs(expected[k], outputs[k]) for k in expected)
     return True
+
+
+class GatheredInputs(nn.Module):
+    """A layer that reads only some of its inputs: forward(x) = layer(x.index_select(dim, index)), where `layer`
+    (a Linear, or a conv with groups = 1) holds the weights of those inputs alone (`dim` -1 for a Linear's
+    features, 1 for a conv's channels)."""
+
+    def __init__(self, layer: nn.Module, index: torch.Tensor, dim: int):
+        super().__init__()
+        self.layer, self.dim = layer, dim
+        self.register_buffer("index", index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.index_select(self.dim, self.index))
+
+
+def gather_read_inputs(model: nn.Module, layer: Layer, example: torch.Tensor) -> int:
+    """Replace `layer` in `model` (in place) by a GatheredInputs over the inputs it reads with a nonzero weight (a
+    Linear's features, a conv's channels; at least one), when it leaves some unread; returns how many it
+    no longer reads. Raises RuntimeError if the outputs on `example` change (they cannot: the inputs dropped
+    are multiplied by zeros)."""
+    module = layer.module
+    if not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) or getattr(module, "groups", 1) != 1:
+        return 0
+    weight = module.weight.detach()
+    read = torch.nonzero(weight.reshape(weight.shape[0], weight.shape[1], -1).abs().sum(dim=(0, 2))).flatten()
+    read = read if read.numel() else torch.zeros(1, dtype=torch.int64)
+    if read.numel() == weight.shape[1]:
+        return 0
+    with torch.no_grad():
+        expected = model(example)
+        smaller = copy.deepcopy(module)
+        smaller.weight = nn.Parameter(weight[:, read].clone(), requires_grad=module.weight.requires_grad)
+        setattr(smaller, "in_features" if isinstance(module, nn.Linear) else "in_channels", int(read.numel()))
+        model.set_submodule(layer.name, GatheredInputs(smaller, read.to(weight.device), -1 if isinstance(
+            module, nn.Linear) else 1))
+        if not _same_outputs(expected, model(example)):
+            raise RuntimeError(f"layer {layer.name!r}: gathering the inputs it reads changed the outputs")
+    return int(weight.shape[1] - read.numel())
 
 
 def widths(order: list[Layer]) -> dict[str, int]:

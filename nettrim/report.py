@@ -51,6 +51,7 @@ class LayerReport:
     inputs_unread: int | None = None      # neuron trimming: the layer's inputs (features, channels) read with zeros
     width_before: int | None = None       # neuron trimming: the layer's output neurons (channels) before and after
     width_after: int | None = None
+    refit_error: list[float] | None = None  # refit=True: the output error / ||Y||_F, [trimmed, refitted weights]
 
     @property
     def weights(self) -> int:
@@ -189,12 +190,20 @@ class Report:
             lines.append(f"inputs of the model no longer read by {first.name!r}: {first.inputs_unread}")
         if self.size:
             size = self.size
+            lines += [f"layer {name!r} gathers the inputs it reads: {count} inputs of the model dropped"
+                      for name, count in size.get("inputs_dropped", {}).items()]
             lines.append(f"parameters {size['params']['before']:,} -> {size['params']['after']:,}, FLOPs "
                          f"{size['flops']['before']:,} -> {size['flops']['after']:,} per input")
             lines += [f"CPU latency at batch {batch}: {times['before']:.3g} -> {times['after']:.3g} ms "
                       f"({times['before'] / max(times['after'], 1e-12):.2f}x)"
                       for batch, times in size["latency_ms"].items()]
         return "".join(f"\n{line}" for line in lines)
+
+    def _refit_summary(self) -> str:
+        """refit=True's line: each layer's output error relative to ||Y||_F, trimmed -> refitted weights."""
+        errors = [f"{row.name} {row.refit_error[0]:.4f} -> {row.refit_error[1]:.4f}" for row in self.layers
+                  if row.refit_error is not None]
+        return f"\nrefit, output error / ||Y|| on the calibration data: {', '.join(errors)}" if errors else ""
 
     def __str__(self) -> str:
         rounds = f", {self.reweight} reweighting rounds" if self.reweight else ""
@@ -211,5 +220,5 @@ class Report:
                       "hardswish, 1 for max pooling)")
         fallbacks = self.dense_fallback_warning()
         notes += f"\n{fallbacks}" if fallbacks else ""
-        notes += self._neurons_summary()
+        notes += self._neurons_summary() + self._refit_summary()
         return f"Net-Trim ({self.mode}, {self.backend}{rounds})\n{self.table()}{untouched}{notes}"

@@ -41,6 +41,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers, untrimmed_layers
 from .passes import Trimming
+from .refit import refit_layers
 from .report import Report
 from .schedule import Scheduler, check_scheduling
 from .signals import DEFAULT_BATCH_SIZE, calibration_batches, capture
@@ -78,7 +79,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
          max_epsilon: float = 0.5, max_samples: int | None = 20_000, seed: int = 0,
          batch_size: int = DEFAULT_BATCH_SIZE, max_iter: int | None = None, time_limit: float | None = None,
          checkpoint=None, solver_options: Mapping | None = None, executor=None, workers: int | None = None,
-         block_size: int | None = None, structure: str = "weights") -> tuple[nn.Module, Report]:
+         block_size: int | None = None, structure: str = "weights", refit: bool = False,
+         gather_inputs: bool = False) -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
     calibration: an input tensor (split into batches of `batch_size`) or an iterable of batches x or (x, y).
@@ -121,7 +123,15 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  objective is the group norm over its inputs (a neuron, or a conv channel's kh x kw weights),
                  and the neurons and channels that no layer reads any more are removed (nettrim/neurons.py):
                  the model returned is physically smaller, and the report gives the widths, parameters, FLOPs
-                 and CPU latency (batch 1 and 256) before and after. Not with inplace=True.
+                 and CPU latency (batch 1 and 256) before and after. Not with inplace=True. gather_inputs=True
+                 also drops the inputs of the model that the first layer no longer reads (a Linear's features,
+                 a conv's channels): that layer becomes a neurons.GatheredInputs, which selects the inputs it
+                 reads (index_select) and multiplies them by its smaller weight (saved and loaded like the rest).
+    refit:       once every layer is trimmed, fit each layer's kept weights again by least squares to the original
+                 layer's pre-activations, in order, on the inputs the refitted layers before it produce
+                 (nettrim/refit.py): the zeros stay, each neuron keeps whichever weights bring its output closer
+                 to the original's, and the report gives each layer's measured output error before and after
+                 (the refitted weights are outside the convex program: the budgets no longer bound them).
 
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
     every layer has been trimmed: an error leaves it as it was, and Ctrl-C raises TrimInterrupted, which
@@ -129,7 +139,9 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     """
     start = time.perf_counter()
     _check_options(mode, backend, budget, gamma, kappa, max_samples, reweight, max_epsilon)
-    _check_structure(structure, inplace)
+    _check_structure(structure, inplace, gather_inputs)
+    if not isinstance(refit, bool):
+        raise ValueError(f"refit must be True or False, got {refit!r}")
     _check_limits(backend, max_iter, time_limit, model_sparsity, target_sparsity, checkpoint)
     solve_options = _solver_options(backend, device, solver_options, max_iter)
     check_scheduling(executor, workers, block_size)
@@ -148,6 +160,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     original = capture(work, batches, selected, positions, max_samples, seed)
     by_name = {layer.name: layer for layer in selected}
     order = [by_name[name] for name in original]  # execution order
+    original_weights = {layer.name: layer.weight_matrix() for layer in order} if refit else None
     uncalled = _uncalled_layers(selected, original, layers)
     if mode == "cascade":
         _check_cascade_overrides(epsilon, order)
@@ -171,9 +184,13 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     try:
         with Scheduler(executor, workers, block_size) as scheduler:
             if model_sparsity is None:
-                trimming.run(report, budgets, scheduler, progress=progress, checkpoint=store, keep_signals=False)
+                trimming.run(report, budgets, scheduler, progress=progress, checkpoint=store, keep_signals=refit)
             else:
                 report = _reach_model_sparsity(trimming, report, budgets, scheduler, model_sparsity, progress)
+        if refit:
+            errors = refit_layers(order, trimming.relu, original, original_weights, trimming.trimmed_input, progress)
+            for row in report.layers:
+                row.refit_error = errors[row.name]
     except KeyboardInterrupt as interrupt:
         work.train(model.training)
         raise TrimInterrupted(work, report, store) from interrupt
@@ -182,7 +199,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     if fallbacks:
         warnings.warn(fallbacks, UserWarning, stacklevel=2)
     if structure == "neurons":
-        _remove_neurons(model, work, order, report, example)
+        _remove_neurons(model, work, order, report, example, gather_inputs)
     work.train(model.training)
     if inplace:
         _commit(model, work, order, graph.batchnorm)
@@ -192,25 +209,32 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
 
 
 def _remove_neurons(model: nn.Module, work: nn.Module, order: list[Layer], report: Report,
-                    example: torch.Tensor) -> None:
-    """Neuron trimming's surgery on `work` (nettrim/neurons.py), its widths in the report's rows, and the
-    model's parameters, FLOPs and CPU latency before (the caller's model, in eval mode) and after."""
+                    example: torch.Tensor, gather_inputs: bool) -> None:
+    """Neuron trimming's surgery on `work` (nettrim/neurons.py; with gather_inputs, the first layer's unread
+    inputs too), its widths in the report's rows, and the model's parameters, FLOPs and CPU latency before (the
+    caller's model, in eval mode) and after."""
     original = _working_copy(model)
     before = neurons.widths(order)
     neurons.remove_unread(work, order, example)
     after = neurons.widths(order)
     for row in report.layers:
         row.width_before, row.width_after = before[row.name], after[row.name]
+    dropped = neurons.gather_read_inputs(work, order[0], example) if gather_inputs else 0
     sizes = {"before": neurons.model_size(original, example), "after": neurons.model_size(work, example)}
     report.size = {key: {when: sizes[when][key] for when in sizes} for key in ("params", "flops")}
     report.size["latency_ms"] = {str(batch): {"before": neurons.latency_ms(original, example, batch),
                                               "after": neurons.latency_ms(work, example, batch)}
                                  for batch in LATENCY_BATCHES}
+    if dropped:
+        report.size["inputs_dropped"] = {order[0].name: dropped}
 
 
-def _check_structure(structure: str, inplace: bool) -> None:
+def _check_structure(structure: str, inplace: bool, gather_inputs: bool) -> None:
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+    if not isinstance(gather_inputs, bool) or (gather_inputs and structure != "neurons"):
+        raise ValueError(f"gather_inputs: True only with structure='neurons', got {gather_inputs!r} with "
+                         f"structure={structure!r}")
     if structure == "neurons" and inplace:
         raise ValueError("inplace: structure='neurons' returns a smaller model, which cannot replace the caller's "
                          "in place; use inplace=False (the default)")

@@ -81,6 +81,17 @@ def test_structure_neurons_writes_a_smaller_sparse_model_that_loads_into_the_ori
     assert sum(row.width_after for row in report.layers) < sum(row.width_before for row in report.layers)
 
 
+def test_refit_and_gather_inputs_reach_the_trim(files):
+    folder, model, x = files
+    code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--epsilon", "0.3",
+                     "--structure", "neurons", "--refit", "--gather-inputs", "--out", str(folder / "fit.safetensors"),
+                     "--quiet"])
+    assert code == 0
+    small, report = nettrim.load(folder / "fit.safetensors", model)
+    assert all(row.refit_error[1] <= row.refit_error[0] for row in report.layers)
+    assert small(x).shape == model(x).shape
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--calib", "missing.pt"], "--calib: .* does not exist"),
     (["--calib", "model.pt"], "--calib: .* does not hold a tensor"),

@@ -131,3 +131,30 @@ def test_bad_structures_are_refused_by_name():
         nettrim.trim(model, x, structure="channels", progress=False)
     with pytest.raises(ValueError, match="inplace: structure='neurons' returns a smaller model"):
         nettrim.trim(model, x, structure="neurons", inplace=True, progress=False)
+
+
+def test_gathered_inputs_give_the_same_outputs_and_save_and_load(tmp_path):
+    model, x = mlp(sizes=(12, 40, 30, 4)), inputs(400)
+    with torch.no_grad():
+        model[0].weight[:, [2, 5, 7]] = 0.0  # inputs the first layer no longer reads
+    small, report = nettrim.trim(model, x, epsilon=0.2, structure="neurons", gather_inputs=True, progress=False)
+    plain, _ = nettrim.trim(model, x, epsilon=0.2, structure="neurons", progress=False)
+    assert isinstance(small[0], neurons.GatheredInputs)
+    dropped = report.size["inputs_dropped"]["0"]
+    assert dropped == report.layers[0].inputs_unread >= 3
+    assert small[0].layer.in_features == 12 - dropped == small[0].index.numel()
+    torch.testing.assert_close(small(x), plain(x), rtol=1e-12, atol=1e-12)
+    assert report.size["flops"]["after"] < 2 * (12 - dropped) * report.layers[0].width_after + 2 * 40 * 30
+    assert "inputs of the model dropped" in str(report)
+    for form in ("dense", "sparse"):
+        path = nettrim.save(small, tmp_path / f"{form}.safetensors", report, format=form)
+        loaded, _ = nettrim.load(path, mlp(sizes=(12, 40, 30, 4)))
+        torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
+    exported = torch.export.export(small, (x[:2],))
+    torch.testing.assert_close(exported.module()(x[2:4]), small(x[2:4]))
+    torch.testing.assert_close(torch.jit.script(small)(x), small(x))
+
+
+def test_gather_inputs_only_with_neurons():
+    with pytest.raises(ValueError, match="gather_inputs"):
+        nettrim.trim(mlp(), inputs(50), gather_inputs=True, progress=False)
