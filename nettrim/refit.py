@@ -9,10 +9,17 @@ fitted again) produce. Neuron m's weights on its support S_m (its nonzero rows, 
                                                                                       pre-activation)
 
 on the calibration samples. The target is the pre-activation, not the relu output, so the samples where the
-original neuron is off (z_m < 0) pull the fitted response below zero too. The solve uses the normal equations
-(Xhat_S Xhat_S^T) u = Xhat_S z_m by Cholesky, plus a ridge of RIDGE times their mean diagonal so that inputs that
-never vary (pixels that are 0 on every image) leave it solvable. Neurons with the same support share one
-factorization, so a neuron-trimmed layer (one support for the layer) costs one.
+original neuron is off (z_m < 0) pull the fitted response below zero too. That also fits how far below zero they
+are, which a relu ignores: a relu layer then takes RELU_ROUNDS more rounds of the same fit over only the samples
+A_m where z_m or the current fit's response is positive (a sample off in both costs the relu nothing), a
+Gauss-Newton step for ||relu(u^T Xhat) - relu(z_m)||. On LeNet-300-100 (neuron trim at g = 0.27, kappa = 0.85,
+149-57 units) the two rounds took the test error from 2.09% after the first fit to 1.99% (2.84% without refit).
+
+Each fit solves the normal equations (Xhat_S Xhat_S^T) u = Xhat_S z_m by Cholesky, plus a ridge of RIDGE times
+their mean diagonal so that inputs that never vary (pixels that are 0 on every image) leave them solvable. In the
+first fit the neurons share Xhat Xhat^T, and those with the same support one factorization (a neuron-trimmed
+layer: one); the relu rounds form each neuron's own, which costs sum_m |S_m|^2 P multiply-adds, so a layer where
+that exceeds RELU_ROUND_WORK keeps its first fit.
 
 A neuron keeps its fitted weights only when they bring its output act(u^T Xhat) closer to the original output
 y_m than its trimmed weights do on the same inputs, so no neuron's output error grows. The zeros never move:
@@ -32,21 +39,49 @@ from .layers import Layer
 
 #: The ridge of the normal equations, relative to their mean diagonal.
 RIDGE = 1e-9
+#: Rounds of the relu layers' fit over the samples where the original or the fitted response is positive.
+RELU_ROUNDS = 2
+#: The relu rounds' work (multiply-adds of the neurons' own normal equations) above which a layer keeps its
+#: first fit: about 10 s on 2 cores.
+RELU_ROUND_WORK = 5e10
 
 
-def least_squares_on_supports(X: np.ndarray, Z: np.ndarray, supports: np.ndarray) -> np.ndarray:
-    """U (N, M): column m minimizes ||u^T X - Z[m]|| over the u that are zero off supports[:, m] (module docstring).
-    X (N, P), Z (M, P), supports (N, M) bools."""
-    gram, moments = X @ X.T, X @ Z.T
+def _solve(gram: np.ndarray, moments: np.ndarray) -> np.ndarray:
+    """gram^{-1} moments by Cholesky, with the ridge RIDGE * mean(diag(gram)) (module docstring)."""
+    gram = gram.copy()
     gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / len(gram), 1e-300)
+    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), moments)
+
+
+def least_squares_on_supports(X: np.ndarray, Z: np.ndarray, supports: np.ndarray,
+                              samples: np.ndarray | None = None) -> np.ndarray:
+    """U (N, M): column m minimizes ||(u^T X - Z[m])_{samples[m]}|| over the u that are zero off supports[:, m]
+    (module docstring). X (N, P), Z (M, P), supports (N, M) bools, samples (M, P) bools or None (all samples:
+    then the neurons share X X^T, and those with one support one factorization)."""
     U = np.zeros(supports.shape)
-    patterns, which = np.unique(supports.T, axis=0, return_inverse=True)
-    for index, pattern in enumerate(patterns):
-        columns, rows = np.flatnonzero(which.ravel() == index), np.flatnonzero(pattern)
+    if samples is None:
+        gram, moments = X @ X.T, X @ Z.T
+        patterns, which = np.unique(supports.T, axis=0, return_inverse=True)
+        for index, pattern in enumerate(patterns):
+            columns, rows = np.flatnonzero(which.ravel() == index), np.flatnonzero(pattern)
+            if rows.size:
+                U[np.ix_(rows, columns)] = _solve(gram[np.ix_(rows, rows)], moments[np.ix_(rows, columns)])
+        return U
+    for m in range(supports.shape[1]):
+        rows = np.flatnonzero(supports[:, m])
         if rows.size:
-            factor = scipy.linalg.cho_factor(gram[np.ix_(rows, rows)])
-            U[np.ix_(rows, columns)] = scipy.linalg.cho_solve(factor, moments[np.ix_(rows, columns)])
+            inputs = X[np.ix_(rows, samples[m])]
+            U[rows, m] = _solve(inputs @ inputs.T, inputs @ Z[m, samples[m]])
     return U
+
+
+def _fit(layer: Layer, X: np.ndarray, Z: np.ndarray, supports: np.ndarray, samples: np.ndarray | None):
+    """least_squares_on_supports for each group of the layer (Layer.group_inputs: a group's rows are all of U's)."""
+    fitted = np.zeros(supports.shape)
+    for columns, X_group in zip(layer.group_columns(), layer.group_inputs(X), strict=True):
+        fitted[:, columns] = least_squares_on_supports(
+            X_group, Z[columns], supports[:, columns], None if samples is None else samples[columns])
+    return fitted
 
 
 def output_errors(layer: Layer, U: np.ndarray, X: np.ndarray, Y: np.ndarray, relu: bool) -> np.ndarray:
@@ -62,9 +97,11 @@ def refit_layer(layer: Layer, X_original: np.ndarray, W_original: np.ndarray, X_
     Z = layer.response(W_original, X_original)
     Y = np.maximum(Z, 0.0) if relu else Z
     U = layer.weight_matrix()
-    fitted = np.zeros_like(U)
-    for columns, X_group in zip(layer.group_columns(), layer.group_inputs(X_trimmed), strict=True):
-        fitted[:, columns] = least_squares_on_supports(X_group, Z[columns], U[:, columns] != 0)  # a group's rows
+    supports = U != 0
+    fitted = _fit(layer, X_trimmed, Z, supports, None)
+    work = float(np.sum(supports.sum(axis=0) ** 2)) * X_trimmed.shape[1]
+    for _ in range(RELU_ROUNDS if relu and work <= RELU_ROUND_WORK else 0):
+        fitted = _fit(layer, X_trimmed, Z, supports, (Z > 0) | (layer.response(fitted, X_trimmed) > 0))
     before, after = (output_errors(layer, weights, X_trimmed, Y, relu) for weights in (U, fitted))
     better = after < before
     chosen = np.where(better[None, :], fitted, U)

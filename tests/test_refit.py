@@ -25,6 +25,18 @@ def test_least_squares_on_supports_is_the_least_squares_solution_of_each_support
         np.testing.assert_allclose(U[rows, m], expected, rtol=1e-6, atol=1e-9)
 
 
+def test_least_squares_over_each_neurons_samples():
+    rng = np.random.default_rng(3)
+    X, Z = rng.standard_normal((7, 120)), rng.standard_normal((4, 120))
+    supports, samples = rng.random((7, 4)) < 0.7, rng.random((4, 120)) < 0.5
+    U = least_squares_on_supports(X, Z, supports, samples)
+    for m in range(4):
+        rows = np.flatnonzero(supports[:, m])
+        expected = np.linalg.lstsq(X[np.ix_(rows, samples[m])].T, Z[m, samples[m]], rcond=None)[0]
+        np.testing.assert_allclose(U[rows, m], expected, rtol=1e-6, atol=1e-9)
+    assert not U[~supports].any()
+
+
 def test_an_input_that_never_varies_leaves_the_fit_solvable():
     X = np.vstack([np.random.default_rng(1).standard_normal((3, 50)), np.zeros((1, 50)), np.ones((1, 50))])
     Z = np.random.default_rng(2).standard_normal((2, 50))
