@@ -49,7 +49,8 @@ FULL = {"lenet_300_100": {"epochs": 30, "lr": 2e-3, "calibration": 2000, "max_sa
                           "grid": [0.1, 0.15, 0.2, 0.25, 0.3], "reweight": 2, "finetune": (3, 3e-3),
                           "factors": [(0.2, 6.0, 0.8, 20, False), (0.25, 1.1, None, 3, True),
                                       (0.27, 1.1, 0.85, 3, True), (0.2, 6.0, 0.8, 20, True),
-                                      (0.23, 6.0, 0.8, 20, True), (0.21, 6.0, 0.8, 20, True)]},
+                                      (0.23, 6.0, 0.8, 20, True), (0.21, 6.0, 0.8, 20, True),
+                                      (0.21, 6.0, 0.8, 40, True)]},
         "lenet5": {"epochs": 10, "lr": 1e-3, "calibration": 1000, "max_samples": 4000, "grid": [0.1, 0.2, 0.25, 0.3],
                    "reweight": 2, "finetune": (3, 3e-3), "factors": [(0.2, 1.1, None, 3, True),
                                                                     (0.25, 1.1, None, 3, True)]}}
