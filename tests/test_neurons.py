@@ -158,3 +158,16 @@ def test_gathered_inputs_give_the_same_outputs_and_save_and_load(tmp_path):
 def test_gather_inputs_only_with_neurons():
     with pytest.raises(ValueError, match="gather_inputs"):
         nettrim.trim(mlp(), inputs(50), gather_inputs=True, progress=False)
+
+
+def test_a_first_conv_gathers_the_channels_it_reads(tmp_path):
+    model, x = small_cnn(), images(64)
+    x[:, 1] = 0.0  # input channel 1 carries nothing, so the trim reads it with zeros
+    small, report = nettrim.trim(model, x, epsilon=0.2, structure="neurons", gather_inputs=True, progress=False)
+    assert isinstance(small.conv1, neurons.GatheredInputs) and small.conv1.dim == 1
+    assert small.conv1.index.tolist() == [0] and small.conv1.layer.in_channels == 1
+    assert report.size["inputs_dropped"] == {"conv1": 1}
+    plain, _ = nettrim.trim(model, x, epsilon=0.2, structure="neurons", progress=False)
+    torch.testing.assert_close(small(x), plain(x), rtol=1e-12, atol=1e-12)
+    loaded, _ = nettrim.load(nettrim.save(small, tmp_path / "small.safetensors", report), small_cnn())
+    torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
