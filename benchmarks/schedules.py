@@ -15,6 +15,7 @@ each step followed by the same fine-tuning. Writes benchmarks/results/schedules.
     python -m benchmarks.schedules            # both models (about an hour on 2 cores)
     python -m benchmarks.schedules --quick    # LeNet-300-100 briefly trained, 2 rounds of 1 epoch: minutes
     python -m benchmarks.schedules --tuning   # how the fine-tuning defaults were chosen (below): 15 minutes
+    python -m benchmarks.schedules --refit    # compress with reweight=2 and refit=True (results/schedules_refit.*)
 
 --tuning: one cascade trim of each model (g = 0.3 for LeNet-300-100, 0.2 for LeNet-5), then masked fine-tuning
 of that trimmed model for each learning rate, number of epochs and schedule of TUNING (Adam, batches of 128);
@@ -53,6 +54,8 @@ TUNING = {"lenet_300_100": {"training_epochs": 30, "g": 0.3, "lr": [1e-4, 3e-4, 
                              "schedules": ["constant", "cosine"]},
           "lenet5": {"training_epochs": 10, "g": 0.2, "lr": [3e-4, 1e-3, 3e-3], "epochs": [1, 3],
                      "schedules": ["cosine"]}}
+#: --refit: compress with reweighted trims whose kept weights are refitted (trim(refit=True)), from g = 0.2.
+REFIT = {**FULL, "samples": 2000, "epsilon": 0.2, "reweight": 2, "refit": True}
 QUICK = {"samples": 600, "rounds": 2, "epochs": 1, "lr": 1e-3, "epsilon": 0.1, "reweight": 0, "models": {
     "lenet_300_100": {"training_epochs": 2, "target_error": 0.05}}}
 
@@ -92,7 +95,7 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
         model, train_images[torch.from_numpy(chosen)], ShuffledBatches(train_images, train_labels, seed=seed),
         evaluate=lambda m: 1 - test_error(m, *halves[0]), max_drop=max_drop, epsilon=config["epsilon"],
         rounds=config["rounds"], reweight=config["reweight"], max_samples=config["samples"], seed=seed,
-        progress=progress, **tuning)
+        refit=config.get("refit", False), progress=progress, **tuning)
     compress_seconds = time.perf_counter() - start
     final = sparsity(compressed)
     start = time.perf_counter()
@@ -151,8 +154,10 @@ def tuning_markdown(report: dict) -> str:
 def markdown(report: dict) -> str:
     config = report["config"]
     lines = [f"{config['rounds']} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
-             f"{config['lr']:g}) for both methods; errors on the held-out 5,000 test images (validation half in "
-             "brackets).", "",
+             f"{config['lr']:g}) for both methods; Net-Trim's trims: cascade from g = {config['epsilon']:g}, "
+             f"reweight {config['reweight']}, refit {'on' if config.get('refit') else 'off'}, "
+             f"P = {config['samples']:,} calibration images; errors on the held-out 5,000 test images (validation "
+             "half in brackets).", "",
              "| model | original | target | method | weights removed | held-out error | rounds kept | seconds |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for row in report["rows"]:
@@ -173,13 +178,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="progress bars and a line per round")
     parser.add_argument("--tuning", action="store_true", help="the fine-tuning grid instead (results/tuning.*)")
+    parser.add_argument("--refit", action="store_true",
+                        help="compress with reweight=2, refit=True from g = 0.2, P = 2,000 (results/schedules_refit.*)")
     args = parser.parse_args(argv)
     if args.tuning:
         report = tuning_grid(args.seed)
         write_results(args.out.with_name("tuning.json"), report, tuning_markdown(report))
         return report
-    report = run(QUICK if args.quick else FULL, args.seed, args.progress)
-    write_results(args.out, report, markdown(report))
+    if args.refit:
+        config = {**QUICK, "refit": True} if args.quick else REFIT
+        out = args.out.with_name("schedules_refit.json")
+    else:
+        config, out = QUICK if args.quick else FULL, args.out
+    report = run(config, args.seed, args.progress)
+    write_results(out, report, markdown(report))
     return report
 
 

@@ -250,3 +250,15 @@ def test_gradual_magnitude_pruning_follows_the_cubic_schedule_to_the_final_spars
     kept = torch.cat([p.detach().flatten() for p in pruned.parameters()]) != 0
     assert values[kept].min() >= values[~kept].max()  # without tuning in between: the largest survive
     assert all(type(p) is torch.nn.Parameter for p in pruned.parameters()) and not list(model.buffers())
+
+
+@pytest.mark.slow
+def test_schedules_benchmark_with_refit_quick(tmp_path):
+    out = tmp_path / "schedules.json"
+    report = _load("schedules").main(["--quick", "--refit", "--out", str(out)])
+    saved = json.loads((tmp_path / "schedules_refit.json").read_text())
+    assert saved["config"]["refit"] is True and not out.exists()
+    row = report["rows"][0]
+    assert row["nettrim"]["history"]["rounds"] and 0 <= row["nettrim"]["sparsity"] < 1
+    assert abs(row["gmp"]["sparsity"] - row["nettrim"]["sparsity"]) < 0.01
+    assert "refit on" in (tmp_path / "schedules_refit.md").read_text()
