@@ -47,8 +47,8 @@ RELU_ROUND_WORK = 5e10
 
 
 def _solve(gram: np.ndarray, moments: np.ndarray) -> np.ndarray:
-    """gram^{-1} moments by Cholesky, with the ridge RIDGE * mean(diag(gram)) (module docstring)."""
-    gram = gram.copy()
+    """gram^{-1} moments by Cholesky, with the ridge RIDGE * mean(diag(gram)) (module docstring) added to `gram`
+    in place (the callers' grams are fresh arrays)."""
     gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / len(gram), 1e-300)
     return scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), moments)
 
@@ -84,9 +84,8 @@ def _fit(layer: Layer, X: np.ndarray, Z: np.ndarray, supports: np.ndarray, sampl
     return fitted
 
 
-def output_errors(layer: Layer, U: np.ndarray, X: np.ndarray, Y: np.ndarray, relu: bool) -> np.ndarray:
-    """(M,) ||act(u_m^T X) - y_m|| of each neuron."""
-    response = layer.response(U, X)
+def output_errors(response: np.ndarray, Y: np.ndarray, relu: bool) -> np.ndarray:
+    """(M,) ||act(r_m) - y_m|| of each neuron's response r_m = u_m^T X."""
     return np.linalg.norm((np.maximum(response, 0.0) if relu else response) - Y, axis=1)
 
 
@@ -99,10 +98,13 @@ def refit_layer(layer: Layer, X_original: np.ndarray, W_original: np.ndarray, X_
     U = layer.weight_matrix()
     supports = U != 0
     fitted = _fit(layer, X_trimmed, Z, supports, None)
+    response = layer.response(fitted, X_trimmed)
     work = float(np.sum(supports.sum(axis=0) ** 2)) * X_trimmed.shape[1]
     for _ in range(RELU_ROUNDS if relu and work <= RELU_ROUND_WORK else 0):
-        fitted = _fit(layer, X_trimmed, Z, supports, (Z > 0) | (layer.response(fitted, X_trimmed) > 0))
-    before, after = (output_errors(layer, weights, X_trimmed, Y, relu) for weights in (U, fitted))
+        fitted = _fit(layer, X_trimmed, Z, supports, (Z > 0) | (response > 0))
+        response = layer.response(fitted, X_trimmed)
+    before = output_errors(layer.response(U, X_trimmed), Y, relu)
+    after = output_errors(response, Y, relu)
     better = after < before
     chosen = np.where(better[None, :], fitted, U)
     layer.set_weight_matrix(chosen)
