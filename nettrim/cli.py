@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     squeeze.add_argument("--lr", type=float, default=DEFAULT_FINETUNE["lr"], help="fine-tuning learning rate")
     squeeze.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     squeeze.add_argument("--reweight", type=int, default=2, help="reweighting rounds in each trim (default 2)")
+    squeeze.add_argument("--refit", action="store_true",
+                         help="each trim fits its kept weights again by least squares (trim's --refit)")
+    squeeze.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
+                         help="fine-tune by distillation from the original model with this weight in [0, 1] on it "
+                              "(for class logits; 0.9 reached the README's sparsest schedules; default 0: off)")
     squeeze.add_argument("--structure", choices=STRUCTURES, default="weights",
                          help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model")
     squeeze.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
@@ -311,7 +316,8 @@ def _run_compress(args) -> int:
     compressed, history = compress(
         model, calibration, train, evaluate=evaluate, max_drop=args.max_drop, epsilon=args.epsilon,
         rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight, structure=args.structure,
-        max_samples=args.max_samples, seed=args.seed, progress=not args.quiet)
+        refit=args.refit, distill=args.distill, max_samples=args.max_samples, seed=args.seed,
+        progress=not args.quiet)
     _write_model(compressed, args.out, None)
     if args.history is not None:
         write_atomically(args.history, lambda temporary: Path(temporary).write_text(

@@ -219,8 +219,8 @@ def test_compress_writes_the_sparsest_model_within_the_drop_and_its_history(labe
     out, history = folder / "small.pt", folder / "history.json"
     code = cli.main(["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
                      "--train", str(folder / "train.pt"), "--val", str(folder / "val.npz"), "--max-drop", "0.05",
-                     "--rounds", "2", "--epochs", "1", "--lr", "0.01", "--batch-size", "50",
-                     "--out", str(out), "--history", str(history), "--quiet"])
+                     "--rounds", "2", "--epochs", "1", "--lr", "0.01", "--batch-size", "50", "--refit",
+                     "--distill", "0.5", "--out", str(out), "--history", str(history), "--quiet"])
     assert code == 0, capsys.readouterr().err
     rounds = json.loads(history.read_text())["rounds"]
     assert len(rounds) == 2 and any(entry["accepted"] for entry in rounds)
@@ -251,7 +251,8 @@ def test_compress_by_neurons_writes_the_smaller_model_that_load_restores(labelle
     (["--val", "calib.pt"], "--val: .* must hold \\(inputs, labels\\)"),
     (["--train", "calib.npy"], "--train: expected a .pt or .npz file"),
     (["--max-drop", "-1"], "max_drop must be a finite number >= 0"),
-    (["--batch-size", "0"], "--batch-size must be >= 1")])
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--distill", "1.5"], "distill must be a number in \\[0, 1\\]")])
 def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, message):
     folder = labelled
     options = {"--train": "train.pt", "--val": "val.npz", "--max-drop": "0.01"}
@@ -260,7 +261,7 @@ def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, m
     argv = ["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--out",
             str(folder / "small.pt"), "--quiet"]
     for flag, value in options.items():
-        argv += [flag, value if flag == "--max-drop" or flag == "--batch-size" else str(folder / value)]
+        argv += [flag, value if flag in ("--max-drop", "--batch-size", "--distill") else str(folder / value)]
     assert cli.main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (folder / "small.pt").exists()

@@ -86,6 +86,25 @@ def test_compress_by_neurons_returns_a_smaller_model_within_the_allowed_drop(tas
     assert kept == sorted(set(kept)) and "(widths " in str(history)
 
 
+def test_compress_distills_every_round_from_a_frozen_copy_of_the_original(task, monkeypatch):
+    teacher, train, validation, calibration = task
+    original, teachers = copy.deepcopy(teacher.state_dict()), []
+
+    def recording_finetune(model, loader, **kwargs):
+        teachers.append((kwargs["teacher"], kwargs["distill"]))
+        assert all(torch.equal(value, original[key]) for key, value in kwargs["teacher"].state_dict().items())
+        return nettrim.finetune(model, loader, **kwargs)
+
+    monkeypatch.setattr(compress_module, "finetune", recording_finetune)
+    model, history = compress(teacher, calibration, train, evaluate=accuracy_on(validation), max_drop=0.05,
+                              rounds=2, epochs=1, lr=1e-2, distill=0.9, progress=False, max_samples=None)
+    assert len(teachers) == 2 and all(distill == 0.9 for _, distill in teachers)
+    assert teachers[0][0] is teachers[1][0] and teachers[0][0] is not teacher
+    assert not any(parameter.requires_grad for parameter in teachers[0][0].parameters())
+    assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
+    assert history.best is not None and sparsity(model) == history.best.sparsity > 0
+
+
 def test_with_no_round_accepted_the_original_comes_back_as_a_copy(task):
     teacher, train, validation, calibration = task
     with torch.no_grad():
@@ -128,7 +147,8 @@ def test_an_interrupted_compress_leaves_the_model_untouched_and_hands_over_the_b
     (dict(evaluate=None), "evaluate must be a function"), (dict(max_drop=-0.1), "max_drop"),
     (dict(max_drop=float("nan")), "max_drop"), (dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.9), "epsilon"),
     (dict(rounds=0), "rounds"), (dict(grow=0.5), "grow"), (dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
-    (dict(schedule="step"), "schedule"), (dict(inplace=True), "inplace"), (dict(structure="channels"), "structure"),
+    (dict(schedule="step"), "schedule"), (dict(distill=2), "distill"), (dict(inplace=True), "inplace"),
+    (dict(structure="channels"), "structure"),
     (dict(evaluate=lambda model: "good"), "evaluate must return a number"),
     (dict(evaluate=lambda model: float("nan")), "evaluate returned nan")])
 def test_compress_refuses_bad_arguments_by_name(task, kwargs, message):

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import nettrim
+from nettrim.finetune import TEMPERATURE, distillation_loss
 from nettrim.io import read_metadata
 from networks import images, inputs, mlp, small_cnn
 
@@ -77,7 +78,45 @@ def test_finetuning_keeps_every_zero_and_plain_parameters(trimmed_cnn):
     assert model.training is False
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [(dict(epochs=-1), "epochs"), (dict(lr=0.0), "lr")])
+def test_the_distillation_loss_is_the_tempered_kl_divergence():
+    generator = torch.Generator().manual_seed(0)
+    logits, teacher_logits = torch.randn(5, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    T = TEMPERATURE
+    p, q = (torch.softmax(teacher_logits / T, 1), torch.softmax(logits / T, 1))
+    expected = T ** 2 * float((p * (p.log() - q.log())).sum(1).mean())
+    assert float(distillation_loss(logits, teacher_logits)) == pytest.approx(expected)
+    assert float(distillation_loss(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_finetuning_with_a_teacher_pulls_the_outputs_towards_it_and_leaves_the_teacher_alone(trimmed_cnn):
+    x, trimmed, _ = trimmed_cnn
+    teacher = small_cnn(seed=7).train()  # not the model `trimmed` came from: far from it
+    before_teacher = copy.deepcopy(teacher.state_dict())
+    labels = torch.zeros(len(x), dtype=torch.long)  # labels that disagree with the teacher: distill=1 ignores them
+    loader = [(x[:8], labels[:8]), (x[8:], labels[8:])]
+    model = copy.deepcopy(trimmed)
+    zeros = {name: parameter == 0 for name, parameter in model.named_parameters()}
+    with torch.no_grad():
+        target = teacher.eval()(x)
+    teacher.train()
+
+    def gap(candidate):
+        with torch.no_grad():
+            return float(distillation_loss(candidate(x), target))
+
+    before = gap(model)
+    nettrim.finetune(model, loader, epochs=10, lr=1e-2, teacher=teacher, distill=1.0, progress=False)
+    assert gap(model) < 0.5 * before
+    assert teacher.training and all(torch.equal(value, before_teacher[key])
+                                    for key, value in teacher.state_dict().items())
+    assert all(parameter.grad is None for parameter in teacher.parameters())
+    for name, parameter in model.named_parameters():
+        assert torch.all(parameter[zeros[name]] == 0), name
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(epochs=-1), "epochs"), (dict(lr=0.0), "lr"), (dict(distill=1.5), "distill"),
+    (dict(distill=True), "distill"), (dict(teacher="dense.pt"), "teacher")])
 def test_finetune_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nettrim.finetune(mlp(), [(inputs(4), torch.zeros(4, dtype=torch.long))], **kwargs)
