@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     squeeze.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
                          help="fine-tune by distillation from the original model with this weight in [0, 1] on it "
                               "(for class logits; 0.9 reached the README's sparsest schedules; default 0: off)")
-    squeeze.add_argument("--structure", choices=STRUCTURES, default="weights",
-                         help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model")
+    squeeze.add_argument("--structure", default="weights",
+                         help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model; "
+                              "stages separated by commas, e.g. neurons,weights: neurons first, then weights")
     squeeze.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
     squeeze.add_argument("--history", type=Path, help="write every round (g, sparsity, accuracy, seconds) as JSON")
     squeeze.add_argument("--seed", type=int, default=0, help="seeds the calibration subsample and the batch order")
@@ -315,9 +316,9 @@ def _run_compress(args) -> int:
     evaluate = _accuracy(*load_labelled(args.val, "--val"))
     compressed, history = compress(
         model, calibration, train, evaluate=evaluate, max_drop=args.max_drop, epsilon=args.epsilon,
-        rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight, structure=args.structure,
-        refit=args.refit, distill=args.distill, max_samples=args.max_samples, seed=args.seed,
-        progress=not args.quiet)
+        rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight,
+        structure=args.structure.split(","), refit=args.refit, distill=args.distill,
+        max_samples=args.max_samples, seed=args.seed, progress=not args.quiet)
     _write_model(compressed, args.out, None)
     if args.history is not None:
         write_atomically(args.history, lambda temporary: Path(temporary).write_text(

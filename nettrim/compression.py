@@ -12,6 +12,10 @@ the current model's own responses, so accepted rounds compound: the trimmed mode
 than any single eps, and fine-tuning pulls it back towards the task. The guarantee a user gets is the metric's,
 measured by `evaluate` on their data after every round; the sparsest accepted model is returned.
 
+With structure a sequence of stages, e.g. ("neurons", "weights"), the rounds run stage after stage (`rounds`
+each, every stage starting again at the first g) on the model the previous stage kept, all judged against the
+original's metric: first whole neurons go, then scattered weights of the smaller model.
+
 Sparsity is the fraction of the original model's selected weights and biases (Report.weights) that are gone:
 zero, or, with structure="neurons" (each round's trim removes whole neurons and channels and returns a smaller
 model), no longer there. The caller's own zeros count, so a model that arrives sparse is only replaced by a
@@ -28,7 +32,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from torch import nn
@@ -42,8 +46,9 @@ DEFAULT_FINETUNE = {"epochs": 3, "lr": 1e-3, "schedule": "cosine"}
 
 @dataclasses.dataclass
 class Round:
-    """One round: the budget g it trimmed at, the candidate's sparsity and metric, whether it was kept; with
-    structure="neurons" also the candidate's layer widths (output neurons or channels)."""
+    """One round: the budget g it trimmed at, the candidate's sparsity and metric, whether it was kept, its
+    structure ("weights" or "neurons"); for "neurons" also the candidate's layer widths (output neurons or
+    channels)."""
 
     epsilon: float
     sparsity: float
@@ -53,6 +58,7 @@ class Round:
     finetune_seconds: float
     evaluate_seconds: float
     widths: dict[str, int] | None = None
+    structure: str = "weights"
 
 
 @dataclasses.dataclass
@@ -96,7 +102,7 @@ class CompressInterrupted(KeyboardInterrupt):
 
 def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: Callable[[nn.Module], float],
              max_drop: float, epsilon: float = 0.1, rounds: int = 8, grow: float = 1.5, max_epsilon: float = 0.5,
-             reweight: int = 2, structure: str = "weights", epochs: int = DEFAULT_FINETUNE["epochs"],
+             reweight: int = 2, structure: str | Sequence[str] = "weights", epochs: int = DEFAULT_FINETUNE["epochs"],
              lr: float = DEFAULT_FINETUNE["lr"], schedule: str = DEFAULT_FINETUNE["schedule"], loss=None,
              distill: float = 0.0, progress: bool = True, **trim_options) -> tuple[nn.Module, History]:
     """The sparsest model within `max_drop` of the original's metric, from `rounds` rounds of trim and fine-tune.
@@ -116,7 +122,9 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     reweight:   reweighting rounds of every trim (sparser at the same budget; README, "Compressing with
                 fine-tuning", has the measurements; 0 for plain l1, 3 to 5 times faster).
     structure:  "weights" (scattered zeros) or "neurons": every round removes whole neurons and channels, and
-                the model returned is physically smaller (trim's structure="neurons").
+                the model returned is physically smaller (trim's structure="neurons"); or a sequence of them,
+                stages of `rounds` rounds each (module docstring): ("neurons", "weights") reached the README's
+                sparsest LeNet-300-100.
     trim_options: go to every trim (mode defaults to "cascade"; layers, exclude, max_samples, workers, ...;
                 not inplace).
 
@@ -126,30 +134,34 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     """
     _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule, trim_options)
     check_distill(distill)
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
-    trim_options = {"mode": "cascade", "reweight": reweight, "structure": structure, "progress": progress,
-                    **trim_options}
+    stages = _stages(structure)
+    if trim_options.get("gather_inputs") and "neurons" not in stages:
+        raise ValueError(f"gather_inputs: True only with a 'neurons' stage, got structure={structure!r}")
+    trim_options = {"mode": "cascade", "reweight": reweight, "progress": progress, **trim_options}
     selection = {key: trim_options.get(key) for key in ("layers", "exclude")}
     selection["total"] = weight_count(model, **selection)
     best = copy.deepcopy(model)
     history = History(_scored(evaluate, best), sparsity(best, **selection), max_drop)
-    g, current_sparsity = epsilon, history.original_sparsity
+    current_sparsity = history.original_sparsity
     tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, progress=progress)
     if distill:
         tuning.update(teacher=copy.deepcopy(model).requires_grad_(False), distill=distill)
     try:
-        for _ in range(rounds):
-            candidate, entry = _round(best, calibration, train_data, evaluate, g, selection, trim_options, tuning)
-            entry.accepted = (entry.metric >= history.original_metric - max_drop
-                              and entry.sparsity > current_sparsity)
-            history.rounds.append(entry)
-            if progress:
-                print(f"compress: round {len(history.rounds)}, g = {g:.4g}: sparsity {entry.sparsity:.2%}, "
-                      f"metric {entry.metric:.4g} ({'kept' if entry.accepted else 'dropped'})", flush=True)
-            if entry.accepted:
-                best, current_sparsity = candidate, entry.sparsity
-            g = min(g * grow, max_epsilon) if entry.accepted else g / 2
+        for stage in stages:
+            options = _stage_options(trim_options, stage)
+            g = epsilon
+            for _ in range(rounds):
+                candidate, entry = _round(best, calibration, train_data, evaluate, g, selection, options, tuning)
+                entry.accepted = (entry.metric >= history.original_metric - max_drop
+                                  and entry.sparsity > current_sparsity)
+                history.rounds.append(entry)
+                if progress:
+                    print(f"compress: round {len(history.rounds)} ({stage}), g = {g:.4g}: sparsity "
+                          f"{entry.sparsity:.2%}, metric {entry.metric:.4g} "
+                          f"({'kept' if entry.accepted else 'dropped'})", flush=True)
+                if entry.accepted:
+                    best, current_sparsity = candidate, entry.sparsity
+                g = min(g * grow, max_epsilon) if entry.accepted else g / 2
     except KeyboardInterrupt as interrupt:
         raise CompressInterrupted(best.train(model.training), history) from interrupt
     return best.train(model.training), history
@@ -164,10 +176,27 @@ def _round(current: nn.Module, calibration, train_data, evaluate, g: float, sele
     finetune(candidate, train_data, **tuning)
     tuned = time.perf_counter()
     metric = _scored(evaluate, candidate)
-    widths = ({row.name: row.width_after for row in report.layers}
-              if trim_options["structure"] == "neurons" else None)
+    structure = trim_options["structure"]
+    widths = {row.name: row.width_after for row in report.layers} if structure == "neurons" else None
     return candidate, Round(g, sparsity(candidate, **selection), metric, False, trimmed - start, tuned - trimmed,
-                            time.perf_counter() - tuned, widths)
+                            time.perf_counter() - tuned, widths, structure)
+
+
+def _stages(structure) -> tuple[str, ...]:
+    """structure as a tuple of stages, each one of STRUCTURES, or a ValueError naming `structure`."""
+    stages = (structure,) if isinstance(structure, str) else tuple(structure) if isinstance(
+        structure, list | tuple) else ()
+    if not stages or any(stage not in STRUCTURES for stage in stages):
+        raise ValueError(f"structure must be one of {STRUCTURES} or a sequence of them, got {structure!r}")
+    return stages
+
+
+def _stage_options(trim_options: dict, stage: str) -> dict:
+    """The trim options of one stage: its structure; gather_inputs only where it removes neurons."""
+    options = {**trim_options, "structure": stage}
+    if stage != "neurons":
+        options.pop("gather_inputs", None)
+    return options
 
 
 def _scored(evaluate, model: nn.Module) -> float:

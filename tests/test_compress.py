@@ -86,6 +86,26 @@ def test_compress_by_neurons_returns_a_smaller_model_within_the_allowed_drop(tas
     assert kept == sorted(set(kept)) and "(widths " in str(history)
 
 
+def test_compress_in_stages_removes_neurons_then_weights_of_the_smaller_model(task):
+    teacher, train, validation, calibration = task
+    evaluate, original = accuracy_on(validation), copy.deepcopy(teacher.state_dict())
+    model, history = compress(teacher, calibration, train, evaluate=evaluate, max_drop=0.05, epsilon=0.2, rounds=2,
+                              structure=("neurons", "weights"), gather_inputs=True, epochs=2, lr=1e-2,
+                              progress=False, max_samples=None)
+    assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
+    assert [entry.structure for entry in history.rounds] == ["neurons"] * 2 + ["weights"] * 2
+    assert history.rounds[2].epsilon == 0.2  # the second stage starts again at the first g
+    assert all(entry.widths for entry in history.rounds[:2]) and not any(entry.widths for entry in history.rounds[2:])
+    neuron_rounds = [entry for entry in history.rounds[:2] if entry.accepted]
+    assert neuron_rounds and history.best.structure == "weights", history  # both stages kept a round
+    assert history.best.metric >= 0.95 and history.best.sparsity > neuron_rounds[-1].sparsity
+    assert history.best.sparsity == sparsity(model, total=weight_count(teacher))
+    assert evaluate(model.eval()) == history.best.metric
+    linear = [layer for layer in model.modules() if isinstance(layer, torch.nn.Linear)]
+    assert sum(layer.out_features for layer in linear) < 16 + 10 + 4 and any(
+        bool((layer.weight == 0).any()) for layer in linear)
+
+
 def test_compress_distills_every_round_from_a_frozen_copy_of_the_original(task, monkeypatch):
     teacher, train, validation, calibration = task
     original, teachers = copy.deepcopy(teacher.state_dict()), []
@@ -148,7 +168,8 @@ def test_an_interrupted_compress_leaves_the_model_untouched_and_hands_over_the_b
     (dict(max_drop=float("nan")), "max_drop"), (dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.9), "epsilon"),
     (dict(rounds=0), "rounds"), (dict(grow=0.5), "grow"), (dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
     (dict(schedule="step"), "schedule"), (dict(distill=2), "distill"), (dict(inplace=True), "inplace"),
-    (dict(structure="channels"), "structure"),
+    (dict(structure="channels"), "structure"), (dict(structure=("neurons", "channels")), "structure"),
+    (dict(structure=()), "structure"), (dict(gather_inputs=True), "gather_inputs"),
     (dict(evaluate=lambda model: "good"), "evaluate must return a number"),
     (dict(evaluate=lambda model: float("nan")), "evaluate returned nan")])
 def test_compress_refuses_bad_arguments_by_name(task, kwargs, message):
