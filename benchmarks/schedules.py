@@ -16,6 +16,11 @@ each step followed by the same fine-tuning. Writes benchmarks/results/schedules.
     python -m benchmarks.schedules --quick    # LeNet-300-100 briefly trained, 2 rounds of 1 epoch: minutes
     python -m benchmarks.schedules --tuning   # how the fine-tuning defaults were chosen (below): 15 minutes
     python -m benchmarks.schedules --refit    # compress with reweight=2 and refit=True (results/schedules_refit.*)
+    python -m benchmarks.schedules --distill  # stages of neurons then weights, distilled (results/schedules_distill.*)
+
+--distill: compress(structure=("neurons", "weights"), distill=0.9, refit=True): `rounds` rounds removing whole
+neurons, then `rounds` rounds of scattered weights, every fine-tuning distilled from the original model; GMP gets
+the same distilled fine-tuning for its 2 x `rounds` steps.
 
 --tuning: one cascade trim of each model (g = 0.3 for LeNet-300-100, 0.2 for LeNet-5), then masked fine-tuning
 of that trimmed model for each learning rate, number of epochs and schedule of TUNING (Adam, batches of 128);
@@ -40,7 +45,7 @@ from torch.nn.utils import prune  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
-from nettrim.compression import sparsity  # noqa: E402
+from nettrim.compression import sparsity, weight_count  # noqa: E402
 from nettrim.finetune import ShuffledBatches  # noqa: E402
 from nettrim.layers import layer_kind  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
@@ -56,6 +61,8 @@ TUNING = {"lenet_300_100": {"training_epochs": 30, "g": 0.3, "lr": [1e-4, 3e-4, 
                      "schedules": ["cosine"]}}
 #: --refit: compress with reweighted trims whose kept weights are refitted (trim(refit=True)), from g = 0.2.
 REFIT = {**FULL, "samples": 2000, "epsilon": 0.2, "reweight": 2, "refit": True}
+#: --distill: neurons then weights, every fine-tuning distilled from the original model (weight 0.9).
+DISTILL = {**REFIT, "epsilon": 0.1, "distill": 0.9, "structure": ["neurons", "weights"], "rounds": 10}
 QUICK = {"samples": 600, "rounds": 2, "epochs": 1, "lr": 1e-3, "epsilon": 0.1, "reweight": 0, "models": {
     "lenet_300_100": {"training_epochs": 2, "target_error": 0.05}}}
 
@@ -88,6 +95,8 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
     halves = [(test_images[:5000], test_labels[:5000]), (test_images[5000:], test_labels[5000:])]
     chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), config["samples"], replace=False))
     tuning = dict(epochs=config["epochs"], lr=config["lr"], schedule="cosine")
+    distilled = dict(teacher=model, distill=config["distill"]) if config.get("distill") else {}
+    structure = config.get("structure", "weights")
     original = errors(model, halves)
     max_drop = max(settings["target_error"] - original["test_error"], 0.0)
     start = time.perf_counter()
@@ -95,18 +104,26 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
         model, train_images[torch.from_numpy(chosen)], ShuffledBatches(train_images, train_labels, seed=seed),
         evaluate=lambda m: 1 - test_error(m, *halves[0]), max_drop=max_drop, epsilon=config["epsilon"],
         rounds=config["rounds"], reweight=config["reweight"], max_samples=config["samples"], seed=seed,
-        refit=config.get("refit", False), progress=progress, **tuning)
+        refit=config.get("refit", False), structure=structure, distill=config.get("distill", 0.0), progress=progress,
+        **tuning)
     compress_seconds = time.perf_counter() - start
-    final = sparsity(compressed)
+    final = sparsity(compressed, total=weight_count(model))  # neurons removed count as zeros
     start = time.perf_counter()
     tune = ShuffledBatches(train_images, train_labels, seed=seed)
-    gmp = gradual_magnitude(model, final, config["rounds"],
-                            lambda m: nettrim.finetune(m, tune, progress=False, **tuning))
+    steps = config["rounds"] * (1 if isinstance(structure, str) else len(structure))
+    gmp = gradual_magnitude(model, final, steps,
+                            lambda m: nettrim.finetune(m, tune, progress=False, **tuning, **distilled))
     gmp_seconds = time.perf_counter() - start
     return {"model": name, "max_drop": max_drop, "original": original,
-            "nettrim": {"sparsity": final, **errors(compressed, halves), "seconds": round(compress_seconds, 1),
+            "nettrim": {"sparsity": final, "widths": _widths(compressed), **errors(compressed, halves),
+                        "seconds": round(compress_seconds, 1),
                         "history": history.to_dict()},
             "gmp": {"sparsity": sparsity(gmp), **errors(gmp, halves), "seconds": round(gmp_seconds, 1)}}
+
+
+def _widths(model: torch.nn.Module) -> list[int]:
+    """The output widths (neurons or channels) of the model's Linear and Conv2d layers, in order."""
+    return [module.weight.shape[0] for module in model.modules() if layer_kind(module)]
 
 
 def run(config: dict, seed: int = 0, progress: bool = False) -> dict:
@@ -153,8 +170,13 @@ def tuning_markdown(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     config = report["config"]
-    lines = [f"{config['rounds']} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
-             f"{config['lr']:g}) for both methods; Net-Trim's trims: cascade from g = {config['epsilon']:g}, "
+    stages = config.get("structure", "weights")
+    stages = [stages] if isinstance(stages, str) else stages
+    rounds = config["rounds"] * len(stages)
+    distill = f", distilled from the original (weight {config['distill']:g})" if config.get("distill") else ""
+    lines = [f"{rounds} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
+             f"{config['lr']:g}{distill}) for both methods; Net-Trim's trims: "
+             f"{' then '.join(stages)}, {config['rounds']} rounds each, cascade from g = {config['epsilon']:g}, "
              f"reweight {config['reweight']}, refit {'on' if config.get('refit') else 'off'}, "
              f"P = {config['samples']:,} calibration images; errors on the held-out 5,000 test images (validation "
              "half in brackets).", "",
@@ -162,13 +184,14 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---:|---:|---:|---:|"]
     for row in report["rows"]:
         kept = sum(entry["accepted"] for entry in row["nettrim"]["history"]["rounds"])
-        for method, label, rounds in (("nettrim", "Net-Trim compress", f"{kept} of {config['rounds']}"),
+        widths = "-".join(map(str, row["nettrim"]["widths"])) if "widths" in row["nettrim"] else ""
+        for method, label, kept_rounds in (("nettrim", f"Net-Trim compress {widths}".strip(), f"{kept} of {rounds}"),
                                       ("gmp", "gradual magnitude", "-")):
             result = row[method]
             lines.append(f"| {row['model']} | {row['original']['held_out_error']:.2%} "
                          f"| {config['models'][row['model']]['target_error']:.1%} | {label} "
                          f"| {result['sparsity']:.2%} | {result['held_out_error']:.2%} "
-                         f"({result['validation_error']:.2%}) | {rounds} | {result['seconds']:.0f} |")
+                         f"({result['validation_error']:.2%}) | {kept_rounds} | {result['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -180,12 +203,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--tuning", action="store_true", help="the fine-tuning grid instead (results/tuning.*)")
     parser.add_argument("--refit", action="store_true",
                         help="compress with reweight=2, refit=True from g = 0.2, P = 2,000 (results/schedules_refit.*)")
+    parser.add_argument("--distill", action="store_true",
+                        help="neurons then weights, distilled, refit (results/schedules_distill.*)")
     args = parser.parse_args(argv)
     if args.tuning:
         report = tuning_grid(args.seed)
         write_results(args.out.with_name("tuning.json"), report, tuning_markdown(report))
         return report
-    if args.refit:
+    if args.distill:
+        quick = {**QUICK, **{key: DISTILL[key] for key in ("refit", "distill", "structure")}}
+        config = quick if args.quick else DISTILL
+        out = args.out.with_name("schedules_distill.json")
+    elif args.refit:
         config = {**QUICK, "refit": True} if args.quick else REFIT
         out = args.out.with_name("schedules_refit.json")
     else:

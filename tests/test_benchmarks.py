@@ -253,12 +253,18 @@ def test_gradual_magnitude_pruning_follows_the_cubic_schedule_to_the_final_spars
 
 
 @pytest.mark.slow
-def test_schedules_benchmark_with_refit_quick(tmp_path):
+@pytest.mark.parametrize(("option", "label"), [("--refit", "refit on"), ("--distill", "neurons then weights")])
+def test_schedules_benchmark_variants_quick(tmp_path, option, label):
     out = tmp_path / "schedules.json"
-    report = _load("schedules").main(["--quick", "--refit", "--out", str(out)])
-    saved = json.loads((tmp_path / "schedules_refit.json").read_text())
+    report = _load("schedules").main(["--quick", option, "--out", str(out)])
+    name = f"schedules_{option.removeprefix('--')}"
+    saved = json.loads((tmp_path / f"{name}.json").read_text())
     assert saved["config"]["refit"] is True and not out.exists()
     row = report["rows"][0]
     assert row["nettrim"]["history"]["rounds"] and 0 <= row["nettrim"]["sparsity"] < 1
     assert abs(row["gmp"]["sparsity"] - row["nettrim"]["sparsity"]) < 0.01
-    assert "refit on" in (tmp_path / "schedules_refit.md").read_text()
+    assert label in (tmp_path / f"{name}.md").read_text()
+    if option == "--distill":
+        structures = [entry["structure"] for entry in row["nettrim"]["history"]["rounds"]]
+        assert structures == ["neurons"] * 2 + ["weights"] * 2
+        assert row["nettrim"]["widths"][-1] == 10

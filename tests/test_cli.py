@@ -233,17 +233,19 @@ def test_compress_writes_the_sparsest_model_within_the_drop_and_its_history(labe
     assert sparsity(compressed) == pytest.approx(best["sparsity"]) and best["sparsity"] > 0
 
 
-def test_compress_by_neurons_writes_the_smaller_model_that_load_restores(labelled, capsys):
+def test_compress_by_neurons_then_weights_writes_the_smaller_model_that_load_restores(labelled, capsys):
     folder = labelled
-    out = folder / "small.safetensors"
+    out, history = folder / "small.safetensors", folder / "history.json"
     code = cli.main(["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
                      "--train", str(folder / "train.pt"), "--val", str(folder / "val.npz"), "--max-drop", "0.05",
                      "--rounds", "2", "--epsilon", "0.3", "--epochs", "1", "--lr", "0.01", "--batch-size", "50",
-                     "--structure", "neurons", "--out", str(out), "--quiet"])
+                     "--structure", "neurons,weights", "--out", str(out), "--history", str(history), "--quiet"])
     assert code == 0, capsys.readouterr().err
     small, _ = nettrim.load(out, torch.load(folder / "model.pt", weights_only=False))
     widths = [layer.out_features for layer in small if isinstance(layer, torch.nn.Linear)]
     assert widths[-1] == 4 and sum(widths) < 16 + 10 + 4
+    rounds = json.loads(history.read_text())["rounds"]
+    assert [entry["structure"] for entry in rounds] == ["neurons"] * 2 + ["weights"] * 2
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
@@ -252,7 +254,8 @@ def test_compress_by_neurons_writes_the_smaller_model_that_load_restores(labelle
     (["--train", "calib.npy"], "--train: expected a .pt or .npz file"),
     (["--max-drop", "-1"], "max_drop must be a finite number >= 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--distill", "1.5"], "distill must be a number in \\[0, 1\\]")])
+    (["--distill", "1.5"], "distill must be a number in \\[0, 1\\]"),
+    (["--structure", "neurons,channels"], "structure must be one of")])
 def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, message):
     folder = labelled
     options = {"--train": "train.pt", "--val": "val.npz", "--max-drop": "0.01"}
@@ -260,8 +263,9 @@ def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, m
         options[flag] = value
     argv = ["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--out",
             str(folder / "small.pt"), "--quiet"]
+    files = ("--train", "--val")
     for flag, value in options.items():
-        argv += [flag, value if flag in ("--max-drop", "--batch-size", "--distill") else str(folder / value)]
+        argv += [flag, str(folder / value) if flag in files else value]
     assert cli.main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (folder / "small.pt").exists()
