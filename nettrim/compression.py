@@ -7,14 +7,16 @@ the user's metric. The round is accepted when
     metric(candidate) >= metric(original) - max_drop   and   sparsity(candidate) > sparsity(current),
 
 and the next round trims the candidate at g_{k+1} = grow g_k (capped at max_epsilon). A rejected candidate is
-dropped and the next round trims the current model again at g_{k+1} = g_k / 2. Each round's budget is relative to
-the current model's own responses, so accepted rounds compound: the trimmed model drifts from the original by more
-than any single eps, and fine-tuning pulls it back towards the task. The guarantee a user gets is the metric's,
-measured by `evaluate` on their data after every round; the sparsest accepted model is returned.
+dropped and the next round trims the current model again at g_{k+1} = g_k / 2, unless the candidate was no
+sparser than the current model: smaller budgets would remove even less, so the rounds end there. Each round's
+budget is relative to the current model's own responses, so accepted rounds compound: the trimmed model drifts
+from the original by more than any single eps, and fine-tuning pulls it back towards the task. The guarantee a
+user gets is the metric's, measured by `evaluate` on their data after every round; the sparsest accepted model
+is returned.
 
-With structure a sequence of stages, e.g. ("neurons", "weights"), the rounds run stage after stage (`rounds`
-each, every stage starting again at the first g) on the model the previous stage kept, all judged against the
-original's metric: first whole neurons go, then scattered weights of the smaller model.
+With structure a sequence of stages, e.g. ("neurons", "weights"), the rounds run stage after stage (up to
+`rounds` each, every stage starting again at the first g) on the model the previous stage kept, all judged
+against the original's metric: first whole neurons go, then scattered weights of the smaller model.
 
 Sparsity is the fraction of the original model's selected weights and biases (Report.weights) that are gone:
 zero, or, with structure="neurons" (each round's trim removes whole neurons and channels and returns a smaller
@@ -161,6 +163,8 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
                           f"({'kept' if entry.accepted else 'dropped'})", flush=True)
                 if entry.accepted:
                     best, current_sparsity = candidate, entry.sparsity
+                elif entry.sparsity <= current_sparsity:
+                    break  # no sparser at g: the smaller budgets that would follow remove even less
                 g = min(g * grow, max_epsilon) if entry.accepted else g / 2
     except KeyboardInterrupt as interrupt:
         raise CompressInterrupted(best.train(model.training), history) from interrupt

@@ -86,6 +86,16 @@ def test_compress_by_neurons_returns_a_smaller_model_within_the_allowed_drop(tas
     assert kept == sorted(set(kept)) and "(widths " in str(history)
 
 
+def test_a_round_no_sparser_than_the_current_model_ends_its_stage(task, monkeypatch):
+    """Smaller budgets remove no more, so halving g after a candidate that removed nothing would only repeat it."""
+    teacher, train, validation, calibration = task
+    monkeypatch.setattr(compress_module, "trim", lambda model, *args, **kwargs: (copy.deepcopy(model), None))
+    model, history = compress(teacher, calibration, train, evaluate=accuracy_on(validation), max_drop=0.05,
+                              rounds=5, structure=("weights", "weights"), epochs=0, progress=False)
+    assert len(history.rounds) == 2 and not any(entry.accepted for entry in history.rounds)
+    assert [entry.epsilon for entry in history.rounds] == [0.1, 0.1]
+
+
 def test_compress_in_stages_removes_neurons_then_weights_of_the_smaller_model(task):
     teacher, train, validation, calibration = task
     evaluate, original = accuracy_on(validation), copy.deepcopy(teacher.state_dict())
