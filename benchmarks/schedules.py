@@ -62,7 +62,7 @@ TUNING = {"lenet_300_100": {"training_epochs": 30, "g": 0.3, "lr": [1e-4, 3e-4, 
 #: --refit: compress with reweighted trims whose kept weights are refitted (trim(refit=True)), from g = 0.2.
 REFIT = {**FULL, "samples": 2000, "epsilon": 0.2, "reweight": 2, "refit": True}
 #: --distill: neurons then weights, every fine-tuning distilled from the original model (weight 0.9).
-DISTILL = {**REFIT, "epsilon": 0.1, "distill": 0.9, "structure": ["neurons", "weights"], "rounds": 10}
+DISTILL = {**REFIT, "epsilon": 0.1, "distill": 0.9, "structure": ["neurons", "weights"], "rounds": 12}
 QUICK = {"samples": 600, "rounds": 2, "epochs": 1, "lr": 1e-3, "epsilon": 0.1, "reweight": 0, "models": {
     "lenet_300_100": {"training_epochs": 2, "target_error": 0.05}}}
 
