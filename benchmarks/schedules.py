@@ -198,7 +198,10 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     parser = benchmark_parser(__doc__, "LeNet-300-100 (2 epochs), P = 600, 2 rounds of 1 epoch",
                               RESULTS / "schedules.json")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds training, calibration and batch order; a seed other than 0 adds _seedK to the "
+                             "--refit and --distill file names")
+    parser.add_argument("--models", nargs="+", choices=sorted(FULL["models"]), help="only these models")
     parser.add_argument("--progress", action="store_true", help="progress bars and a line per round")
     parser.add_argument("--tuning", action="store_true", help="the fine-tuning grid instead (results/tuning.*)")
     parser.add_argument("--refit", action="store_true",
@@ -219,6 +222,11 @@ def main(argv=None) -> dict:
         out = args.out.with_name("schedules_refit.json")
     else:
         config, out = QUICK if args.quick else FULL, args.out
+    if out != args.out and args.seed:
+        out = out.with_stem(f"{out.stem}_seed{args.seed}")
+    if args.models:
+        config = {**config, "models": {name: config["models"][name] for name in args.models
+                                       if name in config["models"]}}
     report = run(config, args.seed, args.progress)
     write_results(out, report, markdown(report))
     return report

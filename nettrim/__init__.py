@@ -7,6 +7,9 @@
     >>> nettrim.finetune(trimmed, train_loader, epochs=3, lr=1e-3, schedule="cosine")  # keeps every zero at zero
     >>> smaller, history = nettrim.compress(model, calibration_inputs, train_loader, evaluate=accuracy,
     ...                                     max_drop=0.005)     # rounds of trim + fine-tune within the metric
+    >>> smallest, history = nettrim.compress(model, calibration_inputs, train_loader, evaluate=accuracy,
+    ...                                      max_drop=0.005, structure=("neurons", "weights"), distill=0.9,
+    ...                                      refit=True)         # neurons, then weights; distilled from `model`
 """
 
 __version__ = "0.1.0"

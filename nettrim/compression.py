@@ -125,7 +125,7 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
                 fine-tuning", has the measurements; 0 for plain l1, 3 to 5 times faster).
     structure:  "weights" (scattered zeros) or "neurons": every round removes whole neurons and channels, and
                 the model returned is physically smaller (trim's structure="neurons"); or a sequence of them,
-                stages of `rounds` rounds each (module docstring): ("neurons", "weights") reached the README's
+                stages of up to `rounds` rounds each (module docstring): ("neurons", "weights") reached the README's
                 sparsest LeNet-300-100.
     trim_options: go to every trim (mode defaults to "cascade"; layers, exclude, max_samples, workers, ...;
                 not inplace).
