@@ -174,18 +174,19 @@ def markdown(report: dict) -> str:
     stages = [stages] if isinstance(stages, str) else stages
     rounds = config["rounds"] * len(stages)
     distill = f", distilled from the original (weight {config['distill']:g})" if config.get("distill") else ""
-    lines = [f"{rounds} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
-             f"{config['lr']:g}{distill}) for both methods; Net-Trim's trims: "
-             f"{' then '.join(stages)}, {config['rounds']} rounds each, cascade from g = {config['epsilon']:g}, "
+    lines = [f"Up to {rounds} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
+             f"{config['lr']:g}{distill}; gradual magnitude: {rounds} steps); Net-Trim's trims: "
+             f"{' then '.join(stages)}, up to {config['rounds']} rounds each, cascade from g = {config['epsilon']:g}, "
              f"reweight {config['reweight']}, refit {'on' if config.get('refit') else 'off'}, "
              f"P = {config['samples']:,} calibration images; errors on the held-out 5,000 test images (validation "
              "half in brackets).", "",
              "| model | original | target | method | weights removed | held-out error | rounds kept | seconds |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for row in report["rows"]:
-        kept = sum(entry["accepted"] for entry in row["nettrim"]["history"]["rounds"])
+        history = row["nettrim"]["history"]["rounds"]
+        kept = f"{sum(entry['accepted'] for entry in history)} of {len(history)}"
         widths = "-".join(map(str, row["nettrim"]["widths"])) if "widths" in row["nettrim"] else ""
-        for method, label, kept_rounds in (("nettrim", f"Net-Trim compress {widths}".strip(), f"{kept} of {rounds}"),
+        for method, label, kept_rounds in (("nettrim", f"Net-Trim compress {widths}".strip(), kept),
                                       ("gmp", "gradual magnitude", "-")):
             result = row[method]
             lines.append(f"| {row['model']} | {row['original']['held_out_error']:.2%} "

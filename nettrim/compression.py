@@ -188,8 +188,10 @@ def _round(current: nn.Module, calibration, train_data, evaluate, g: float, sele
 
 def _stages(structure) -> tuple[str, ...]:
     """structure as a tuple of stages, each one of STRUCTURES, or a ValueError naming `structure`."""
-    stages = (structure,) if isinstance(structure, str) else tuple(structure) if isinstance(
-        structure, list | tuple) else ()
+    if isinstance(structure, str):
+        stages = (structure,)
+    else:
+        stages = tuple(structure) if isinstance(structure, list | tuple) else ()
     if not stages or any(stage not in STRUCTURES for stage in stages):
         raise ValueError(f"structure must be one of {STRUCTURES} or a sequence of them, got {structure!r}")
     return stages
