@@ -18,9 +18,9 @@ each step followed by the same fine-tuning. Writes benchmarks/results/schedules.
     python -m benchmarks.schedules --refit    # compress with reweight=2 and refit=True (results/schedules_refit.*)
     python -m benchmarks.schedules --distill  # stages of neurons then weights, distilled (results/schedules_distill.*)
 
---distill: compress(structure=("neurons", "weights"), distill=0.9, refit=True): `rounds` rounds removing whole
-neurons, then `rounds` rounds of scattered weights, every fine-tuning distilled from the original model; GMP gets
-the same distilled fine-tuning for its 2 x `rounds` steps.
+--distill: compress(structure=("neurons", "weights"), distill=0.9, refit=True): up to `rounds` rounds removing
+whole neurons, then up to `rounds` rounds of scattered weights, every fine-tuning distilled from the original
+model; GMP gets the same distilled fine-tuning for its 2 x `rounds` steps.
 
 --tuning: one cascade trim of each model (g = 0.3 for LeNet-300-100, 0.2 for LeNet-5), then masked fine-tuning
 of that trimmed model for each learning rate, number of epochs and schedule of TUNING (Adam, batches of 128);
@@ -96,7 +96,6 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
     chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), config["samples"], replace=False))
     tuning = dict(epochs=config["epochs"], lr=config["lr"], schedule="cosine")
     distilled = dict(teacher=model, distill=config["distill"]) if config.get("distill") else {}
-    structure = config.get("structure", "weights")
     original = errors(model, halves)
     max_drop = max(settings["target_error"] - original["test_error"], 0.0)
     start = time.perf_counter()
@@ -104,14 +103,13 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
         model, train_images[torch.from_numpy(chosen)], ShuffledBatches(train_images, train_labels, seed=seed),
         evaluate=lambda m: 1 - test_error(m, *halves[0]), max_drop=max_drop, epsilon=config["epsilon"],
         rounds=config["rounds"], reweight=config["reweight"], max_samples=config["samples"], seed=seed,
-        refit=config.get("refit", False), structure=structure, distill=config.get("distill", 0.0), progress=progress,
-        **tuning)
+        refit=config.get("refit", False), structure=_stages(config), distill=config.get("distill", 0.0),
+        progress=progress, **tuning)
     compress_seconds = time.perf_counter() - start
     final = sparsity(compressed, total=weight_count(model))  # neurons removed count as zeros
     start = time.perf_counter()
     tune = ShuffledBatches(train_images, train_labels, seed=seed)
-    steps = config["rounds"] * (1 if isinstance(structure, str) else len(structure))
-    gmp = gradual_magnitude(model, final, steps,
+    gmp = gradual_magnitude(model, final, config["rounds"] * len(_stages(config)),
                             lambda m: nettrim.finetune(m, tune, progress=False, **tuning, **distilled))
     gmp_seconds = time.perf_counter() - start
     return {"model": name, "max_drop": max_drop, "original": original,
@@ -119,6 +117,12 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
                         "seconds": round(compress_seconds, 1),
                         "history": history.to_dict()},
             "gmp": {"sparsity": sparsity(gmp), **errors(gmp, halves), "seconds": round(gmp_seconds, 1)}}
+
+
+def _stages(config: dict) -> list[str]:
+    """compress's structure stages in `config` (one "weights" stage by default)."""
+    structure = config.get("structure", "weights")
+    return [structure] if isinstance(structure, str) else list(structure)
 
 
 def _widths(model: torch.nn.Module) -> list[int]:
@@ -170,8 +174,7 @@ def tuning_markdown(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     config = report["config"]
-    stages = config.get("structure", "weights")
-    stages = [stages] if isinstance(stages, str) else stages
+    stages = _stages(config)
     rounds = config["rounds"] * len(stages)
     distill = f", distilled from the original (weight {config['distill']:g})" if config.get("distill") else ""
     lines = [f"Up to {rounds} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
