@@ -8,9 +8,10 @@ the halves differ in difficulty, so the target itself is not applied to one half
 the other 5,000 (held out: never seen by any choice) and on all 10,000. Calibration: P seeded training images.
 compress(): `rounds` rounds, each a cascade trim (`reweight` rounds of reweighting) and `epochs` epochs of masked
 fine-tuning (Adam, cosine from lr).
-GMP (Zhu and Gupta 2017): as many steps, step k pruning the smallest weights and biases of all layers together
-(torch.nn.utils.prune.global_unstructured) to s_k = s (1 - (1 - k/R)^3) of zeros, s = compress's final sparsity,
-each step followed by the same fine-tuning. Writes benchmarks/results/schedules.json and a markdown table.
+GMP (Zhu and Gupta 2017): R steps, as many as the rounds compress ran, step k pruning the smallest weights and
+biases of all layers together (torch.nn.utils.prune.global_unstructured) to s_k = s (1 - (1 - k/R)^3) of zeros,
+s = compress's final sparsity, each step followed by the same fine-tuning. Writes benchmarks/results/schedules.json
+and a markdown table.
 
     python -m benchmarks.schedules            # both models (about an hour on 2 cores)
     python -m benchmarks.schedules --quick    # LeNet-300-100 briefly trained, 2 rounds of 1 epoch: minutes
@@ -20,7 +21,7 @@ each step followed by the same fine-tuning. Writes benchmarks/results/schedules.
 
 --distill: compress(structure=("neurons", "weights"), distill=0.9, refit=True): up to `rounds` rounds removing
 whole neurons, then up to `rounds` rounds of scattered weights, every fine-tuning distilled from the original
-model; GMP gets the same distilled fine-tuning for its 2 x `rounds` steps.
+model; GMP gets the same distilled fine-tuning for each of its steps.
 
 --tuning: one cascade trim of each model (g = 0.3 for LeNet-300-100, 0.2 for LeNet-5), then masked fine-tuning
 of that trimmed model for each learning rate, number of epochs and schedule of TUNING (Adam, batches of 128);
@@ -109,14 +110,16 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
     final = sparsity(compressed, total=weight_count(model))  # neurons removed count as zeros
     start = time.perf_counter()
     tune = ShuffledBatches(train_images, train_labels, seed=seed)
-    gmp = gradual_magnitude(model, final, config["rounds"] * len(_stages(config)),
+    steps = len(history.rounds)
+    gmp = gradual_magnitude(model, final, steps,
                             lambda m: nettrim.finetune(m, tune, progress=False, **tuning, **distilled))
     gmp_seconds = time.perf_counter() - start
     return {"model": name, "max_drop": max_drop, "original": original,
             "nettrim": {"sparsity": final, "widths": _widths(compressed), **errors(compressed, halves),
                         "seconds": round(compress_seconds, 1),
                         "history": history.to_dict()},
-            "gmp": {"sparsity": sparsity(gmp), **errors(gmp, halves), "seconds": round(gmp_seconds, 1)}}
+            "gmp": {"sparsity": sparsity(gmp), **errors(gmp, halves), "steps": steps,
+                    "seconds": round(gmp_seconds, 1)}}
 
 
 def _stages(config: dict) -> list[str]:
@@ -178,7 +181,7 @@ def markdown(report: dict) -> str:
     rounds = config["rounds"] * len(stages)
     distill = f", distilled from the original (weight {config['distill']:g})" if config.get("distill") else ""
     lines = [f"Up to {rounds} rounds of {config['epochs']} fine-tuning epochs (Adam, cosine from lr "
-             f"{config['lr']:g}{distill}; gradual magnitude: {rounds} steps); Net-Trim's trims: "
+             f"{config['lr']:g}{distill}; gradual magnitude: as many steps as compress's rounds); Net-Trim's trims: "
              f"{' then '.join(stages)}, up to {config['rounds']} rounds each, cascade from g = {config['epsilon']:g}, "
              f"reweight {config['reweight']}, refit {'on' if config.get('refit') else 'off'}, "
              f"P = {config['samples']:,} calibration images; errors on the held-out 5,000 test images (validation "
@@ -190,7 +193,7 @@ def markdown(report: dict) -> str:
         kept = f"{sum(entry['accepted'] for entry in history)} of {len(history)}"
         widths = "-".join(map(str, row["nettrim"]["widths"])) if "widths" in row["nettrim"] else ""
         for method, label, kept_rounds in (("nettrim", f"Net-Trim compress {widths}".strip(), kept),
-                                      ("gmp", "gradual magnitude", "-")):
+                                      ("gmp", "gradual magnitude", f"{len(history)} steps")):
             result = row[method]
             lines.append(f"| {row['model']} | {row['original']['held_out_error']:.2%} "
                          f"| {config['models'][row['model']]['target_error']:.1%} | {label} "

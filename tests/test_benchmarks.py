@@ -263,6 +263,7 @@ def test_schedules_benchmark_variants_quick(tmp_path, option, label):
     row = report["rows"][0]
     assert row["nettrim"]["history"]["rounds"] and 0 <= row["nettrim"]["sparsity"] < 1
     assert abs(row["gmp"]["sparsity"] - row["nettrim"]["sparsity"]) < 0.01
+    assert row["gmp"]["steps"] == len(row["nettrim"]["history"]["rounds"])  # the same fine-tuning budget
     assert label in (tmp_path / f"{name}.md").read_text()
     if option == "--distill":
         structures = [entry["structure"] for entry in row["nettrim"]["history"]["rounds"]]
