@@ -128,6 +128,11 @@ def _stages(config: dict) -> list[str]:
     return [structure] if isinstance(structure, str) else list(structure)
 
 
+def _steps(gmp: dict) -> str:
+    """The GMP row's steps as recorded ("-" for results written before the count was)."""
+    return f"{gmp['steps']} steps" if "steps" in gmp else "-"
+
+
 def _widths(model: torch.nn.Module) -> list[int]:
     """The output widths (neurons or channels) of the model's Linear and Conv2d layers, in order."""
     return [module.weight.shape[0] for module in model.modules() if layer_kind(module)]
@@ -193,7 +198,7 @@ def markdown(report: dict) -> str:
         kept = f"{sum(entry['accepted'] for entry in history)} of {len(history)}"
         widths = "-".join(map(str, row["nettrim"]["widths"])) if "widths" in row["nettrim"] else ""
         for method, label, kept_rounds in (("nettrim", f"Net-Trim compress {widths}".strip(), kept),
-                                      ("gmp", "gradual magnitude", f"{len(history)} steps")):
+                                      ("gmp", "gradual magnitude", _steps(row["gmp"]))):
             result = row[method]
             lines.append(f"| {row['model']} | {row['original']['held_out_error']:.2%} "
                          f"| {config['models'][row['model']]['target_error']:.1%} | {label} "
