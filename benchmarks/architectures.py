@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.models import benchmark_model  # noqa: E402
-from benchmarks.results_files import benchmark_parser, machine, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, fingerprint, machine, same_model, write_results  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,12 +79,17 @@ def markdown(report: dict) -> str:
 
 
 def previous_trims(out: Path, report: dict) -> dict[tuple, dict]:
-    """The trims of an earlier run written to `out`, by (mode, g, reweight, budget), when its model, calibration
-    and max_samples are this run's (rows written before the budget form was recorded used per-neuron budgets)."""
+    """The trims of an earlier run written to `out`, by (mode, g, reweight, budget), when its model (the same
+    trained weights: results_files.same_model), calibration and max_samples are this run's (rows written before the
+    budget form was recorded used per-neuron budgets)."""
     if not out.exists():
         return {}
     previous = json.loads(out.read_text())
-    if any(previous.get(key) != report[key] for key in ("model", "calibration", "max_samples")):
+    if any(previous.get(key) != report[key] for key in ("calibration", "max_samples")):
+        return {}
+    if not same_model(previous.get("model"), report["model"]) or any(
+            previous["model"].get(key) != report["model"][key] for key in ("name", "epochs", "parameters")):
+        print("--resume: the earlier trims were measured on another trained model; recomputed")
         return {}
     return {(run["mode"], run["g"], run["reweight"], run.get("budget", "neuron")): {"budget": "neuron", **run}
             for run in previous["trims"]}
@@ -106,7 +111,7 @@ def main(argv=None) -> dict:
     calibration = images[np.sort(np.random.default_rng(0).choice(len(images), sizes["calibration"], replace=False))]
     report = {"machine": machine(),
               "model": {"name": "resnet8", "epochs": sizes["epochs"], "test_error": test_error(model, *test),
-                        "parameters": sum(p.numel() for p in model.parameters())},
+                        "parameters": sum(p.numel() for p in model.parameters()), "fingerprint": fingerprint(model)},
               "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],
               "trims": []}
     done = previous_trims(args.out, report) if args.resume else {}

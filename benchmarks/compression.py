@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.peers import pruned_sequentially, sparsegpt, wanda  # noqa: E402
-from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, fingerprint, same_model, write_results  # noqa: E402
 from nettrim.layers import select_layers  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error, trained  # noqa: E402
 
@@ -78,16 +78,14 @@ def evaluate(model, test, train, lr, seed) -> dict:
 
 def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None, previous: dict | None = None) -> dict:
     """The whole grid; checkpoint(report so far) is called after every trim (a long run keeps what it did).
-    Rows of `previous` (an earlier report with the same seed and samples) are reused instead of recomputed, each
-    method's on its own (an earlier report without the peers gets them added)."""
+    Rows of `previous` (an earlier report with the same seed and samples, measured on the same trained model) are
+    reused instead of recomputed, each method's on its own (an earlier report without the peers gets them added)."""
     rows, baselines = [], {}
-    reusable = {}
-    if previous is not None and (previous["seed"], previous["config"]["samples"]) == (seed, config["samples"]):
-        reusable = {_key(row): row for row in previous["rows"]}
     report = {"config": config, "seed": seed, "baselines": baselines, "rows": rows,
               "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}}
     for name, settings in config["models"].items():
         model, calibration, scored, baselines[name] = _prepared(name, settings["epochs"], config, seed)
+        reusable = _reusable(previous, name, baselines[name], seed, config["samples"])
         for mode, rounds, g in itertools.product(settings["modes"], settings["reweight"], settings["grid"]):
             common = {"model": name, "mode": mode, "reweight": rounds, "g": g}
             ours = reusable.get(_key({**common, "method": "nettrim"}))
@@ -108,6 +106,16 @@ def run(config: dict, seed: int = 0, progress: bool = False, checkpoint=None, pr
     return report
 
 
+def _reusable(previous: dict | None, name: str, baseline: dict, seed: int, samples: int) -> dict[tuple, dict]:
+    """Model `name`'s rows of an earlier report, by _key, when it had this seed and P and the same trained model."""
+    if previous is None or (previous["seed"], previous["config"]["samples"]) != (seed, samples):
+        return {}
+    if not same_model(previous["baselines"].get(name), baseline):
+        print(f"--resume: {name}'s rows in the earlier report were measured on another trained model; recomputed")
+        return {}
+    return {_key(row): row for row in previous["rows"] if row["model"] == name}
+
+
 def _prepared(name: str, epochs: int, config: dict, seed: int):
     """The trained model, its calibration images, scored(model) -> test errors before and after fine-tuning,
     and the model's baseline entry."""
@@ -119,7 +127,7 @@ def _prepared(name: str, epochs: int, config: dict, seed: int):
     chosen = np.sort(np.random.default_rng(seed).choice(len(train[0]), config["samples"], replace=False))
     weights = sum(layer.weight_matrix().size for layer in select_layers(model))
     baseline = {"epochs": epochs, "training_seconds": round(training_seconds, 1),
-                "test_error": test_error(model, *test), "weights": weights}
+                "test_error": test_error(model, *test), "weights": weights, "fingerprint": fingerprint(model)}
     return (model, train[0][torch.from_numpy(chosen)],
             lambda pruned: evaluate(pruned, test, train, config["finetune_lr"], seed), baseline)
 

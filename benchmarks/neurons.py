@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import nettrim  # noqa: E402
 from benchmarks.models import benchmark_model  # noqa: E402
-from benchmarks.results_files import benchmark_parser, machine, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, fingerprint, machine, same_model, write_results  # noqa: E402
 from nettrim.finetune import ShuffledBatches  # noqa: E402
 from nettrim.zoo import mnist_inputs, test_error  # noqa: E402
 
@@ -132,11 +132,15 @@ def plot(report: dict, path: Path) -> None:
 
 def previous_trims(out: Path, name: str, result: dict) -> dict[tuple, dict]:
     """Model `name`'s trims in an earlier run written to `out`, by (g, gamma, kappa, fine-tuning epochs, refit),
-    when its model, calibration and max_samples are this run's and its first layer gathered its inputs."""
+    when its model (the same trained weights: results_files.same_model), calibration and max_samples are this
+    run's and its first layer gathered its inputs."""
     if not out.exists():
         return {}
     previous = json.loads(out.read_text())["models"].get(name, {})
     if any(previous.get(key) != result[key] for key in ("epochs", "calibration", "max_samples")):
+        return {}
+    if not same_model(previous, result):
+        print(f"--resume: {name}'s earlier trims were measured on another trained model; recomputed")
         return {}
     return {(run["g"], run["gamma"], run["kappa"], run["finetune"]["epochs"], run["refit"]): run
             for run in previous.get("trims", []) if run.get("gather_inputs")}
@@ -158,7 +162,8 @@ def main(argv=None) -> dict:
         training = (images, torch.from_numpy(labels))
         first = next(module for module in model.modules() if isinstance(module, torch.nn.Linear | torch.nn.Conv2d))
         result = {"epochs": sizes["epochs"], "calibration": sizes["calibration"], "max_samples": sizes["max_samples"],
-                  "inputs": int(first.weight.shape[1]), "test_error": test_error(model, *test), "trims": []}
+                  "inputs": int(first.weight.shape[1]), "test_error": test_error(model, *test),
+                  "fingerprint": fingerprint(model), "trims": []}
         done = previous_trims(args.out, name, result) if args.resume else {}
         settings = [(g, 1.1, None, sizes["finetune"][0], False) for g in sizes["grid"]] + sizes.get("factors", [])
         for setting in settings:

@@ -4,6 +4,7 @@ markdown table (the table printed too)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -22,6 +23,29 @@ def machine() -> dict:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def fingerprint(model) -> str:
+    """The first 16 hex digits of SHA-256 over `model`'s state dict (names, dtypes, shapes and bytes).
+
+    The zoo's training is seeded but not bitwise the same on every CPU (BLAS kernels differ), so a model cached on
+    one machine can differ from the one another machine trains: a resumed benchmark compares fingerprints before it
+    reuses rows measured on an earlier model."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def same_model(previous: dict | None, current: dict) -> bool:
+    """Whether an earlier run's model entry (`previous`, from its JSON) describes this run's model (`current`):
+    the same test error and, where both recorded one, the same fingerprint (files written before fingerprints
+    were recorded are judged by the test error alone)."""
+    if not previous or previous.get("test_error") != current["test_error"]:
+        return False
+    return "fingerprint" not in previous or previous["fingerprint"] == current["fingerprint"]
 
 
 def write_results(out: Path, report: dict, table: str) -> None:

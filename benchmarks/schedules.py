@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
 import nettrim  # noqa: E402
-from benchmarks.results_files import benchmark_parser, write_results  # noqa: E402
+from benchmarks.results_files import benchmark_parser, fingerprint, write_results  # noqa: E402
 from nettrim.compression import sparsity, weight_count  # noqa: E402
 from nettrim.finetune import ShuffledBatches  # noqa: E402
 from nettrim.layers import layer_kind  # noqa: E402
@@ -114,7 +114,7 @@ def run_model(name: str, settings: dict, config: dict, seed: int, progress: bool
     gmp = gradual_magnitude(model, final, steps,
                             lambda m: nettrim.finetune(m, tune, progress=False, **tuning, **distilled))
     gmp_seconds = time.perf_counter() - start
-    return {"model": name, "max_drop": max_drop, "original": original,
+    return {"model": name, "fingerprint": fingerprint(model), "max_drop": max_drop, "original": original,
             "nettrim": {"sparsity": final, "widths": _widths(compressed), **errors(compressed, halves),
                         "seconds": round(compress_seconds, 1),
                         "history": history.to_dict()},

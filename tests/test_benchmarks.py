@@ -51,6 +51,39 @@ def test_compression_benchmark_quick(tmp_path):
     assert again["rows"] == report["rows"]
 
 
+def test_a_model_fingerprint_tells_apart_weights_that_differ_in_one_bit():
+    import torch
+
+    from benchmarks.results_files import fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    copy = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    copy.load_state_dict(model.state_dict())
+    assert fingerprint(copy) == fingerprint(model) and len(fingerprint(model)) == 16
+    with torch.no_grad():
+        copy[2].weight[1, 2] = torch.nextafter(copy[2].weight[1, 2], torch.tensor(1.0))
+    assert fingerprint(copy) != fingerprint(model)
+
+
+def test_resumed_compression_rows_are_reused_only_for_the_same_trained_model(capsys):
+    compression = _load("compression")
+    baseline = {"test_error": 0.015, "fingerprint": "0123456789abcdef"}
+    rows = [{"model": name, "mode": "cascade", "reweight": 0, "g": 0.1, "method": "nettrim"}
+            for name in ("lenet_300_100", "lenet5")]
+    previous = {"seed": 0, "config": {"samples": 600}, "rows": rows,
+                "baselines": {"lenet_300_100": baseline, "lenet5": {"test_error": 0.008}}}
+    reused = compression._reusable(previous, "lenet_300_100", baseline, 0, 600)
+    assert list(reused.values()) == rows[:1]  # its own rows only
+    assert compression._reusable(previous, "lenet5", {**baseline, "test_error": 0.008}, 0, 600)  # no fingerprint
+    assert capsys.readouterr().out == ""
+    for other in ({**baseline, "fingerprint": "fedcba9876543210"}, {**baseline, "test_error": 0.016}):
+        assert compression._reusable(previous, "lenet_300_100", other, 0, 600) == {}
+        assert "measured on another trained model" in capsys.readouterr().out
+    assert compression._reusable(previous, "lenet_300_100", baseline, 1, 600) == {}  # another seed
+    assert compression._reusable(previous, "lenet_300_100", baseline, 0, 2000) == {}  # another P
+
+
 def test_magnitude_pruning_keeps_the_largest_entries_per_layer():
     import torch
 
@@ -264,6 +297,7 @@ def test_schedules_benchmark_variants_quick(tmp_path, option, label):
     assert row["nettrim"]["history"]["rounds"] and 0 <= row["nettrim"]["sparsity"] < 1
     assert abs(row["gmp"]["sparsity"] - row["nettrim"]["sparsity"]) < 0.01
     assert row["gmp"]["steps"] == len(row["nettrim"]["history"]["rounds"])  # the same fine-tuning budget
+    assert len(row["fingerprint"]) == 16  # which trained model it was
     assert label in (tmp_path / f"{name}.md").read_text()
     if option == "--distill":
         structures = [entry["structure"] for entry in row["nettrim"]["history"]["rounds"]]
