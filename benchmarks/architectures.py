@@ -89,7 +89,8 @@ def previous_trims(out: Path, report: dict) -> dict[tuple, dict]:
         return {}
     if not same_model(previous.get("model"), report["model"]) or any(
             previous["model"].get(key) != report["model"][key] for key in ("name", "epochs", "parameters")):
-        print("--resume: the earlier trims were measured on another trained model; recomputed")
+        print("--resume: the earlier trims are not known to be of this trained model (its fingerprint differs or "
+              "was not recorded); recomputed")
         return {}
     return {(run["mode"], run["g"], run["reweight"], run.get("budget", "neuron")): {"budget": "neuron", **run}
             for run in previous["trims"]}

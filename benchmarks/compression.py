@@ -11,6 +11,7 @@ Writes benchmarks/results/compression.json, a markdown table and a PNG plot of t
 
     python -m benchmarks.compression            # the grid below (about an hour on 2 cores)
     python -m benchmarks.compression --quick    # LeNet-300-100 briefly trained, one g: a few minutes
+    python -m benchmarks.compression --models lenet5 --resume   # one model again; the others' rows are kept
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def _reusable(previous: dict | None, name: str, baseline: dict, seed: int, sampl
     if previous is None or (previous["seed"], previous["config"]["samples"]) != (seed, samples):
         return {}
     if not same_model(previous["baselines"].get(name), baseline):
-        print(f"--resume: {name}'s rows in the earlier report were measured on another trained model; recomputed")
+        print(f"--resume: {name}'s rows in the earlier report are not known to be of this trained model (its "
+              "fingerprint differs or was not recorded); recomputed")
         return {}
     return {_key(row): row for row in previous["rows"] if row["model"] == name}
 
@@ -199,16 +201,40 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def with_other_models(report: dict, earlier: dict | None) -> dict:
+    """`report` and the models of `earlier` (the report already in --out) that it did not run, when `earlier` had
+    the same seed and P; each carried model keeps its baseline, rows and config, and its baseline records the
+    machine that measured it."""
+    if earlier is None or (earlier["seed"], earlier["config"]["samples"]) != (report["seed"],
+                                                                              report["config"]["samples"]):
+        return report
+    names = list(report["baselines"]) + [name for name in earlier["baselines"] if name not in report["baselines"]]
+    names.sort(key=lambda name: list(FULL["models"]).index(name) if name in FULL["models"] else len(FULL["models"]))
+    source = {name: report if name in report["baselines"] else earlier for name in names}
+    baselines = {name: {"machine": source[name]["machine"], **source[name]["baselines"][name]} for name in names}
+    return {**report, "baselines": baselines,
+            "config": {**report["config"], "models": {name: source[name]["config"]["models"][name] for name in names}},
+            "rows": [row for name in names for row in source[name]["rows"] if row["model"] == name]}
+
+
 def main(argv=None) -> dict:
     parser = benchmark_parser(__doc__, "LeNet-300-100 (2 epochs), P = 600, one g", RESULTS / "compression.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="progress bars of each trim")
     parser.add_argument("--resume", action="store_true", help="reuse the rows already in --out (same seed and P)")
+    parser.add_argument("--models", nargs="+", choices=sorted(FULL["models"]),
+                        help="only these models; the others' results already in --out (same seed and P) are kept")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
-    report = run(QUICK if args.quick else FULL, args.seed, args.progress,
-                 checkpoint=lambda partial: args.out.write_text(json.dumps(partial, indent=2)), previous=previous)
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else None
+    config = QUICK if args.quick else FULL
+    if args.models:
+        config = {**config, "models": {name: config["models"][name] for name in args.models
+                                       if name in config["models"]}}
+    kept = (lambda report: with_other_models(report, earlier)) if args.models else (lambda report: report)
+    report = run(config, args.seed, args.progress, previous=earlier if args.resume else None,
+                 checkpoint=lambda partial: args.out.write_text(json.dumps(kept(partial), indent=2)))
+    report = kept(report)
     write_results(args.out, report, markdown(report))
     plot(report, args.out.with_suffix(".png"))
     return report

@@ -140,7 +140,8 @@ def previous_trims(out: Path, name: str, result: dict) -> dict[tuple, dict]:
     if any(previous.get(key) != result[key] for key in ("epochs", "calibration", "max_samples")):
         return {}
     if not same_model(previous, result):
-        print(f"--resume: {name}'s earlier trims were measured on another trained model; recomputed")
+        print(f"--resume: {name}'s earlier trims are not known to be of this trained model (its fingerprint differs "
+              "or was not recorded); recomputed")
         return {}
     return {(run["g"], run["gamma"], run["kappa"], run["finetune"]["epochs"], run["refit"]): run
             for run in previous.get("trims", []) if run.get("gather_inputs")}

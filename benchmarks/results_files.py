@@ -41,11 +41,10 @@ def fingerprint(model) -> str:
 
 def same_model(previous: dict | None, current: dict) -> bool:
     """Whether an earlier run's model entry (`previous`, from its JSON) describes this run's model (`current`):
-    the same test error and, where both recorded one, the same fingerprint (files written before fingerprints
-    were recorded are judged by the test error alone)."""
-    if not previous or previous.get("test_error") != current["test_error"]:
-        return False
-    return "fingerprint" not in previous or previous["fingerprint"] == current["fingerprint"]
+    the same fingerprint. Files written before fingerprints were recorded never match: the test error alone does
+    not tell models apart (two seed-0 LeNet-300-100s trained on different CPUs both had 1.50%, and 1.92% and 1.96%
+    on the validation half)."""
+    return bool(previous) and previous.get("fingerprint") == current["fingerprint"]
 
 
 def write_results(out: Path, report: dict, table: str) -> None:

@@ -75,13 +75,35 @@ def test_resumed_compression_rows_are_reused_only_for_the_same_trained_model(cap
                 "baselines": {"lenet_300_100": baseline, "lenet5": {"test_error": 0.008}}}
     reused = compression._reusable(previous, "lenet_300_100", baseline, 0, 600)
     assert list(reused.values()) == rows[:1]  # its own rows only
-    assert compression._reusable(previous, "lenet5", {**baseline, "test_error": 0.008}, 0, 600)  # no fingerprint
     assert capsys.readouterr().out == ""
-    for other in ({**baseline, "fingerprint": "fedcba9876543210"}, {**baseline, "test_error": 0.016}):
-        assert compression._reusable(previous, "lenet_300_100", other, 0, 600) == {}
-        assert "measured on another trained model" in capsys.readouterr().out
+    other = {**baseline, "fingerprint": "fedcba9876543210"}
+    assert compression._reusable(previous, "lenet_300_100", other, 0, 600) == {}
+    assert "not known to be of this trained model" in capsys.readouterr().out
+    # an earlier file without a fingerprint: the same test error is not the same model
+    assert compression._reusable(previous, "lenet5", {**baseline, "test_error": 0.008}, 0, 600) == {}
+    assert "not known to be of this trained model" in capsys.readouterr().out
     assert compression._reusable(previous, "lenet_300_100", baseline, 1, 600) == {}  # another seed
     assert compression._reusable(previous, "lenet_300_100", baseline, 0, 2000) == {}  # another P
+
+
+def test_compression_for_some_models_keeps_the_others_results_of_the_same_seed_and_p():
+    compression = _load("compression")
+
+    def report(names, seed=0, machine="this"):
+        return {"seed": seed, "machine": {"platform": machine},
+                "config": {"samples": 600, "models": {name: {"epochs": len(name)} for name in names}},
+                "baselines": {name: {"test_error": 0.01} for name in names},
+                "rows": [{"model": name, "g": g, "by": machine} for name in names for g in (0.1, 0.2)]}
+
+    earlier = report(["lenet_300_100", "lenet5"], machine="earlier")
+    merged = compression.with_other_models(report(["lenet5"]), earlier)
+    assert list(merged["baselines"]) == list(merged["config"]["models"]) == ["lenet_300_100", "lenet5"]
+    assert merged["baselines"]["lenet_300_100"]["machine"] == {"platform": "earlier"}  # who measured it
+    assert merged["baselines"]["lenet5"]["machine"] == {"platform": "this"}
+    assert merged["rows"] == earlier["rows"][:2] + report(["lenet5"])["rows"]  # each model's from who ran it
+    assert compression.with_other_models(report(["lenet5"]), report(["lenet_300_100"], seed=1))["rows"] == \
+        report(["lenet5"])["rows"]  # another seed: nothing carried
+    assert compression.with_other_models(report(["lenet5"]), None) == report(["lenet5"])
 
 
 def test_magnitude_pruning_keeps_the_largest_entries_per_layer():
