@@ -203,13 +203,12 @@ def plot(report: dict, path: Path) -> None:
 
 def with_other_models(report: dict, earlier: dict | None) -> dict:
     """`report` and the models of `earlier` (the report already in --out) that it did not run, when `earlier` had
-    the same seed and P; each carried model keeps its baseline, rows and config, and its baseline records the
-    machine that measured it."""
+    the same seed and P; a carried model keeps its baseline, rows and config, and every baseline names the machine
+    that measured it."""
     if earlier is None or (earlier["seed"], earlier["config"]["samples"]) != (report["seed"],
                                                                               report["config"]["samples"]):
         return report
-    names = list(report["baselines"]) + [name for name in earlier["baselines"] if name not in report["baselines"]]
-    names.sort(key=lambda name: list(FULL["models"]).index(name) if name in FULL["models"] else len(FULL["models"]))
+    names = [name for name in FULL["models"] if name in report["baselines"] or name in earlier["baselines"]]
     source = {name: report if name in report["baselines"] else earlier for name in names}
     baselines = {name: {"machine": source[name]["machine"], **source[name]["baselines"][name]} for name in names}
     return {**report, "baselines": baselines,
