@@ -7,12 +7,18 @@ the user's metric. The round is accepted when
     metric(candidate) >= metric(original) - max_drop   and   sparsity(candidate) > sparsity(current),
 
 and the next round trims the candidate at g_{k+1} = grow g_k (capped at max_epsilon). A rejected candidate is
-dropped and the next round trims the current model again at g_{k+1} = g_k / 2, unless the candidate was no
-sparser than the current model: smaller budgets would remove even less, so the rounds end there. Each round's
-budget is relative to the current model's own responses, so accepted rounds compound: the trimmed model drifts
-from the original by more than any single eps, and fine-tuning pulls it back towards the task. The guarantee a
-user gets is the metric's, measured by `evaluate` on their data after every round; the sparsest accepted model
-is returned.
+dropped and the next round trims the current model again at g_{k+1} = g_k / 2. Each round's budget is relative
+to the current model's own responses, so accepted rounds compound: the trimmed model drifts from the original
+by more than any single eps, and fine-tuning pulls it back towards the task. The guarantee a user gets is the
+metric's, measured by `evaluate` on their data after every round; the sparsest accepted model is returned.
+
+Backtracking. A model accepted with its metric at the threshold leaves no slack: every candidate trimmed from it
+falls short by the noise of one fine-tuning and one evaluation, and halving g again and again only repeats that.
+So after RETRIES rejected rounds in a row from a model the stage kept, or one rejected candidate no sparser than it
+(smaller budgets would remove even less), the descent steps back to the model the current one was trimmed from,
+which had more slack, and trims that one at half the budget that led from it to the current model. The current
+model stays a candidate for the result (the sparsest accepted). The stage's first model is never left: its
+rejected candidates halve g until one is no sparser than it, which ends the stage, as do `rounds` rounds.
 
 With structure a sequence of stages, e.g. ("neurons", "weights"), the rounds run stage after stage (up to
 `rounds` each, every stage starting again at the first g) on the model the previous stage kept, all judged
@@ -44,13 +50,16 @@ from .layers import select_layers
 from .trim import STRUCTURES, trim
 
 DEFAULT_FINETUNE = {"epochs": 3, "lr": 1e-3, "schedule": "cosine"}
+#: Rejected rounds in a row from one model before the descent steps back to the model it was trimmed from.
+RETRIES = 2
 
 
 @dataclasses.dataclass
 class Round:
-    """One round: the budget g it trimmed at, the candidate's sparsity and metric, whether it was kept, its
-    structure ("weights" or "neurons"); for "neurons" also the candidate's layer widths (output neurons or
-    channels)."""
+    """One round: the budget g it trimmed at, the candidate's sparsity and metric, whether it was kept (within
+    max_drop and sparser than the model it trimmed), its structure ("weights" or "neurons"), the round whose kept
+    model it trimmed (`source`, counting from 1; 0: the original model); for "neurons" also the candidate's
+    layer widths (output neurons or channels)."""
 
     epsilon: float
     sparsity: float
@@ -61,6 +70,7 @@ class Round:
     evaluate_seconds: float
     widths: dict[str, int] | None = None
     structure: str = "weights"
+    source: int = 0
 
 
 @dataclasses.dataclass
@@ -74,9 +84,9 @@ class History:
 
     @property
     def best(self) -> Round | None:
-        """The last accepted round (the sparsest within max_drop), or None when no round was accepted."""
+        """The sparsest accepted round (the first of equals), or None when no round was accepted."""
         accepted = [entry for entry in self.rounds if entry.accepted]
-        return accepted[-1] if accepted else None
+        return max(accepted, key=lambda entry: entry.sparsity) if accepted else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,11 +94,12 @@ class History:
     def __str__(self) -> str:
         lines = [f"original: metric {self.original_metric:.4g}, sparsity {self.original_sparsity:.1%}; "
                  f"allowed drop {self.max_drop:g}",
-                 "| round | g | sparsity | metric | kept | trim s | fine-tune s |", "|---|---|---|---|---|---|---|"]
+                 "| round | from | g | sparsity | metric | kept | trim s | fine-tune s |",
+                 "|---|---|---|---|---|---|---|---|"]
         for index, entry in enumerate(self.rounds, start=1):
             widths = f" (widths {'-'.join(map(str, entry.widths.values()))})" if entry.widths else ""
-            lines.append(f"| {index} | {entry.epsilon:.4g} | {entry.sparsity:.2%}{widths} | {entry.metric:.4g} "
-                         f"| {'yes' if entry.accepted else 'no'} | {entry.trim_seconds:.0f} "
+            lines.append(f"| {index} | {entry.source} | {entry.epsilon:.4g} | {entry.sparsity:.2%}{widths} "
+                         f"| {entry.metric:.4g} | {'yes' if entry.accepted else 'no'} | {entry.trim_seconds:.0f} "
                          f"| {entry.finetune_seconds:.0f} |")
         return "\n".join(lines)
 
@@ -142,33 +153,53 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     trim_options = {"mode": "cascade", "reweight": reweight, "progress": progress, **trim_options}
     selection = {key: trim_options.get(key) for key in ("layers", "exclude")}
     selection["total"] = weight_count(model, **selection)
-    best = copy.deepcopy(model)
-    history = History(_scored(evaluate, best), sparsity(best, **selection), max_drop)
-    current_sparsity = history.original_sparsity
+    best = _Kept(copy.deepcopy(model), 0.0, 0, epsilon)
+    history = History(_scored(evaluate, best.model), sparsity(best.model, **selection), max_drop)
+    best.sparsity = history.original_sparsity
     tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, progress=progress)
     if distill:
         tuning.update(teacher=copy.deepcopy(model).requires_grad_(False), distill=distill)
     try:
         for stage in stages:
             options = _stage_options(trim_options, stage)
-            g = epsilon
+            path, g, rejected = [best], epsilon, 0  # the descent: the kept models it trims, the current one last
             for _ in range(rounds):
-                candidate, entry = _round(best, calibration, train_data, evaluate, g, selection, options, tuning)
+                current = path[-1]
+                candidate, entry = _round(current.model, calibration, train_data, evaluate, g, selection, options,
+                                          tuning)
+                entry.source = current.round
                 entry.accepted = (entry.metric >= history.original_metric - max_drop
-                                  and entry.sparsity > current_sparsity)
+                                  and entry.sparsity > current.sparsity)
                 history.rounds.append(entry)
                 if progress:
-                    print(f"compress: round {len(history.rounds)} ({stage}), g = {g:.4g}: sparsity "
-                          f"{entry.sparsity:.2%}, metric {entry.metric:.4g} "
+                    print(f"compress: round {len(history.rounds)} ({stage}) from round {current.round}, g = {g:.4g}: "
+                          f"sparsity {entry.sparsity:.2%}, metric {entry.metric:.4g} "
                           f"({'kept' if entry.accepted else 'dropped'})", flush=True)
                 if entry.accepted:
-                    best, current_sparsity = candidate, entry.sparsity
-                elif entry.sparsity <= current_sparsity:
-                    break  # no sparser at g: the smaller budgets that would follow remove even less
-                g = min(g * grow, max_epsilon) if entry.accepted else g / 2
+                    path.append(_Kept(candidate, entry.sparsity, len(history.rounds), g))
+                    best = max(best, path[-1], key=lambda kept: kept.sparsity)
+                    g, rejected = min(g * grow, max_epsilon), 0
+                    continue
+                rejected += 1
+                if entry.sparsity > current.sparsity and (rejected < RETRIES or len(path) == 1):
+                    g /= 2
+                elif len(path) > 1:  # back to the model the current one was trimmed from (module docstring)
+                    g, rejected = path.pop().epsilon / 2, 0
+                else:
+                    break  # no sparser than the stage's first model: smaller budgets would remove even less
     except KeyboardInterrupt as interrupt:
-        raise CompressInterrupted(best.train(model.training), history) from interrupt
-    return best.train(model.training), history
+        raise CompressInterrupted(best.model.train(model.training), history) from interrupt
+    return best.model.train(model.training), history
+
+
+@dataclasses.dataclass
+class _Kept:
+    """A model the descent kept: its sparsity, the round that produced it (0: the original) and that round's g."""
+
+    model: nn.Module
+    sparsity: float
+    round: int
+    epsilon: float
 
 
 def _round(current: nn.Module, calibration, train_data, evaluate, g: float, selection: dict, trim_options: dict,

@@ -55,7 +55,8 @@ def test_compress_keeps_the_sparsest_model_within_the_allowed_drop(task, monkeyp
     accepted = [entry for entry in history.rounds if entry.accepted]
     assert accepted, history
     assert all(entry.metric >= 1.0 - 0.05 for entry in accepted)
-    assert [entry.sparsity for entry in accepted] == sorted({entry.sparsity for entry in accepted})
+    assert all(entry.sparsity > ([history.original_sparsity] + [r.sparsity for r in history.rounds])[entry.source]
+               for entry in accepted)  # sparser than the model it trimmed
     assert all(not entry.accepted for entry in history.rounds
                if entry.metric < 0.95 or entry.sparsity <= history.original_sparsity)
     assert sparsity(model) == history.best.sparsity > 0.2
@@ -63,11 +64,53 @@ def test_compress_keeps_the_sparsest_model_within_the_allowed_drop(task, monkeyp
     round_of_best = max(index for index, entry in enumerate(history.rounds) if entry.accepted)
     for name, parameter in model.named_parameters():  # fine-tuning kept that round's zeros
         assert torch.all(parameter[trimmed_zeros[round_of_best][name]] == 0), name
-    g = [entry.epsilon for entry in history.rounds]
-    for index in range(1, len(g)):
-        factor = 1.5 if history.rounds[index - 1].accepted else 0.5
-        assert g[index] == pytest.approx(min(g[index - 1] * factor, 0.5))
-    assert "| round | g | sparsity" in str(history) and history.to_dict()["rounds"][0]["epsilon"] == 0.1
+    assert "| round | from | g | sparsity" in str(history) and history.to_dict()["rounds"][0]["epsilon"] == 0.1
+
+
+def scripted_rounds(monkeypatch, outcomes):
+    """compress's rounds replaced by `outcomes`, (sparsity, metric) in order; records (source round, g)."""
+    trimmed = []
+
+    def scripted_round(current, calibration, train_data, evaluate, g, selection, options, tuning):
+        trimmed.append((current.round_number, g))
+        candidate = torch.nn.Linear(1, 1)
+        candidate.round_number = len(trimmed)
+        return candidate, compress_module.Round(g, *outcomes[len(trimmed) - 1], False, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(compress_module, "_round", scripted_round)
+    monkeypatch.setattr(compress_module, "sparsity", lambda *args, **kwargs: 0.0)
+    return trimmed
+
+
+def test_the_descent_steps_back_from_a_model_that_leaves_no_slack(monkeypatch):
+    """After RETRIES rejections in a row from a kept model, or a candidate no sparser than it, the next round trims
+    the model it came from at half the budget that led away from it; the result is the sparsest kept model."""
+    original = torch.nn.Linear(1, 1)
+    original.round_number = 0
+    outcomes = [(0.3, 0.99), (0.5, 0.97), (0.7, 0.951),  # kept: g = 0.1, 0.15, 0.225
+                (0.8, 0.90), (0.75, 0.94),               # from round 3: rejected twice
+                (0.6, 0.98), (0.75, 0.96),               # from round 2 at 0.225 / 2: kept, and sparser than round 3
+                (0.74, 0.99),                            # no sparser than round 7: back to round 6
+                (0.72, 0.90), (0.73, 0.90)]              # rejected twice from round 6: back to round 2
+    trimmed = scripted_rounds(monkeypatch, outcomes)
+    model, history = compress(original, None, [], evaluate=lambda m: getattr(m, "metric", 1.0), max_drop=0.05,
+                              epsilon=0.1, rounds=10, epochs=0, progress=False)
+    assert [source for source, _ in trimmed] == [0, 1, 2, 3, 3, 2, 6, 7, 6, 6]
+    assert [entry.source for entry in history.rounds] == [source for source, _ in trimmed]
+    assert [g for _, g in trimmed] == pytest.approx([0.1, 0.15, 0.225, 0.3375, 0.16875, 0.1125, 0.16875, 0.253125,
+                                                     0.084375, 0.0421875])
+    assert [entry.accepted for entry in history.rounds] == [True] * 3 + [False] * 2 + [True] * 2 + [False] * 3
+    assert model.round_number == 7 and history.best is history.rounds[6]
+
+
+def test_the_stage_s_first_model_is_retried_at_halved_budgets_until_a_candidate_is_no_sparser(monkeypatch):
+    original = torch.nn.Linear(1, 1)
+    original.round_number = 0
+    trimmed = scripted_rounds(monkeypatch, [(0.5, 0.5), (0.4, 0.5), (0.2, 0.5), (0.0, 0.99)])
+    model, history = compress(original, None, [], evaluate=lambda m: 1.0, max_drop=0.05, rounds=8, epochs=0,
+                              progress=False)
+    assert trimmed == [(0, 0.1), (0, 0.05), (0, 0.025), (0, 0.0125)] and history.best is None
+    assert model is not original and model.round_number == 0
 
 
 def test_compress_by_neurons_returns_a_smaller_model_within_the_allowed_drop(task):
