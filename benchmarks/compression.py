@@ -203,10 +203,16 @@ def plot(report: dict, path: Path) -> None:
 
 def with_other_models(report: dict, earlier: dict | None) -> dict:
     """`report` and the models of `earlier` (the report already in --out) that it did not run, when `earlier` had
-    the same seed and P; a carried model keeps its baseline, rows and config, and every baseline names the machine
-    that measured it."""
-    if earlier is None or (earlier["seed"], earlier["config"]["samples"]) != (report["seed"],
-                                                                              report["config"]["samples"]):
+    the same seed and P (otherwise a warning names the models whose results --out loses); a carried model keeps its
+    baseline, rows and config, and every baseline names the machine that measured it."""
+    if earlier is None:
+        return report
+    if (earlier["seed"], earlier["config"]["samples"]) != (report["seed"], report["config"]["samples"]):
+        lost = [name for name in earlier["baselines"] if name not in report["baselines"]]
+        if lost:
+            print(f"compression: the results of {', '.join(lost)} in --out (seed {earlier['seed']}, "
+                  f"P = {earlier['config']['samples']}) are not of this run's seed and P; they are not kept",
+                  file=sys.stderr)
         return report
     names = [name for name in FULL["models"] if name in report["baselines"] or name in earlier["baselines"]]
     source = {name: report if name in report["baselines"] else earlier for name in names}

@@ -86,7 +86,7 @@ def test_resumed_compression_rows_are_reused_only_for_the_same_trained_model(cap
     assert compression._reusable(previous, "lenet_300_100", baseline, 0, 2000) == {}  # another P
 
 
-def test_compression_for_some_models_keeps_the_others_results_of_the_same_seed_and_p():
+def test_compression_for_some_models_keeps_the_others_results_of_the_same_seed_and_p(capsys):
     compression = _load("compression")
 
     def report(names, seed=0, machine="this"):
@@ -102,7 +102,10 @@ def test_compression_for_some_models_keeps_the_others_results_of_the_same_seed_a
     assert merged["baselines"]["lenet5"]["machine"] == {"platform": "this"}
     assert merged["rows"] == earlier["rows"][:2] + report(["lenet5"])["rows"]  # each model's from who ran it
     assert compression.with_other_models(report(["lenet5"]), report(["lenet_300_100"], seed=1))["rows"] == \
-        report(["lenet5"])["rows"]  # another seed: nothing carried
+        report(["lenet5"])["rows"]  # another seed: nothing carried, and the user is told
+    assert "results of lenet_300_100 in --out (seed 1, P = " in capsys.readouterr().err
+    compression.with_other_models(report(["lenet5"]), report(["lenet5"], seed=1))
+    assert capsys.readouterr().err == ""  # nothing lost: nothing to say
     assert compression.with_other_models(report(["lenet5"]), None) == report(["lenet5"])
 
 
