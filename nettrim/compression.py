@@ -16,9 +16,11 @@ Backtracking. A model accepted with its metric at the threshold leaves no slack:
 falls short by the noise of one fine-tuning and one evaluation, and halving g again and again only repeats that.
 So after RETRIES rejected rounds in a row from a model the stage kept, or one rejected candidate no sparser than it
 (smaller budgets would remove even less), the descent steps back to the model the current one was trimmed from,
-which had more slack, and trims that one at half the budget that led from it to the current model. The current
-model stays a candidate for the result (the sparsest accepted). The stage's first model is never left: its
-rejected candidates halve g until one is no sparser than it, which ends the stage, as do `rounds` rounds.
+which had more slack, and trims that one at half the budget that led from it to the current model (a later
+stage steps back into the earlier ones' models too: the weights stage can thin a model with more neurons left
+when the sparsest one has no slack left). The current model stays a candidate for the result (the sparsest
+accepted). The original model is never left: its rejected candidates halve g until one is no sparser than it,
+which ends the stage, as do `rounds` rounds.
 
 With structure a sequence of stages, e.g. ("neurons", "weights"), the rounds run stage after stage (up to
 `rounds` each, every stage starting again at the first g) on the model the previous stage kept, all judged
@@ -162,9 +164,8 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     try:
         for stage in stages:
             options = _stage_options(trim_options, stage)
-            path, g, rejected = [best], epsilon, 0  # the descent: the kept models it trims, the current one last
+            current, g, rejected = best, epsilon, 0  # the model the descent trims; its parents are the way back
             for _ in range(rounds):
-                current = path[-1]
                 candidate, entry = _round(current.model, calibration, train_data, evaluate, g, selection, options,
                                           tuning)
                 entry.source = current.round
@@ -176,17 +177,17 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
                           f"sparsity {entry.sparsity:.2%}, metric {entry.metric:.4g} "
                           f"({'kept' if entry.accepted else 'dropped'})", flush=True)
                 if entry.accepted:
-                    path.append(_Kept(candidate, entry.sparsity, len(history.rounds), g))
-                    best = max(best, path[-1], key=lambda kept: kept.sparsity)
+                    current = _Kept(candidate, entry.sparsity, len(history.rounds), g, current)
+                    best = max(best, current, key=lambda kept: kept.sparsity)
                     g, rejected = min(g * grow, max_epsilon), 0
                     continue
                 rejected += 1
-                if entry.sparsity > current.sparsity and (rejected < RETRIES or len(path) == 1):
+                if entry.sparsity > current.sparsity and (rejected < RETRIES or current.parent is None):
                     g /= 2
-                elif len(path) > 1:  # back to the model the current one was trimmed from (module docstring)
-                    g, rejected = path.pop().epsilon / 2, 0
+                elif current.parent is not None:  # back to the model it was trimmed from (module docstring)
+                    current, g, rejected = current.parent, current.epsilon / 2, 0
                 else:
-                    break  # no sparser than the stage's first model: smaller budgets would remove even less
+                    break  # no sparser than the original model: smaller budgets would remove even less
     except KeyboardInterrupt as interrupt:
         raise CompressInterrupted(best.model.train(model.training), history) from interrupt
     return best.model.train(model.training), history
@@ -194,12 +195,14 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
 
 @dataclasses.dataclass
 class _Kept:
-    """A model the descent kept: its sparsity, the round that produced it (0: the original) and that round's g."""
+    """A model the descent kept: its sparsity, the round that produced it (0: the original), that round's g and
+    the kept model it trimmed (None for the original)."""
 
     model: nn.Module
     sparsity: float
     round: int
     epsilon: float
+    parent: _Kept | None = None
 
 
 def _round(current: nn.Module, calibration, train_data, evaluate, g: float, selection: dict, trim_options: dict,

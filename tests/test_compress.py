@@ -103,7 +103,22 @@ def test_the_descent_steps_back_from_a_model_that_leaves_no_slack(monkeypatch):
     assert model.round_number == 7 and history.best is history.rounds[6]
 
 
-def test_the_stage_s_first_model_is_retried_at_halved_budgets_until_a_candidate_is_no_sparser(monkeypatch):
+def test_a_later_stage_steps_back_into_the_models_of_the_earlier_one(monkeypatch):
+    """The weights stage starts from the sparsest model of the neurons stage; when that one leaves no slack, the
+    descent goes back to the model it was trimmed from, a neurons-stage model with more neurons left."""
+    original = torch.nn.Linear(1, 1)
+    original.round_number = 0
+    trimmed = scripted_rounds(monkeypatch, [(0.3, 0.99), (0.5, 0.951), (0.6, 0.90),   # neurons
+                                            (0.55, 0.94), (0.52, 0.94), (0.45, 0.97)])  # weights
+    model, history = compress(original, None, [], evaluate=lambda m: 1.0, max_drop=0.05, rounds=3, epochs=0,
+                              structure=("neurons", "weights"), progress=False)
+    assert [source for source, _ in trimmed] == [0, 1, 2, 2, 2, 1]
+    assert [g for _, g in trimmed] == pytest.approx([0.1, 0.15, 0.225, 0.1, 0.05, 0.075])
+    assert [entry.accepted for entry in history.rounds] == [True, True, False, False, False, True]
+    assert model.round_number == 2 and history.best is history.rounds[1]  # still the sparsest kept
+
+
+def test_the_original_model_is_retried_at_halved_budgets_until_a_candidate_is_no_sparser(monkeypatch):
     original = torch.nn.Linear(1, 1)
     original.round_number = 0
     trimmed = scripted_rounds(monkeypatch, [(0.5, 0.5), (0.4, 0.5), (0.2, 0.5), (0.0, 0.99)])
