@@ -14,7 +14,7 @@ metric's, measured by `evaluate` on their data after every round; the sparsest a
 
 Backtracking. A model accepted with its metric at the threshold leaves no slack: every candidate trimmed from it
 falls short by the noise of one fine-tuning and one evaluation, and halving g again and again only repeats that.
-So after RETRIES rejected rounds in a row from a model the stage kept, or one rejected candidate no sparser than it
+So after RETRIES rejected rounds in a row from a kept model, or one rejected candidate no sparser than it
 (smaller budgets would remove even less), the descent steps back to the model the current one was trimmed from,
 which had more slack, and trims that one at half the budget that led from it to the current model (a later
 stage steps back into the earlier ones' models too: the weights stage can thin a model with more neurons left
