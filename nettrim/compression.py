@@ -155,9 +155,9 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     trim_options = {"mode": "cascade", "reweight": reweight, "progress": progress, **trim_options}
     selection = {key: trim_options.get(key) for key in ("layers", "exclude")}
     selection["total"] = weight_count(model, **selection)
-    best = _Kept(copy.deepcopy(model), 0.0, 0, epsilon)
-    history = History(_scored(evaluate, best.model), sparsity(best.model, **selection), max_drop)
-    best.sparsity = history.original_sparsity
+    original = copy.deepcopy(model)
+    history = History(_scored(evaluate, original), sparsity(original, **selection), max_drop)
+    best = _Kept(original, history.original_sparsity, 0, epsilon)
     tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, progress=progress)
     if distill:
         tuning.update(teacher=copy.deepcopy(model).requires_grad_(False), distill=distill)
