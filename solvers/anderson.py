@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
+from .arrays import squared_norms
+
 #: Plain steps (checks) without the residual halving after which a neuron stops being accelerated.
 STALLED_STEPS = 20
 
@@ -32,6 +34,7 @@ class Anderson:
         self.previous = None  # (g_z, g_w^T, f_z, f_w^T) at the previous point
         self.dG = self.dF = None  # ((M, memory, P), (M, memory, N)) each
         self.gram = None
+        self.valid = None  # (M, memory): 1 where a slot holds a difference of that neuron's current memory, else 0
         self.slot = 0
         self.accelerated = None  # per neuron: was the current point an accelerated one
         self.fallback = None  # plain image of the previous point, used when a step is rejected
@@ -41,7 +44,7 @@ class Anderson:
 
     def _norms(self, g_z, g_wT):
         xp = self.xp
-        norms = xp.sum(g_z * g_z, axis=1) + xp.sum(g_wT * g_wT, axis=1)
+        norms = squared_norms(xp, g_z, 1) + squared_norms(xp, g_wT, 1)
         return xp.zeros_like(norms) + xp.sum(norms) if self.coupled else norms
 
     def step(self, f_z, f_w, accelerate: bool):
@@ -63,6 +66,7 @@ class Anderson:
             self.dG = tuple(xp.zeros(shape, dtype=f_z.dtype, device=device_of(f_z)) for shape in shapes)
             self.gram = xp.zeros((M, self.memory, self.memory), dtype=f_z.dtype, device=device_of(f_z))  # dG dG^T
             self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
+            self.valid = xp.zeros((M, self.memory), dtype=f_z.dtype, device=device_of(f_z))
         rejected = None
         if self.previous is not None:
             if self.accelerated is not None:
@@ -70,9 +74,7 @@ class Anderson:
             s = self.slot % self.memory
             self.dG[0][:, s, :], self.dG[1][:, s, :] = g_z - self.previous[0], g_wT - self.previous[1]
             self.dF[0][:, s, :], self.dF[1][:, s, :] = f_z - self.previous[2], f_wT - self.previous[3]
-            if self.fresh is not None:
-                for array in self.dG + self.dF:
-                    array[:, s, :] = xp.where(self.fresh[:, None], 0.0, array[:, s, :])
+            self._mark_slot(s)
             column = (self.dG[0] @ self.dG[0][:, s, :, None] + self.dG[1] @ self.dG[1][:, s, :, None])[:, :, 0]
             self.gram[:, s, :] = column
             self.gram[:, :, s] = column
@@ -83,12 +85,10 @@ class Anderson:
             self._watch_progress(norms)
         if rejected is not None and self.be.might_be_true(rejected):  # no sync on a device: where() is cheaper
             self.fresh = rejected
-            self.clear(rejected)
+            self.clear(rejected)  # no memory: their gamma is 0, the plain image of the previous point
             back_z, back_wT = self.fallback
             f_z = xp.where(rejected[:, None], back_z, f_z)
             f_wT = xp.where(rejected[:, None], back_wT, f_wT)
-            g_z = xp.where(rejected[:, None], 0.0, g_z)
-            g_wT = xp.where(rejected[:, None], 0.0, g_wT)
         self.previous = (g_z, g_wT, f_z, f_wT, norms)
         self.fallback = (f_z, f_wT)
         if not accelerate or self.slot == 0:
@@ -97,8 +97,6 @@ class Anderson:
         else:
             new_z, new_wT = self._extrapolate(g_z, g_wT, f_z, f_wT)
             self.accelerated = self.enabled if rejected is None else self.enabled & ~rejected
-            new_z = xp.where(self.enabled[:, None], new_z, f_z)
-            new_wT = xp.where(self.enabled[:, None], new_wT, f_wT)
         self.zeta = (new_z, new_wT.T)
         return self.zeta
 
@@ -110,11 +108,21 @@ class Anderson:
         self.waiting = xp.where(halved, 0.0, self.waiting + 1)
         self.enabled = self.enabled & (self.waiting < STALLED_STEPS)
 
+    def _mark_slot(self, s: int) -> None:
+        """Slot s now holds every neuron's newest difference, valid but for the `fresh` neurons'."""
+        xp = self.xp
+        valid = xp.ones_like(self.valid[:, 0]) if self.fresh is None else xp.astype(~self.fresh, self.valid.dtype)
+        slots = xp.arange(self.memory, device=device_of(self.valid))
+        self.valid = xp.where(slots[None, :] == s, valid[:, None], self.valid)
+
     def _extrapolate(self, g_z, g_wT, f_z, f_wT):
+        """f - dF gamma, gamma solving the ridge-regularized normal equations over each neuron's valid slots
+        (the others' rows and columns of the Gram matrix and right-hand side are zeroed, so their gamma is 0)."""
         xp = self.xp
         dG_z, dG_w = self.dG
-        gram = self.gram
-        rhs = dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]
+        valid = self.valid[:, :, None]
+        gram = self.gram * valid * self.valid[:, None, :]
+        rhs = (dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]) * valid
         if self.coupled:  # one least-squares problem for the whole layer
             gram, rhs = xp.sum(gram, axis=0, keepdims=True), xp.sum(rhs, axis=0, keepdims=True)
         identity = xp.eye(self.memory, dtype=gram.dtype, device=device_of(gram))[None, ...]
@@ -123,18 +131,19 @@ class Anderson:
         # stay above the working precision (float32) to keep the system solvable.
         ridge = max(1e-8, 10 * float(xp.finfo(gram.dtype).eps))
         gamma = xp.linalg.solve(gram + (ridge * trace + 1e-30) * identity, rhs)
-        gamma = xp.where(xp.isfinite(gamma), gamma, 0.0)  # a neuron whose system failed takes the plain step
         if self.coupled:
             gamma = xp.broadcast_to(gamma, (g_z.shape[0],) + gamma.shape[1:])
+        # gamma = 0, the plain step, for a neuron whose system failed or that is no longer accelerated
+        gamma = xp.where(xp.isfinite(gamma) & self.enabled[:, None, None], gamma, 0.0)
         gammaT = xp.permute_dims(gamma, (0, 2, 1))
         return f_z - (gammaT @ self.dF[0])[:, 0, :], f_wT - (gammaT @ self.dF[1])[:, 0, :]
 
     def clear(self, mask) -> None:
-        """Forget the memory of the neurons in mask (after a rejected step, a rho change or a new budget)."""
+        """Forget the memory of the neurons in mask (after a rejected step, a rho change or a new budget): their
+        slots are marked invalid, the differences themselves stay until overwritten."""
         if self.dG is None:
             return
-        for array in self.dG + self.dF + (self.gram,):
-            array[mask] = 0.0
+        self.valid = self.xp.where(mask[:, None], 0.0, self.valid)
         if self.accelerated is not None:
             self.accelerated = self.accelerated & ~mask
 
@@ -166,7 +175,7 @@ class Anderson:
         if self.dG is not None:
             self.dG = tuple(rows(a) for a in self.dG)
             self.dF = tuple(rows(a) for a in self.dF)
-            self.gram = rows(self.gram)
+            self.gram, self.valid = rows(self.gram), rows(self.valid)
         if self.previous is not None:
             self.previous = tuple(rows(a) for a in self.previous)
         if self.fallback is not None:

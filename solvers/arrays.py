@@ -144,6 +144,12 @@ class Backend:
             linalg.set_compute_type(np.float32, previous)
 
 
+def squared_norms(xp, A, axis: int):
+    """sum(A * A, axis) in one pass over A, without the temporary A * A (xp.vecdot, which the standard asks
+    to be given a negative axis)."""
+    return xp.vecdot(A, A, axis=axis - A.ndim if axis >= 0 else axis)
+
+
 def backend(device="cpu") -> Backend:
     """The Backend for `device`: "cpu" (NumPy); "cuda" or "cuda:K" (CuPy when installed, otherwise torch); a
     torch.device (torch tensors there, CPU included); an array_api_strict.Device; a cupy.cuda.Device."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rowgroups
+from .arrays import squared_norms
 
 #: Checks a neuron converged within its budget, but whose l1 is not proven within the gap tolerance of the optimum,
 #: iterates on after gap_patience iterations before it is finalized "inaccurate" (the tolerance grows meanwhile;
@@ -26,7 +27,7 @@ def support_function(xp, s, lam, eps, upper, coupled: bool):
     linear = xp.sum(on_omega * s.Y, axis=1)
     if not (isinstance(upper, float) and upper == 0):
         linear = linear + xp.sum(lam * s.off_omega * upper, axis=1)
-    quadratic = xp.sum(on_omega * on_omega, axis=1)
+    quadratic = squared_norms(xp, on_omega, 1)
     return (per_budget(xp, xp.astype(linear, xp.float64), coupled)
             + eps * xp.sqrt(per_budget(xp, xp.astype(quadratic, xp.float64), coupled)))
 
@@ -45,12 +46,12 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, x_norm, eps, upper, tol=
         return per_budget(xp, values, coupled)
 
     y = s.rho[:, None] * dDz
-    size = xp.sqrt(total(xp.sum(y * y, axis=1)))
-    aty = xp.sqrt(total(xp.sum((XdDz * s.rho[None, :]) ** 2, axis=0)))
+    size = xp.sqrt(total(squared_norms(xp, y, 1)))
+    aty = xp.sqrt(total(squared_norms(xp, XdDz * s.rho[None, :], 0)))
     support = support_function(xp, s, y, eps, upper if relu else 0.0, coupled)
-    negative = (xp.sqrt(total(xp.sum(xp.minimum(y * s.off_omega, 0.0) ** 2, axis=1))) if relu
+    negative = (xp.sqrt(total(squared_norms(xp, xp.minimum(y * s.off_omega, 0.0), 1))) if relu
                 else xp.zeros_like(size))
-    y_norm = xp.sqrt(total(xp.sum(s.Y * s.Y, axis=1)))  # per neuron: no neuron's test depends on another's
+    y_norm = xp.sqrt(total(squared_norms(xp, s.Y, 1)))  # per neuron: no neuron's test depends on another's
     return ((size > 0) & (aty <= tol * x_norm * size) & (negative <= tol * size)
             & (support < -tol * xp.maximum(y_norm, 1e-300) * size))
 
@@ -80,7 +81,7 @@ def dual_bound(xp, s, Dz, XDz, true_eps, true_upper, relu, coupled, group_size=1
     k, direction, X_direction = widest
     along = X_lam[k, :]
     excess = along - xp.clip(along, -s.cost[k, :], s.cost[k, :])
-    length = xp.sum(direction * direction, axis=1)
+    length = squared_norms(xp, direction, 1)
     step = xp.where(length > 0, excess / xp.where(length > 0, length, 1.0), 0.0)
     moved = lam - step[:, None] * direction
     bound = _scaled_into_the_box(xp, s, moved, X_lam - X_direction * step[None, :], true_eps, true_upper, relu,

@@ -278,3 +278,34 @@ def test_anderson_stops_accelerating_a_neuron_whose_residual_does_not_halve():
         zeta_z, zeta_w = accelerator.step(image_z, image_w, accelerate=step % 4 != 3)
     assert accelerator.enabled.tolist() == [False, True]
     np.testing.assert_array_equal(zeta_z[0], image_z[0])
+
+
+
+
+def test_anderson_forgets_a_rescaled_neuron_only():
+    """A neuron whose rho changed (rescale: its memory is cleared and the difference across the change is not
+    recorded) takes the plain image at its next step, while the other neuron's point is exactly the one it would
+    have had without the change: the neurons' memories are independent."""
+    from solvers.anderson import Anderson
+    from solvers.arrays import backend
+
+    angle = 0.3
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+
+    def image(zeta_z, zeta_w):  # a rotating contraction per neuron: Anderson with memory 3 does not solve it at once
+        return 0.95 * zeta_z @ rotation.T + np.array([[1.0], [2.0]]), 0.8 * zeta_w + np.array([[3.0, -1.0]])
+
+    changed, untouched = Anderson(backend("cpu"), memory=3), Anderson(backend("cpu"), memory=3)
+    point = reference = (np.zeros((2, 4)), np.zeros((5, 2)))
+    for step in range(6):
+        if step == 5:
+            changed.rescale(np.array([True, False]), point)
+            plain_z, plain_w = image(*point)
+        point = changed.step(*image(*point), accelerate=True)
+        reference = untouched.step(*image(*reference), accelerate=True)
+    np.testing.assert_array_equal(point[0][0], plain_z[0])
+    np.testing.assert_array_equal(point[1][:, 0], plain_w[:, 0])
+    assert not np.allclose(reference[0][0], plain_z[0])  # without the change neuron 0 was extrapolated
+    np.testing.assert_array_equal(point[0][1], reference[0][1])
+    np.testing.assert_array_equal(point[1][:, 1], reference[1][:, 1])
