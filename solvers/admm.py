@@ -64,6 +64,7 @@ import numpy as np
 
 from . import rowgroups
 from .arrays import Backend, backend, describe
+from .cutting_planes import nearly_dead, solve_nearly_dead
 from .factor import LayerInput, factored_side
 from .iteration import REPAIR_BATCH_BYTES, Iteration, Program
 from .problem import LayerProblem, column_l1
@@ -129,13 +130,20 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
         upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
                              else np.all((problem.upper >= 0) | problem.omega, axis=1))
         active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
-        if active.all() or not problem.per_neuron:  # a layer budget couples the neurons: none is screened
+        few = active & nearly_dead(problem) & (options.get("stopping", "residuals") == "residuals")
+        if (active.all() and not few.any()) or not problem.per_neuron:  # a layer budget: none is screened
             result = _solve_in_chunks(problem, options, be)
-            result.info["tf32"] = tf32
+            result.info.update(tf32=tf32, cutting_planes=0)
             return result
         N, _, M = problem.shape
         U = np.zeros((N, M))
         lower_bound = np.zeros(M)  # a screened neuron's optimum is 0
+        cut = np.zeros(M, dtype=bool)
+        if few.any():  # nearly dead neurons: cutting planes, the ADMM for those they leave
+            index = np.flatnonzero(few)
+            U[:, index], lower_bound[index], cut[index] = solve_nearly_dead(problem.neurons(index),
+                                                                            options.get("violation_tol", 1e-5))
+            active &= ~cut
         result = None
         if active.any():
             if options.get("initial") is not None:
@@ -146,14 +154,15 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
             if problem.rows:  # the layer's bound, not the neurons'
                 lower_bound = result.info["l1_lower_bound"]
     final = make_result(problem, U, status=result.status if result else "optimal",
-                        message=(result.message if result else "every neuron keeps its budget with zero weights"),
+                        message=(result.message if result else "every neuron keeps its budget with zero weights"
+                                 if not cut.any() else "every neuron solved by cutting planes or by zero weights"),
                         iterations=result.iterations if result else 0, seconds=time.perf_counter() - start,
                         backend="admm", info=result.info if result else {})
     statuses = np.full(M, "optimal", dtype=object)
     if result is not None:
         statuses[active] = result.info["neuron_statuses"]
-    final.info.update(screened_neurons=int((~active).sum()), tf32=tf32, l1_lower_bound=lower_bound,
-                      neuron_statuses=statuses)
+    final.info.update(screened_neurons=int((~active & ~cut).sum()), cutting_planes=int(cut.sum()), tf32=tf32,
+                      l1_lower_bound=lower_bound, neuron_statuses=statuses)
     return final
 
 
