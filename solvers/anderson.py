@@ -35,6 +35,7 @@ class Anderson:
         self.dG = self.dF = None  # ((M, memory, P), (M, memory, N)) each
         self.gram = None
         self.valid = None  # (M, memory): 1 where a slot holds a difference of that neuron's current memory, else 0
+        self.slots = self.identity = self.ridge = None  # constants of the memory, made with it
         self.slot = 0
         self.accelerated = None  # per neuron: was the current point an accelerated one
         self.fallback = None  # plain image of the previous point, used when a step is rejected
@@ -67,6 +68,11 @@ class Anderson:
             self.gram = xp.zeros((M, self.memory, self.memory), dtype=f_z.dtype, device=device_of(f_z))  # dG dG^T
             self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
             self.valid = xp.zeros((M, self.memory), dtype=f_z.dtype, device=device_of(f_z))
+            self.slots = xp.arange(self.memory, device=device_of(f_z))
+            self.identity = xp.eye(self.memory, dtype=f_z.dtype, device=device_of(f_z))[None, ...]
+            # Ridge regularization keeps cleared memory slots and near-collinear ones harmless; it must stay
+            # above the working precision (float32) to keep the system solvable.
+            self.ridge = max(1e-8, 10 * float(xp.finfo(f_z.dtype).eps))
         rejected = None
         if self.previous is not None:
             if self.accelerated is not None:
@@ -112,8 +118,7 @@ class Anderson:
         """Slot s now holds every neuron's newest difference, valid but for the `fresh` neurons'."""
         xp = self.xp
         valid = xp.ones_like(self.valid[:, 0]) if self.fresh is None else xp.astype(~self.fresh, self.valid.dtype)
-        slots = xp.arange(self.memory, device=device_of(self.valid))
-        self.valid = xp.where(slots[None, :] == s, valid[:, None], self.valid)
+        self.valid = xp.where(self.slots[None, :] == s, valid[:, None], self.valid)
 
     def _extrapolate(self, g_z, g_wT, f_z, f_wT):
         """f - dF gamma, gamma solving the ridge-regularized normal equations over each neuron's valid slots
@@ -125,12 +130,8 @@ class Anderson:
         rhs = (dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]) * valid
         if self.coupled:  # one least-squares problem for the whole layer
             gram, rhs = xp.sum(gram, axis=0, keepdims=True), xp.sum(rhs, axis=0, keepdims=True)
-        identity = xp.eye(self.memory, dtype=gram.dtype, device=device_of(gram))[None, ...]
-        trace = xp.sum(gram * identity, axis=(1, 2))[:, None, None]
-        # Ridge regularization keeps cleared (all-zero) memory slots and near-collinear ones harmless; it must
-        # stay above the working precision (float32) to keep the system solvable.
-        ridge = max(1e-8, 10 * float(xp.finfo(gram.dtype).eps))
-        gamma = xp.linalg.solve(gram + (ridge * trace + 1e-30) * identity, rhs)
+        trace = xp.linalg.trace(gram)[:, None, None]
+        gamma = xp.linalg.solve(gram + (self.ridge * trace + 1e-30) * self.identity, rhs)
         if self.coupled:
             gamma = xp.broadcast_to(gamma, (g_z.shape[0],) + gamma.shape[1:])
         # gamma = 0, the plain step, for a neuron whose system failed or that is no longer accelerated

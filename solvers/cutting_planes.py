@@ -75,8 +75,9 @@ def _cutting_planes(neuron: LayerProblem, violation_tol: float):
         u = pulled_inside(relaxed, result.U)[:, 0]
         excess = np.where(omega, -np.inf, u @ X - V)
         violated = np.flatnonzero(excess > tol)
-        if not violated.size:
-            return u, (1 - BOUND_SLACK) * result.objective
+        if not violated.size:  # optimal, once its fit is measured within the budget (Clarabel's, pulled inside)
+            within = neuron.columns_within_budget(u[:, None], 0.0, violation_tol)[0]
+            return (u, (1 - BOUND_SLACK) * result.objective) if within else None
         violated = np.setdiff1d(violated, working)
         if not violated.size:  # violated only where Clarabel's accuracy allows: not a relaxation's answer
             return None
