@@ -56,7 +56,7 @@ class WorkingSet:
     ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw", "cost")
     VECTORS = ("rho", "tol_factor", "lower_bound")
-    HOST = ("neurons", "rounds_left", "repair_wait", "unproven_checks", "inside_margin")
+    HOST = ("neurons", "rounds_left", "repair_wait", "unproven_checks", "inside_margin", "tight")
 
     def __init__(self, **arrays):
         self.__dict__.update(arrays)
@@ -121,7 +121,7 @@ class Iteration:
         restore = options["restore_rounds"] if options["restore"] else 0
         s = self.s = WorkingSet(
             neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
-            unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool),
+            unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool), tight=np.zeros(M, dtype=bool),
             Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt),
             off_omega=xp.astype(~program.omega, dt), original_eps=program.eps,
             upper=program.upper if isinstance(program.upper, float) else xp.astype(program.upper, dt), eps=eps,

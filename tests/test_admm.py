@@ -309,3 +309,31 @@ def test_anderson_forgets_a_rescaled_neuron_only():
     assert not np.allclose(reference[0][0], plain_z[0])  # without the change neuron 0 was extrapolated
     np.testing.assert_array_equal(point[0][1], reference[0][1])
     np.testing.assert_array_equal(point[1][:, 1], reference[1][:, 1])
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_a_tightened_neuron_gets_the_users_program_back(cascade):
+    """A restoration round lowers a neuron's internal budget and its whole Omega^c bound (feasibility.tighten);
+    back_to_the_program gives the chosen neurons the user's budget and bound again, and only them."""
+    from solvers import feasibility
+    from solvers.arrays import backend
+    from solvers.iteration import Program, WorkingSet
+
+    rng = np.random.default_rng(0)
+    Y = np.maximum(rng.standard_normal((3, 20)), 0.0)
+    omega = Y > 0
+    user_upper = -rng.random((3, 20)) if cascade else 0.0
+    program = Program(Y=Y, omega=omega, upper=user_upper, eps=np.array([1.0, 2.0, 3.0]), l1_weights=None)
+    s = WorkingSet(neurons=np.arange(3), rounds_left=np.full(3, 4), tight=np.zeros(3, dtype=bool),
+                   inside_margin=np.ones(3, dtype=bool), Y=Y, off_omega=(~omega).astype(float),
+                   eps=np.array([[0.9], [1.8], [2.7]]), upper=user_upper)
+    feasibility.tighten(backend("cpu"), s, np.array([0, 2]), np.array([0.1, 0.2]), np.array([0.05, 0.01]),
+                        relu=True, coupled=False)
+    assert s.tight.tolist() == [True, False, True] and s.rounds_left.tolist() == [3, 4, 3]
+    tightened_upper = np.array(s.upper)
+    feasibility.back_to_the_program(backend("cpu"), s, np.array([0]), program)
+    assert s.tight.tolist() == [False, False, True] and not s.inside_margin[0]
+    np.testing.assert_array_equal(s.eps[:, 0], [1.0, 1.8, 2.7 - 0.4])
+    np.testing.assert_array_equal(s.upper[0], np.broadcast_to(user_upper, (3, 20))[0])
+    np.testing.assert_array_equal(s.upper[1:], tightened_upper[1:])
+    assert np.all(s.upper[2][~omega[2]] < np.broadcast_to(user_upper, (3, 20))[2][~omega[2]])
