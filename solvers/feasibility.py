@@ -179,15 +179,13 @@ def back_to_the_program(be, s, positions: np.ndarray, program) -> None:
     repaired or tightened again (one restoration round fewer)."""
     xp = be.xp
     s.tight[positions] = False
-    s.inside_margin[positions] = False
-    mask = np.zeros(s.neurons.size, dtype=bool)
-    mask[positions] = True
-    rows, neurons = be.asarray(mask)[:, None], be.asarray(s.neurons)
-    s.eps = xp.where(rows, xp.astype(xp.take(program.eps, neurons, axis=0), s.eps.dtype)[:, None], s.eps)
+    aim_at_the_budget(be, s, positions, program.eps, coupled=False)
     if not isinstance(s.upper, float):
+        mask = np.zeros(s.neurons.size, dtype=bool)
+        mask[positions] = True
         user = (program.upper if isinstance(program.upper, float)
-                else xp.astype(xp.take(program.upper, neurons, axis=0), s.upper.dtype))
-        s.upper = xp.where(rows, user, s.upper)
+                else xp.astype(xp.take(program.upper, be.asarray(s.neurons), axis=0), s.upper.dtype))
+        s.upper = xp.where(be.asarray(mask)[:, None], user, s.upper)
 
 
 def aim_at_the_budget(be, s, positions: np.ndarray, user_eps, coupled: bool) -> None:
