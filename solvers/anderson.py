@@ -8,12 +8,16 @@ T(zeta_k) by the combination of the last `memory` images whose residuals g = T(z
 
 (dG, dF: differences of consecutive residuals and images), one small least-squares problem per neuron, since
 the neurons are independent programs (Walker & Ni 2011; Zhang, O'Donoghue & Boyd 2020 for the safeguard SCS
-uses). Safeguard: when the residual after an accelerated step grew by more than `safeguard` times, that
-neuron falls back to the plain image of the previous point and its memory is cleared. Progress guard: a neuron
-whose residual at the plain steps (the checks) has not halved in STALLED_STEPS of them iterates plainly from
-then on; accelerated steps that each shrink the residual a little can stall it (measured on squeeze-and-excitation
-layers with 8 samples beside a bias row 1e11 times cheaper than the other weights: 10,000 iterations against 1,400
-plain).
+uses). Its normal equations need dG^T dG and dG^T g_k; each step adds one difference d = g_k - g_{k-1} and
+measures only its products with the memory, dG^T d: the Gram matrix gets d's row and column, and
+dG^T g_k = dG^T g_{k-1} + dG^T d but for d's own slot, whose d^T g_k is measured (a slot's entry is updated
+this way at most `memory` - 1 times before it is measured afresh). One pass over the memory a step, not two.
+
+Safeguard: when the residual after an accelerated step grew by more than `safeguard` times, that neuron falls back
+to the plain image of the previous point and its memory is cleared. Progress guard: a neuron whose residual at the
+plain steps (the checks) has not halved in STALLED_STEPS of them iterates plainly from then on; accelerated steps
+that each shrink the residual a little can stall it (measured on squeeze-and-excitation layers with 8 samples
+beside a bias row 1e11 times cheaper than the other weights: 10,000 iterations against 1,400 plain).
 Vectors of neuron m are row m of zeta_z (M x P) with column m of zeta_w (N x M).
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from .arrays import squared_norms
+from .arrays import assign_difference, squared_norms
 
 #: Plain steps (checks) without the residual halving after which a neuron stops being accelerated.
 STALLED_STEPS = 20
@@ -34,6 +38,7 @@ class Anderson:
         self.previous = None  # (g_z, g_w^T, f_z, f_w^T) at the previous point
         self.dG = self.dF = None  # ((M, memory, P), (M, memory, N)) each
         self.gram = None
+        self.projections = None  # (M, memory): dG^T g at the current point
         self.valid = None  # (M, memory): 1 where a slot holds a difference of that neuron's current memory, else 0
         self.slots = self.identity = self.ridge = None  # constants of the memory, made with it
         self.slot = 0
@@ -66,6 +71,7 @@ class Anderson:
             shapes = ((M, self.memory, f_z.shape[1]), (M, self.memory, f_wT.shape[1]))
             self.dG = tuple(xp.zeros(shape, dtype=f_z.dtype, device=device_of(f_z)) for shape in shapes)
             self.gram = xp.zeros((M, self.memory, self.memory), dtype=f_z.dtype, device=device_of(f_z))  # dG dG^T
+            self.projections = xp.zeros((M, self.memory), dtype=f_z.dtype, device=device_of(f_z))
             self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
             self.valid = xp.zeros((M, self.memory), dtype=f_z.dtype, device=device_of(f_z))
             self.slots = xp.arange(self.memory, device=device_of(f_z))
@@ -77,14 +83,7 @@ class Anderson:
         if self.previous is not None:
             if self.accelerated is not None:
                 rejected = self.accelerated & (norms > self.safeguard**2 * self.previous[4])
-            s = self.slot % self.memory
-            self.dG[0][:, s, :], self.dG[1][:, s, :] = g_z - self.previous[0], g_wT - self.previous[1]
-            self.dF[0][:, s, :], self.dF[1][:, s, :] = f_z - self.previous[2], f_wT - self.previous[3]
-            self._mark_slot(s)
-            column = (self.dG[0] @ self.dG[0][:, s, :, None] + self.dG[1] @ self.dG[1][:, s, :, None])[:, :, 0]
-            self.gram[:, s, :] = column
-            self.gram[:, :, s] = column
-            self.slot += 1
+            self._record(self.slot % self.memory, g_z, g_wT, f_z, f_wT)
         self.fresh = None
         if not accelerate:
             rejected = None
@@ -101,10 +100,27 @@ class Anderson:
             new_z, new_wT = f_z, f_wT
             self.accelerated = xp.zeros(M, dtype=xp.bool, device=device_of(f_z))
         else:
-            new_z, new_wT = self._extrapolate(g_z, g_wT, f_z, f_wT)
+            new_z, new_wT = self._extrapolate(f_z, f_wT)
             self.accelerated = self.enabled if rejected is None else self.enabled & ~rejected
         self.zeta = (new_z, new_wT.T)
         return self.zeta
+
+    def _record(self, s: int, g_z, g_wT, f_z, f_wT) -> None:
+        """Slot s takes the newest differences; the Gram matrix and dG^T g follow (module docstring)."""
+        xp, (dG_z, dG_w), (dF_z, dF_w) = self.xp, self.dG, self.dF
+        here = (slice(None), s, slice(None))
+        assign_difference(xp, dG_z, here, g_z, self.previous[0])
+        assign_difference(xp, dG_w, here, g_wT, self.previous[1])
+        assign_difference(xp, dF_z, here, f_z, self.previous[2])
+        assign_difference(xp, dF_w, here, f_wT, self.previous[3])
+        self._mark_slot(s)
+        d_z, d_w = dG_z[:, s, :], dG_w[:, s, :]
+        column = (dG_z @ d_z[:, :, None] + dG_w @ d_w[:, :, None])[:, :, 0]
+        self.gram[:, s, :] = column
+        self.gram[:, :, s] = column
+        newest = xp.vecdot(d_z, g_z) + xp.vecdot(d_w, g_wT)
+        self.projections = xp.where(self.slots[None, :] == s, newest[:, None], self.projections + column)
+        self.slot += 1
 
     def _watch_progress(self, norms) -> None:
         """The progress guard (module docstring), at a plain step whose squared residuals are `norms`."""
@@ -120,20 +136,19 @@ class Anderson:
         valid = xp.ones_like(self.valid[:, 0]) if self.fresh is None else xp.astype(~self.fresh, self.valid.dtype)
         self.valid = xp.where(self.slots[None, :] == s, valid[:, None], self.valid)
 
-    def _extrapolate(self, g_z, g_wT, f_z, f_wT):
+    def _extrapolate(self, f_z, f_wT):
         """f - dF gamma, gamma solving the ridge-regularized normal equations over each neuron's valid slots
         (the others' rows and columns of the Gram matrix and right-hand side are zeroed, so their gamma is 0)."""
         xp = self.xp
-        dG_z, dG_w = self.dG
         valid = self.valid[:, :, None]
         gram = self.gram * valid * self.valid[:, None, :]
-        rhs = (dG_z @ g_z[:, :, None] + dG_w @ g_wT[:, :, None]) * valid
+        rhs = self.projections[:, :, None] * valid
         if self.coupled:  # one least-squares problem for the whole layer
             gram, rhs = xp.sum(gram, axis=0, keepdims=True), xp.sum(rhs, axis=0, keepdims=True)
         trace = xp.linalg.trace(gram)[:, None, None]
         gamma = xp.linalg.solve(gram + (self.ridge * trace + 1e-30) * self.identity, rhs)
         if self.coupled:
-            gamma = xp.broadcast_to(gamma, (g_z.shape[0],) + gamma.shape[1:])
+            gamma = xp.broadcast_to(gamma, (f_z.shape[0],) + gamma.shape[1:])
         # gamma = 0, the plain step, for a neuron whose system failed or that is no longer accelerated
         gamma = xp.where(xp.isfinite(gamma) & self.enabled[:, None, None], gamma, 0.0)
         gammaT = xp.permute_dims(gamma, (0, 2, 1))
@@ -176,7 +191,7 @@ class Anderson:
         if self.dG is not None:
             self.dG = tuple(rows(a) for a in self.dG)
             self.dF = tuple(rows(a) for a in self.dF)
-            self.gram, self.valid = rows(self.gram), rows(self.valid)
+            self.gram, self.valid, self.projections = rows(self.gram), rows(self.valid), rows(self.projections)
         if self.previous is not None:
             self.previous = tuple(rows(a) for a in self.previous)
         if self.fallback is not None:
