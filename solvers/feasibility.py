@@ -26,7 +26,7 @@ def support_function(xp, s, lam, eps, upper, coupled: bool):
     on_omega = lam * s.on_omega
     linear = xp.sum(on_omega * s.Y, axis=1)
     if not (isinstance(upper, float) and upper == 0):
-        linear = linear + xp.sum(lam * s.off_omega * upper, axis=1)
+        linear = linear + xp.sum(lam * (1.0 - s.on_omega) * upper, axis=1)
     quadratic = squared_norms(xp, on_omega, 1)
     return (per_budget(xp, xp.astype(linear, xp.float64), coupled)
             + eps * xp.sqrt(per_budget(xp, xp.astype(quadratic, xp.float64), coupled)))
@@ -49,7 +49,7 @@ def certify_infeasible(xp, s, relu, coupled, dDz, XdDz, x_norm, eps, upper, tol=
     size = xp.sqrt(total(squared_norms(xp, y, 1)))
     aty = xp.sqrt(total(squared_norms(xp, XdDz * s.rho[None, :], 0)))
     support = support_function(xp, s, y, eps, upper if relu else 0.0, coupled)
-    negative = (xp.sqrt(total(squared_norms(xp, xp.minimum(y * s.off_omega, 0.0), 1))) if relu
+    negative = (xp.sqrt(total(squared_norms(xp, xp.minimum(y * (1.0 - s.on_omega), 0.0), 1))) if relu
                 else xp.zeros_like(size))
     y_norm = xp.sqrt(total(squared_norms(xp, s.Y, 1)))  # per neuron: no neuron's test depends on another's
     return ((size > 0) & (aty <= tol * x_norm * size) & (negative <= tol * size)
@@ -162,11 +162,9 @@ def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled:
         shrink[retrying] = 2 * excess
         s.eps = xp.maximum(s.eps - be.asarray(shrink[:, None], dt), 0.0)
     if relu and float(violation.max()) > 0:
-        if isinstance(s.upper, float):
-            s.upper = xp.zeros_like(s.Y) + s.upper
         margin = np.zeros(s.neurons.size)
         margin[retrying] = 2 * violation
-        s.upper = s.upper - be.asarray(margin[:, None], dt) * s.off_omega
+        s.ceiling = s.ceiling - be.asarray(margin[:, None], dt)  # +inf on Omega stays +inf
     s.rounds_left[retrying] -= 1
     s.tight[retrying] = True
 
@@ -180,12 +178,19 @@ def back_to_the_program(be, s, positions: np.ndarray, program) -> None:
     xp = be.xp
     s.tight[positions] = False
     aim_at_the_budget(be, s, positions, program.eps, coupled=False)
-    if not isinstance(s.upper, float):
+    if s.ceiling is not None:
         mask = np.zeros(s.neurons.size, dtype=bool)
         mask[positions] = True
         user = (program.upper if isinstance(program.upper, float)
-                else xp.astype(xp.take(program.upper, be.asarray(s.neurons), axis=0), s.upper.dtype))
-        s.upper = xp.where(be.asarray(mask)[:, None], user, s.upper)
+                else xp.take(program.upper, be.asarray(s.neurons), axis=0))
+        s.ceiling = xp.where(be.asarray(mask)[:, None], ceiling(xp, s.on_omega, user), s.ceiling)
+
+
+def ceiling(xp, on_omega, upper):
+    """The relu projection's bound on Z (iteration.project): V on Omega^c, +inf on Omega (where the fit, not V,
+    holds Z); on_omega (k, P) is Omega as floats, upper V (k, P) or a float. In on_omega's dtype."""
+    bound = xp.zeros_like(on_omega) + (upper if isinstance(upper, float) else xp.astype(upper, on_omega.dtype))
+    return xp.where(on_omega > 0, xp.inf, bound)
 
 
 def aim_at_the_budget(be, s, positions: np.ndarray, user_eps, coupled: bool) -> None:

@@ -53,10 +53,15 @@ class WorkingSet:
     """The neurons still iterating: `neurons` and the bookkeeping arrays on the host; the per-neuron arrays on
     the device (neurons along axis 0 of M x P arrays, axis 1 of N x M arrays, axis 0 of vectors)."""
 
-    ROWS = ("Y", "on_omega", "off_omega", "Z", "Dz")
+    ROWS = ("Y", "on_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw", "cost")
     VECTORS = ("rho", "tol_factor", "lower_bound")
     HOST = ("neurons", "rounds_left", "repair_wait", "unproven_checks", "inside_margin", "tight")
+    #: Optional per-neuron arrays (None or a float when the program has none): the relu layer's ceiling on Z
+    #: (feasibility.ceiling), eps (M, 1) per neuron, and X (x_k on Omega)^T (N, M), the dual bound's direction
+    #: through X (feasibility.dual_bound).
+    OPTIONAL_ROWS = ("ceiling", "eps")
+    OPTIONAL_COLUMNS = ("X_widest",)
 
     def __init__(self, **arrays):
         self.__dict__.update(arrays)
@@ -69,15 +74,16 @@ class WorkingSet:
             setattr(self, name, xp.take(getattr(self, name), index, axis=1))
         for name in self.HOST:
             setattr(self, name, getattr(self, name)[mask])
-        if not isinstance(self.upper, float):
-            self.upper = xp.take(self.upper, index, axis=0)
-        if not isinstance(self.eps, float):
-            self.eps = xp.take(self.eps, index, axis=0)
+        for names, axis in ((self.OPTIONAL_ROWS, 0), (self.OPTIONAL_COLUMNS, 1)):
+            for name in names:
+                if getattr(self, name) is not None and not isinstance(getattr(self, name), float):
+                    setattr(self, name, xp.take(getattr(self, name), index, axis=axis))
 
 
 def project(xp, A, s: WorkingSet, relu: bool, coupled: bool):
     """Euclidean projection onto C = {Z: ||(Z - Y)_Omega|| <= eps (per row, or in total), Z_Omega^c <= V}:
-    Y + min(1, eps / ||(A - Y)_Omega||) (A - Y) on Omega, min(A, V) on Omega^c."""
+    Y + t (A - Y) on Omega, t = min(1, eps / ||(A - Y)_Omega||), and min(A, V) on Omega^c; for a relu layer
+    min(A, ceiling) - (1 - t) (A - Y)_Omega, the ceiling being V on Omega^c and +inf on Omega."""
     # Float masks multiply: a selection by a boolean mask as irregular as Omega (np.where) costs NumPy several
     # times more than the multiplication and the addition together.
     residual = (A - s.Y) * s.on_omega if relu else A - s.Y
@@ -85,8 +91,7 @@ def project(xp, A, s: WorkingSet, relu: bool, coupled: bool):
     norms = xp.sqrt(xp.sum(squares, keepdims=True) if coupled else squares)
     outside = norms > s.eps
     shrink = xp.where(outside, s.eps / xp.where(outside, norms, 1.0), 1.0)
-    inside = s.Y + shrink * residual  # = 0 on Omega^c, where Y = 0 for a relu layer
-    return inside + s.off_omega * xp.minimum(A, s.upper) if relu else inside
+    return xp.minimum(A, s.ceiling) - (1.0 - shrink) * residual if relu else s.Y + shrink * residual
 
 
 class Iteration:
@@ -122,13 +127,16 @@ class Iteration:
         s = self.s = WorkingSet(
             neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
             unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool), tight=np.zeros(M, dtype=bool),
-            Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt),
-            off_omega=xp.astype(~program.omega, dt), original_eps=program.eps,
-            upper=program.upper if isinstance(program.upper, float) else xp.astype(program.upper, dt), eps=eps,
+            Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt), original_eps=program.eps,
+            ceiling=None, eps=eps,
             U=U, W=U, Z=None, cost=xp.zeros((N, M), dtype=dt, device=be.device) + cost,
             Dz=xp.zeros((M, P), dtype=dt, device=be.device), Dw=xp.zeros((N, M), dtype=dt, device=be.device),
             rho=xp.full((M,), self.rho0, dtype=dt, device=be.device), tol_factor=xp.ones(M, dtype=dt, device=be.device),
-            lower_bound=xp.full((M,), np.nan, dtype=xp.float64, device=be.device))
+            lower_bound=xp.full((M,), np.nan, dtype=xp.float64, device=be.device), X_widest=None)
+        if relu:
+            s.ceiling = feasibility.ceiling(xp, s.on_omega, program.upper)
+        if relu and not program.rows:  # dual_bound's direction: the widest row on each neuron's Omega, made once
+            s.X_widest = layer.X.times_transposed(layer.widest[1] * s.on_omega)[0]
         s.Z = project(xp, layer.X.left_times(U.T), s, relu, coupled)
         self.accelerator = (memory_or_none(be, options["anderson"], self.together)
                             if options["stopping"] == "residuals" else None)
@@ -219,11 +227,9 @@ class Iteration:
         # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
         # right-hand side reuses both products.
         k, widest_row, X_widest = self.layer.widest
-        if self.relu and not self.rows:  # dual_bound's direction: the widest row on each neuron's Omega
-            widest_row = widest_row * s.on_omega
-            XZ_new, XD_new, X_widest = self.layer.X.times_transposed(s.Z, s.Dz, widest_row)
-        else:
-            XZ_new, XD_new = self.layer.X.times_transposed(s.Z, s.Dz)
+        if s.X_widest is not None:
+            widest_row, X_widest = widest_row * s.on_omega, s.X_widest
+        XZ_new, XD_new = self.layer.X.times_transposed(s.Z, s.Dz)
         self.products = (XZ_new, XD_new)
         rho, N, P = s.rho, self.shape[0], self.shape[1]
         primal = xp.sqrt(per_budget(squared_norms(xp, XU - s.Z, 1) + beta * squared_norms(xp, s.U - s.W, 0)))

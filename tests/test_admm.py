@@ -282,6 +282,35 @@ def test_anderson_stops_accelerating_a_neuron_whose_residual_does_not_halve():
 
 
 
+def test_anderson_updates_the_memorys_products_with_the_residual_as_measuring_them_would():
+    """Each step measures only the newest difference's products with the memory (anderson.py): dG^T g, carried
+    from step to step, stays what measuring it afresh gives, through rejected steps, cleared neurons and the
+    memory's slots wrapping around."""
+    from solvers.anderson import Anderson
+    from solvers.arrays import backend
+
+    rng = np.random.default_rng(3)
+    mixing = np.eye(6) + 0.1 * rng.standard_normal((6, 6))
+
+    def image(zeta_z, zeta_w):  # a contraction with noise: some accelerated steps are rejected
+        return 0.97 * zeta_z @ mixing.T + rng.standard_normal(zeta_z.shape), 0.9 * zeta_w + 1.0
+
+    accelerator = Anderson(backend("cpu"), memory=3)
+    point = (rng.standard_normal((4, 6)), rng.standard_normal((5, 4)))
+    rejected = 0
+    for step in range(20):
+        point = accelerator.step(*image(*point), accelerate=step % 5 != 4)
+        if step == 9:
+            accelerator.clear(np.array([True, False, False, True]))
+        if accelerator.projections is not None:
+            g_z, g_wT = accelerator.previous[0], accelerator.previous[1]
+            measured = (accelerator.dG[0] @ g_z[:, :, None] + accelerator.dG[1] @ g_wT[:, :, None])[:, :, 0]
+            scale = np.abs(measured).max()
+            np.testing.assert_allclose(accelerator.projections, measured, rtol=1e-10, atol=1e-10 * scale)
+        rejected += accelerator.fresh is not None and bool(accelerator.fresh.any())
+    assert accelerator.slot > 3 * accelerator.memory and rejected
+
+
 def test_anderson_forgets_a_rescaled_neuron_only():
     """A neuron whose rho changed (rescale: its memory is cleared and the difference across the change is not
     recorded) takes the plain image at its next step, while the other neuron's point is exactly the one it would
@@ -324,16 +353,19 @@ def test_a_tightened_neuron_gets_the_users_program_back(cascade):
     omega = Y > 0
     user_upper = -rng.random((3, 20)) if cascade else 0.0
     program = Program(Y=Y, omega=omega, upper=user_upper, eps=np.array([1.0, 2.0, 3.0]), l1_weights=None)
+    on_omega = omega.astype(float)
     s = WorkingSet(neurons=np.arange(3), rounds_left=np.full(3, 4), tight=np.zeros(3, dtype=bool),
-                   inside_margin=np.ones(3, dtype=bool), Y=Y, off_omega=(~omega).astype(float),
-                   eps=np.array([[0.9], [1.8], [2.7]]), upper=user_upper)
+                   inside_margin=np.ones(3, dtype=bool), Y=Y, on_omega=on_omega,
+                   eps=np.array([[0.9], [1.8], [2.7]]), ceiling=feasibility.ceiling(np, on_omega, user_upper))
+    user_ceiling = np.where(omega, np.inf, np.broadcast_to(user_upper, (3, 20)))
+    np.testing.assert_array_equal(s.ceiling, user_ceiling)
     feasibility.tighten(backend("cpu"), s, np.array([0, 2]), np.array([0.1, 0.2]), np.array([0.05, 0.01]),
                         relu=True, coupled=False)
     assert s.tight.tolist() == [True, False, True] and s.rounds_left.tolist() == [3, 4, 3]
-    tightened_upper = np.array(s.upper)
+    tightened_ceiling = np.array(s.ceiling)
+    np.testing.assert_array_equal(tightened_ceiling[2], user_ceiling[2] - 0.02)  # twice the violation; inf on Omega
     feasibility.back_to_the_program(backend("cpu"), s, np.array([0]), program)
     assert s.tight.tolist() == [False, False, True] and not s.inside_margin[0]
     np.testing.assert_array_equal(s.eps[:, 0], [1.0, 1.8, 2.7 - 0.4])
-    np.testing.assert_array_equal(s.upper[0], np.broadcast_to(user_upper, (3, 20))[0])
-    np.testing.assert_array_equal(s.upper[1:], tightened_upper[1:])
-    assert np.all(s.upper[2][~omega[2]] < np.broadcast_to(user_upper, (3, 20))[2][~omega[2]])
+    np.testing.assert_array_equal(s.ceiling[0], user_ceiling[0])
+    np.testing.assert_array_equal(s.ceiling[1:], tightened_ceiling[1:])
