@@ -166,15 +166,13 @@ class Iteration:
 
     def step(self, check: bool):
         """One iteration (module docstring of admm.py). Returns what a check compares against: the previous U, Z,
-        W, Dz, Dw, the previous X Z^T and X Dz^T (when a check needs them, else None), and this step's U^T X
-        (a U^T X, the relaxation's, but at a check)."""
+        W, Dz, Dw, the previous X Z^T and X Dz^T (when a check needs them, else None), and this step's U^T X."""
         xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.options["relaxation"]
         if check and self.products is None:
             self.products = X.times_transposed(s.Z, s.Dz)
         if not check and self.layer.side == "samples":  # two products instead of four (factor.py)
             XZ = XD = None
             U, XU = self.layer.step_u(s.Z - s.Dz, s.W - s.Dw)
-            aU, aXU = (U, XU) if a == 1 else (a * U, a * XU)
         else:
             if self.products is not None:
                 XZ, XD = self.products
@@ -183,12 +181,10 @@ class Iteration:
                 XZ = XD = None
                 rhs = X.times_transposed(s.Z - s.Dz)[0] + beta * (s.W - s.Dw)
             U = self.layer.solve_u(rhs)
-            aU = U if a == 1 else a * U
-            aXU = X.left_times(aU.T)  # a U^T X: a scales the N x M factor instead of the M x P product
-            XU = aXU if a == 1 or not check else aXU / a  # U^T X itself only for a check
+            XU = X.left_times(U.T)
         self.products = None
-        Z_relaxed = aXU if a == 1 else aXU + (1 - a) * s.Z
-        W_relaxed = aU if a == 1 else aU + (1 - a) * s.W
+        Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
+        W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
         zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw  # the fixed-point variable, see anderson.py
         if self.accelerator is not None:  # checks take the plain step, so their residual formulas stay exact
             zeta_z, zeta_w = self.accelerator.step(zeta_z, zeta_w, accelerate=not check)
