@@ -40,7 +40,7 @@ class Anderson:
         self.gram = None
         self.projections = None  # (M, memory): dG^T g at the current point
         self.valid = None  # (M, memory): 1 where a slot holds a difference of that neuron's current memory, else 0
-        self.slots = self.identity = self.ridge = None  # constants of the memory, made with it
+        self.identity = self.ridge = None  # constants of the memory, made with it
         self.slot = 0
         self.accelerated = None  # per neuron: was the current point an accelerated one
         self.fallback = None  # plain image of the previous point, used when a step is rejected
@@ -74,7 +74,6 @@ class Anderson:
             self.projections = xp.zeros((M, self.memory), dtype=f_z.dtype, device=device_of(f_z))
             self.dF = (xp.zeros_like(self.dG[0]), xp.zeros_like(self.dG[1]))
             self.valid = xp.zeros((M, self.memory), dtype=f_z.dtype, device=device_of(f_z))
-            self.slots = xp.arange(self.memory, device=device_of(f_z))
             self.identity = xp.eye(self.memory, dtype=f_z.dtype, device=device_of(f_z))[None, ...]
             # Ridge regularization keeps cleared memory slots and near-collinear ones harmless; it must stay
             # above the working precision (float32) to keep the system solvable.
@@ -118,8 +117,8 @@ class Anderson:
         column = (dG_z @ d_z[:, :, None] + dG_w @ d_w[:, :, None])[:, :, 0]
         self.gram[:, s, :] = column
         self.gram[:, :, s] = column
-        newest = xp.vecdot(d_z, g_z) + xp.vecdot(d_w, g_wT)
-        self.projections = xp.where(self.slots[None, :] == s, newest[:, None], self.projections + column)
+        self.projections = self.projections + column
+        self.projections[:, s] = xp.vecdot(d_z, g_z) + xp.vecdot(d_w, g_wT)
         self.slot += 1
 
     def _watch_progress(self, norms) -> None:
@@ -132,9 +131,7 @@ class Anderson:
 
     def _mark_slot(self, s: int) -> None:
         """Slot s now holds every neuron's newest difference, valid but for the `fresh` neurons'."""
-        xp = self.xp
-        valid = xp.ones_like(self.valid[:, 0]) if self.fresh is None else xp.astype(~self.fresh, self.valid.dtype)
-        self.valid = xp.where(self.slots[None, :] == s, valid[:, None], self.valid)
+        self.valid[:, s] = 1.0 if self.fresh is None else self.xp.astype(~self.fresh, self.valid.dtype)
 
     def _extrapolate(self, f_z, f_wT):
         """f - dF gamma, gamma solving the ridge-regularized normal equations over each neuron's valid slots
