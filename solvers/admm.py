@@ -43,7 +43,9 @@ always by a small excess over the Omega^c bound, is first repaired on the suppor
 small correction that puts the violated samples under their bound and keeps the fit within the budget; all the
 candidates of a check together, as one batched computation); the repaired weights are final when they stay
 within gap_tol of the certified bound, and info["repaired"] counts them. On MNIST layer 1 (P = 10,000) this
-finishes most neurons 100-200 iterations earlier, with a lower l1.
+finishes most neurons 100-200 iterations earlier, with a lower l1. A neuron whose repairs keep failing, once
+few neurons are left, is solved on its support by the interior point and certified on the whole layer by the
+duals of that solve (support_ipm.py; info["solved_on_supports"] counts them).
 
 The returned U is the sparse iterate W (or its repair), measured exactly in float64. The iteration aims inside
 the budget by the fit error its tolerance allows (eps - 2 rel_tol ||y_Omega||). If a converged neuron is not
@@ -441,7 +443,7 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
         statuses = np.where(problem.columns_within_budget(np.zeros((N, M)), 0.0, 0.0), "optimal", "infeasible")
         return _assemble(problem, np.zeros((N, M)), statuses.astype(object), 0, start,
                          dict(info, note="X is zero: every weight has the response 0", history=[],
-                              stopped_by_callback=False, repaired=0,
+                              stopped_by_callback=False, repaired=0, solved_on_supports=0,
                               l1_lower_bound=np.zeros(M) if problem.per_neuron else 0.0))
     start_weights = _start_weights(problem, initial)
     program = Program(

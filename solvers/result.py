@@ -143,9 +143,10 @@ def merge_results(problem: LayerProblem, blocks: list[slice], results: list[Laye
     bounds = [result.info.get("l1_lower_bound") for result in results]
     if all(bound is not None and np.ndim(bound) <= 1 for bound in bounds):  # per neuron, or per group
         info["l1_lower_bound"] = np.concatenate([np.atleast_1d(bound) for bound in bounds])
-    repaired = [result.info.get("repaired") for result in results]
-    if all(count is not None for count in repaired):
-        info["repaired"] = sum(repaired)
+    for name in ("repaired", "solved_on_supports"):
+        counts = [result.info.get(name) for result in results]
+        if all(count is not None for count in counts):
+            info[name] = sum(counts)
     statuses = [result.info.get("neuron_statuses") for result in results]
     if all(each is not None for each in statuses):
         info["neuron_statuses"] = np.concatenate(statuses)

@@ -62,6 +62,12 @@ class SampleBlocks:
         for index, block in enumerate(self.blocks):
             yield slice(int(self.bounds[index]), int(self.bounds[index + 1])), self.be.asarray(block)
 
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """X[indices, :] on the host, for host integer `indices` (features)."""
+        if self.resident is not None:
+            return self.be.to_host(self.be.xp.take(self.resident, self.be.asarray(indices), axis=0))
+        return np.concatenate([np.asarray(block)[indices] for block in self.blocks], axis=1)
+
     def times_transposed(self, *arrays) -> tuple:
         """X A^T for each A (k x P), in one pass over the blocks."""
         if self.resident is not None:

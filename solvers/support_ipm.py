@@ -1,0 +1,166 @@
+"""Neurons the ADMM cannot finish, solved on their supports by the interior point and certified on the whole layer.
+
+A neuron whose repaired weights (repair.py) keep the budget but miss the gap tolerance check after check has
+found its support S, give or take a few weights, while its l1 and its dual bound converge slowly (LeNet-300-100
+layer 1, P = 10,000, float32: one neuron ran 1,040 iterations, ending at 0.36% above its optimum under a gap
+tolerance grown with the iterations). On S the program is small:
+
+    min  sum_{i in S} c_i |u_i|   s.t.   ||X_{S,Omega}^T u - y_Omega|| <= eps,   X_{S,A}^T u <= v_A - tau.
+
+Omega's fit is a quadratic in u: with G = X_{S,Omega} X_{S,Omega}^T = R^T R (Cholesky) and g = R^-T X_{S,Omega}
+y_Omega it equals ||R u - g||^2 + ||y_Omega||^2 - ||g||^2, so the cone has |S| + 1 entries whatever |Omega|, of
+radius e = sqrt(eps^2 - ||y_Omega||^2 + ||g||^2). A is a working set of Omega^c grown by cutting planes
+(cutting_planes.py): first the FIRST samples the ADMM's weights come nearest to activating, then the violated
+ones. Clarabel (its own interface: CVXPY's canonicalization would cost as much as the solve) returns u and the
+duals mu of the cone and nu >= 0 of the cuts. lam = (mu r / e on Omega, nu on A, 0 elsewhere), r the fit's
+residual, is a dual point of the neuron's whole program (the multiplier of ||r|| <= eps is mu ||r|| / e, along
+r), so weak duality (feasibility.dual_bound) bounds the optimum by -t sigma_C(lam) with t = 1 / max_i
+|(X lam)_i| / c_i over every row of X. Rows off S where |(X lam)_i| / c_i exceeds its level on S are the weights
+whose entry would lower the objective: up to GROW of the largest join S (the working sets of Lasso solvers) and
+the program is solved again, until the bound proves u within the gap tolerance. Clarabel's accuracy bears only
+on how tight the bound is (its duals meet |(X lam)_i| = c_i on S to about 1e-5); the budget is measured exactly
+by the caller.
+"""
+
+from __future__ import annotations
+
+import clarabel
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sparse
+
+from .reference import HIGH_ACCURACY
+
+#: Omega^c samples in the first working set, and the most violated ones added in each round.
+FIRST = 128
+PER_ROUND = 64
+#: Weights joining the support in each round, and the most Clarabel solves for one neuron.
+GROW = 128
+MAX_SOLVES = 12
+#: The largest support solved: Clarabel factors a dense |S| x |S| block at each of its iterations.
+MAX_SUPPORT = 512
+#: Arrays the size of the support's rows of X (|S| x P, float64) that exist at once (the rows, their Omega part).
+COPIES = 3
+#: The ridge on the fit's Gram matrix, relative to its largest diagonal entry (_fit_cone).
+RIDGE = 1e-12
+#: Weights below this fraction of the largest (each times its row's norm) are set to zero.
+ZERO_TOL = 1e-9
+#: The budget aimed at, as a fraction of eps (Clarabel's fit errors are below 1e-8 of it).
+AIM = 1 - 1e-6
+
+
+def solve_on_support(neuron: dict, rows, times, weights: np.ndarray, gap_allowed: float,
+                     max_support: int = MAX_SUPPORT):
+    """(u, bound) for one neuron, or None when the support is too large or Clarabel fails. `neuron` holds its
+    host float64 arrays: y, omega (bools), upper (P,), eps, cost (N,) (the l1 weights), tau (the Omega^c margin);
+    rows(index) returns X[index, :] and times(lam) X lam on the host; `weights` (N,) are the ADMM's. The loop
+    ends when bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective; a
+    support of more than max_support weights is not solved (the caller's memory plan: COPIES of its rows of X)."""
+    support = np.flatnonzero(weights != 0)
+    if not 0 < support.size <= max_support:
+        return None
+    outside = np.flatnonzero(~neuron["omega"])
+    nearest = np.argsort(neuron["upper"][outside] - weights[support] @ rows(support)[:, outside], kind="stable")
+    cuts, answer, solves = outside[nearest[:FIRST]], None, 0
+    while solves < MAX_SOLVES and support.size <= max_support:
+        X_S = rows(support)
+        cone = _fit_cone(X_S[:, neuron["omega"]], neuron["y"][neuron["omega"]], AIM * neuron["eps"])
+        solution, cuts, used = (None, cuts, 0) if cone is None else _with_cuts(
+            neuron, X_S, cone, cuts, neuron["cost"][support], MAX_SOLVES - solves)
+        solves += used
+        if solution is None:
+            return answer
+        u, mu, nu, response = solution
+        lam = np.zeros(response.size)
+        lam[neuron["omega"]] = mu * (response - neuron["y"])[neuron["omega"]] / cone[2]
+        lam[cuts] = np.maximum(nu, 0.0)
+        over, bound = _bound(neuron, lam, times(lam))
+        weights = np.zeros(weights.size)
+        weights[support] = _thresholded(u, np.linalg.norm(X_S, axis=1))
+        answer = (weights, bound)
+        # On S, |(X lam)_i| = c_i times the duals' common factor: rows off S above that level would enter.
+        entering = np.setdiff1d(np.flatnonzero(over > (1 + 1e-9) * float(over[support].max())), support)
+        if bound >= (1 - gap_allowed) * float(neuron["cost"] @ np.abs(weights)) or not entering.size:
+            return answer
+        support = np.union1d(support, entering[np.argsort(-over[entering], kind="stable")[:GROW]])
+    return answer
+
+
+def _with_cuts(neuron: dict, X_S: np.ndarray, cone, cuts: np.ndarray, cost: np.ndarray, solves: int):
+    """((u, mu, nu, u^T X_S), cuts, solves used): the support's program, the PER_ROUND most violated samples
+    of Omega^c added to the cuts after each solve until none is (within tau / 2 of its bound); the solution is
+    None when Clarabel fails or `solves` run out first."""
+    upper, tau = neuron["upper"], neuron["tau"]
+    for used in range(1, solves + 1):
+        solved = _clarabel(cone, X_S[:, cuts].T, upper[cuts] - tau, cost)
+        if solved is None:
+            return None, cuts, used
+        response = solved[0] @ X_S
+        excess = np.where(neuron["omega"], -np.inf, response - upper)
+        violated = np.setdiff1d(np.flatnonzero(excess > -tau / 2), cuts)
+        if not violated.size:
+            return (*solved, response), cuts, used
+        cuts = np.union1d(cuts, violated[np.argsort(-excess[violated], kind="stable")[:PER_ROUND]])
+    return None, cuts, solves
+
+
+def _thresholded(u: np.ndarray, row_norms: np.ndarray) -> np.ndarray:
+    """u with exact zeros where |d_i u_i| <= ZERO_TOL max_i |d_i u_i| (d: the rows' norms; reference.py's rule):
+    an interior point leaves the weights it prices out tiny, not zero."""
+    size = np.abs(u) * row_norms
+    return np.where(size <= ZERO_TOL * max(float(size.max()), 1e-300), 0.0, u)
+
+
+def _fit_cone(A: np.ndarray, y: np.ndarray, eps: float):
+    """(R, g, e): ||A^T u - y|| <= eps as ||R u - g|| <= e (module docstring), or None when no u on these rows
+    fits y within eps. R is the Cholesky factor of G = A A^T + delta I (a product at BLAS speed, several times
+    faster than a QR of A^T) and g = R^-T A y; then ||R u - g||^2 + ||y||^2 - ||g||^2 = fit^2 + delta ||u||^2, so
+    the cone lies a hair inside the budget (delta = RIDGE max_i G_ii) and rows of X that are zero on Omega (a
+    pixel never lit where the neuron is active) factor too."""
+    G = A @ A.T
+    G[np.diag_indices_from(G)] += RIDGE * max(float(np.max(np.diag(G), initial=0.0)), 1e-300)
+    try:
+        R = scipy.linalg.cholesky(G, lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    g = scipy.linalg.solve_triangular(R, A @ y, trans="T", check_finite=False)
+    radius2 = eps**2 - (float(y @ y) - float(g @ g))
+    return (R, g, float(np.sqrt(radius2))) if radius2 > 0 else None
+
+
+def _clarabel(cone, B: np.ndarray, limits: np.ndarray, cost: np.ndarray):
+    """min cost^T t  s.t.  -t <= u <= t,  B u <= limits,  ||R u - g|| <= e, in x = (u, t): (u, mu, nu) or None.
+    The data are divided by e (the solution by the same), so Clarabel's absolute tolerances are relative."""
+    R, g, radius = cone
+    k, m = R.shape[1], B.shape[0]
+    identity, zeros = sparse.identity(k, format="csc"), sparse.csc_matrix((k, k))
+    A = sparse.vstack([sparse.hstack([identity, -identity]), sparse.hstack([-identity, -identity]),
+                       sparse.hstack([sparse.csc_matrix(B), sparse.csc_matrix((m, k))]),
+                       sparse.csc_matrix((1, 2 * k)), sparse.hstack([sparse.csc_matrix(-R), zeros])]).tocsc()
+    b = np.concatenate([np.zeros(2 * k), limits / radius, [1.0], -g / radius])
+    q = np.concatenate([np.zeros(k), cost / np.median(cost[cost > 0]) if np.any(cost > 0) else cost])
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    for name, value in HIGH_ACCURACY["CLARABEL"].items():
+        setattr(settings, name, value)
+    cones = [clarabel.NonnegativeConeT(2 * k + m), clarabel.SecondOrderConeT(k + 1)]
+    solution = clarabel.DefaultSolver(sparse.csc_matrix((2 * k, 2 * k)), q, A, b, cones, settings).solve()
+    if str(solution.status) not in ("Solved", "AlmostSolved"):  # the caller measures u and its bound exactly
+        return None
+    x, z = np.asarray(solution.x), np.asarray(solution.z)
+    # Every row and the objective are scaled alike: the duals are those of the unscaled program times one factor,
+    # which the bound's scaling into the box removes.
+    return radius * x[:k], z[2 * k + m], z[2 * k:2 * k + m]
+
+
+def _bound(neuron: dict, lam: np.ndarray, X_lam: np.ndarray):
+    """(|X lam| / c per row, the weak-duality bound -t sigma_C(lam)) for lam >= 0 on Omega^c: t lam is a dual
+    point for any t > 0 that keeps |X t lam| <= c, and -t sigma_C(lam) is largest at t = 1 / max_i |(X lam)_i| / c_i
+    (feasibility.dual_bound scales into the box only downward: there lam's size is the ADMM's)."""
+    cost, omega = neuron["cost"], neuron["omega"]
+    box = np.abs(X_lam)
+    over = np.where(cost > 0, box / np.where(cost > 0, cost, 1.0), np.where(box > 0, np.inf, 0.0))
+    on_omega = lam[omega]
+    sigma = (on_omega @ neuron["y"][omega] + neuron["eps"] * np.linalg.norm(on_omega)
+             + lam[~omega] @ neuron["upper"][~omega])
+    return over, -sigma / max(float(over.max()), 1e-300)
