@@ -498,16 +498,16 @@ class Iteration:
         """support_ipm.py for the working-set `positions` (host), whose measured iterates are `weights` (N, k,
         float64 on the device): those proven within gap_allowed that keep the budget (measured exactly) are
         finalized "optimal". Returns their host mask. A few transfers a neuron: this is for the few that stay."""
-        be, X = self.be, self.layer.X64
+        be = self.be
+        X = support_ipm.LayerX(self.layer.X64, be, be.to_host(self.layer.scale))
         bounds = be.to_host(self.xp.take(self.s.lower_bound, be.asarray(positions), axis=0))
         solved = np.zeros(positions.size, dtype=bool)
-        largest = min(support_ipm.MAX_SUPPORT, self.options["repair_bytes"] // (support_ipm.COPIES * 8 * self.shape[1]))
         for j, (neuron, start) in enumerate(zip(self._host_programs(positions), be.to_host(weights).T, strict=True)):
-            answer = support_ipm.solve_on_support(neuron, X.rows, self._times_X64, start, gap_allowed, largest)
+            answer = support_ipm.solve_on_support(neuron, X, start, gap_allowed)
             if answer is None:
                 continue
             u, bound = answer[0], max(answer[1], float(bounds[j]))
-            response = be.to_host(X.left_times(be.asarray(u[None, :])))[0]
+            response = X.response(u)
             within = (np.linalg.norm((response - neuron["y"])[neuron["omega"]]) <= neuron["eps"]
                       and not np.any((response > neuron["upper"]) & ~neuron["omega"]))
             objective = float(neuron["cost"] @ np.abs(u))
@@ -533,7 +533,3 @@ class Iteration:
         tau = 0.1 * self.options["violation_tol"] * self.y_scale
         return [dict(y=Y[j], omega=omega[j], upper=upper[j], eps=float(eps[j]), cost=cost[j], tau=tau)
                 for j in range(positions.size)]
-
-    def _times_X64(self, lam: np.ndarray) -> np.ndarray:
-        """X lam (N,) on the host for the host lam (P,), with the layer's X in float64."""
-        return self.be.to_host(self.layer.X64.times_transposed(self.be.asarray(lam[None, :]))[0])[:, 0]

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Entries (rows times samples) of X that rows_gram gathers at once.
+ROWS_GRAM_ENTRIES = 2**22
+
 
 class SampleBlocks:
     """X as a list of column blocks; `resident` is X itself when it is one block on the device, else None.
@@ -62,11 +65,21 @@ class SampleBlocks:
         for index, block in enumerate(self.blocks):
             yield slice(int(self.bounds[index]), int(self.bounds[index + 1])), self.be.asarray(block)
 
-    def rows(self, indices: np.ndarray) -> np.ndarray:
-        """X[indices, :] on the host, for host integer `indices` (features)."""
-        if self.resident is not None:
-            return self.be.to_host(self.be.xp.take(self.resident, self.be.asarray(indices), axis=0))
-        return np.concatenate([np.asarray(block)[indices] for block in self.blocks], axis=1)
+    def rows_gram(self, indices: np.ndarray, weights: np.ndarray, vector: np.ndarray) -> tuple:
+        """(X_I diag(w) X_I^T, X_I v) in float64 on the host, for host row indices I and host (P,) weights w and
+        vector v: a slice of at most ROWS_GRAM_ENTRIES / |I| samples at a time, never the |I| x P rows."""
+        xp, be = self.be.xp, self.be
+        index, step = be.asarray(indices), max(1, ROWS_GRAM_ENTRIES // max(len(indices), 1))
+        gram = product = 0.0
+        blocks = [(slice(0, self.shape[1]), self.resident)] if self.resident is not None else self._on_device()
+        for samples, block in blocks:
+            for first in range(0, block.shape[1], step):
+                last = min(first + step, block.shape[1])
+                chosen = slice(samples.start + first, samples.start + last)
+                part = xp.astype(xp.take(block[:, first:last], index, axis=0), xp.float64)
+                gram = gram + (part * be.asarray(weights[chosen])[None, :]) @ part.T
+                product = product + part @ be.asarray(vector[chosen])
+        return be.to_host(gram), be.to_host(product)
 
     def times_transposed(self, *arrays) -> tuple:
         """X A^T for each A (k x P), in one pass over the blocks."""

@@ -39,8 +39,6 @@ GROW = 128
 MAX_SOLVES = 12
 #: The largest support solved: Clarabel factors a dense |S| x |S| block at each of its iterations.
 MAX_SUPPORT = 512
-#: Arrays the size of the support's rows of X (|S| x P, float64) that exist at once (the rows, their Omega part).
-COPIES = 3
 #: The ridge on the fit's Gram matrix, relative to its largest diagonal entry (_fit_cone).
 RIDGE = 1e-12
 #: Weights below this fraction of the largest (each times its row's norm) are set to zero.
@@ -49,34 +47,55 @@ ZERO_TOL = 1e-9
 AIM = 1 - 1e-6
 
 
-def solve_on_support(neuron: dict, rows, times, weights: np.ndarray, gap_allowed: float,
-                     max_support: int = MAX_SUPPORT):
-    """(u, bound) for one neuron, or None when the support is too large or Clarabel fails. `neuron` holds its
-    host float64 arrays: y, omega (bools), upper (P,), eps, cost (N,) (the l1 weights), tau (the Omega^c margin);
-    rows(index) returns X[index, :] and times(lam) X lam on the host; `weights` (N,) are the ADMM's. The loop
-    ends when bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective; a
-    support of more than max_support weights is not solved (the caller's memory plan: COPIES of its rows of X)."""
+class LayerX:
+    """The layer's X (samples.SampleBlocks, float64, on any device) as a support solve reads it, each answer on
+    the host: no |S| x P array is made (the fit's Gram matrix is accumulated a slice of samples at a time).
+    `scale` (N,): the rows' norms the weights are thresholded in (factor.LayerInput.scale, on the host)."""
+
+    def __init__(self, X, be, scale: np.ndarray):
+        self.X, self.be, self.scale = X, be, scale
+
+    def fit(self, rows: np.ndarray, omega: np.ndarray, y: np.ndarray) -> tuple:
+        """(X_{S,Omega} X_{S,Omega}^T, X_{S,Omega} y_Omega) for the rows S."""
+        return self.X.rows_gram(rows, omega.astype(np.float64), np.where(omega, y, 0.0))
+
+    def columns(self, rows: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """X[rows][:, samples]."""
+        return self.be.to_host(self.X.columns(self.be.asarray(samples)))[rows]
+
+    def response(self, weights: np.ndarray) -> np.ndarray:
+        """w^T X (P,) for w (N,)."""
+        return self.be.to_host(self.X.left_times(self.be.asarray(weights[None, :])))[0]
+
+    def times(self, lam: np.ndarray) -> np.ndarray:
+        """X lam (N,) for lam (P,)."""
+        return self.be.to_host(self.X.times_transposed(self.be.asarray(lam[None, :]))[0])[:, 0]
+
+
+def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: float):
+    """(u, bound) for one neuron, or None when its support is empty or larger than MAX_SUPPORT, cannot fit y
+    within the budget, or Clarabel fails. `neuron` holds its host float64 arrays: y, omega (bools), upper (P,),
+    eps, cost (N,) (the l1 weights), tau (the Omega^c margin); `weights` (N,) are the ADMM's. The loop ends when
+    bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective."""
     support = np.flatnonzero(weights != 0)
-    if not 0 < support.size <= max_support:
+    if not 0 < support.size <= MAX_SUPPORT:
         return None
     outside = np.flatnonzero(~neuron["omega"])
-    nearest = np.argsort(neuron["upper"][outside] - weights[support] @ rows(support)[:, outside], kind="stable")
+    nearest = np.argsort((neuron["upper"] - X.response(weights))[outside], kind="stable")
     cuts, answer, solves = outside[nearest[:FIRST]], None, 0
-    while solves < MAX_SOLVES and support.size <= max_support:
-        X_S = rows(support)
-        cone = _fit_cone(X_S[:, neuron["omega"]], neuron["y"][neuron["omega"]], AIM * neuron["eps"])
+    while solves < MAX_SOLVES and support.size <= MAX_SUPPORT:
+        cone = _fit_cone(*X.fit(support, neuron["omega"], neuron["y"]), neuron["y"], neuron["omega"],
+                         AIM * neuron["eps"])
         solution, cuts, used = (None, cuts, 0) if cone is None else _with_cuts(
-            neuron, X_S, cone, cuts, neuron["cost"][support], MAX_SOLVES - solves)
+            neuron, X, support, cone, cuts, MAX_SOLVES - solves)
         solves += used
         if solution is None:
             return answer
-        u, mu, nu, response = solution
+        weights, mu, nu, response = solution
         lam = np.zeros(response.size)
         lam[neuron["omega"]] = mu * (response - neuron["y"])[neuron["omega"]] / cone[2]
         lam[cuts] = np.maximum(nu, 0.0)
-        over, bound = _bound(neuron, lam, times(lam))
-        weights = np.zeros(weights.size)
-        weights[support] = _thresholded(u, np.linalg.norm(X_S, axis=1))
+        over, bound = _bound(neuron, lam, X.times(lam))
         answer = (weights, bound)
         # On S, |(X lam)_i| = c_i times the duals' common factor: rows off S above that level would enter.
         entering = np.setdiff1d(np.flatnonzero(over > (1 + 1e-9) * float(over[support].max())), support)
@@ -86,20 +105,25 @@ def solve_on_support(neuron: dict, rows, times, weights: np.ndarray, gap_allowed
     return answer
 
 
-def _with_cuts(neuron: dict, X_S: np.ndarray, cone, cuts: np.ndarray, cost: np.ndarray, solves: int):
-    """((u, mu, nu, u^T X_S), cuts, solves used): the support's program, the PER_ROUND most violated samples
-    of Omega^c added to the cuts after each solve until none is (within tau / 2 of its bound); the solution is
-    None when Clarabel fails or `solves` run out first."""
+def _with_cuts(neuron: dict, X: LayerX, support: np.ndarray, cone, cuts: np.ndarray, solves: int):
+    """((weights (N,), mu, nu, response (P,)), cuts, solves used): the support's program, the PER_ROUND most
+    violated samples of Omega^c added to the cuts after each solve until none is (within tau / 2 of its bound);
+    the solution is None when Clarabel fails or `solves` run out first. The weights are thresholded (_thresholded);
+    the response and the duals are those of Clarabel's u."""
     upper, tau = neuron["upper"], neuron["tau"]
     for used in range(1, solves + 1):
-        solved = _clarabel(cone, X_S[:, cuts].T, upper[cuts] - tau, cost)
+        solved = _clarabel(cone, X.columns(support, cuts).T, upper[cuts] - tau, neuron["cost"][support])
         if solved is None:
             return None, cuts, used
-        response = solved[0] @ X_S
+        u, mu, nu = solved
+        weights = np.zeros(X.scale.size)
+        weights[support] = u
+        response = X.response(weights)
         excess = np.where(neuron["omega"], -np.inf, response - upper)
         violated = np.setdiff1d(np.flatnonzero(excess > -tau / 2), cuts)
         if not violated.size:
-            return (*solved, response), cuts, used
+            weights[support] = _thresholded(u, X.scale[support])
+            return (weights, mu, nu, response), cuts, used
         cuts = np.union1d(cuts, violated[np.argsort(-excess[violated], kind="stable")[:PER_ROUND]])
     return None, cuts, solves
 
@@ -111,20 +135,20 @@ def _thresholded(u: np.ndarray, row_norms: np.ndarray) -> np.ndarray:
     return np.where(size <= ZERO_TOL * max(float(size.max()), 1e-300), 0.0, u)
 
 
-def _fit_cone(A: np.ndarray, y: np.ndarray, eps: float):
-    """(R, g, e): ||A^T u - y|| <= eps as ||R u - g|| <= e (module docstring), or None when no u on these rows
-    fits y within eps. R is the Cholesky factor of G = A A^T + delta I (a product at BLAS speed, several times
-    faster than a QR of A^T) and g = R^-T A y; then ||R u - g||^2 + ||y||^2 - ||g||^2 = fit^2 + delta ||u||^2, so
-    the cone lies a hair inside the budget (delta = RIDGE max_i G_ii) and rows of X that are zero on Omega (a
-    pixel never lit where the neuron is active) factor too."""
-    G = A @ A.T
-    G[np.diag_indices_from(G)] += RIDGE * max(float(np.max(np.diag(G), initial=0.0)), 1e-300)
+def _fit_cone(G: np.ndarray, Ay: np.ndarray, y: np.ndarray, omega: np.ndarray, eps: float):
+    """(R, g, e): ||A^T u - y_Omega|| <= eps as ||R u - g|| <= e (module docstring), given G = A A^T and A y_Omega
+    for A = X_{S,Omega}, or None when no u on these rows fits y within eps. R is the Cholesky factor of
+    G + delta I and g = R^-T A y: then ||R u - g||^2 + ||y_Omega||^2 - ||g||^2 = fit^2 + delta ||u||^2, so the
+    cone lies a hair inside the budget (delta = RIDGE max_i G_ii) and rows of X that are zero on Omega (a pixel
+    never lit where the neuron is active) factor too."""
+    G = G + RIDGE * max(float(np.max(np.diag(G), initial=0.0)), 1e-300) * np.eye(G.shape[0])
     try:
         R = scipy.linalg.cholesky(G, lower=False, check_finite=False)
     except np.linalg.LinAlgError:
         return None
-    g = scipy.linalg.solve_triangular(R, A @ y, trans="T", check_finite=False)
-    radius2 = eps**2 - (float(y @ y) - float(g @ g))
+    g = scipy.linalg.solve_triangular(R, Ay, trans="T", check_finite=False)
+    y_omega = y[omega]
+    radius2 = eps**2 - (float(y_omega @ y_omega) - float(g @ g))
     return (R, g, float(np.sqrt(radius2))) if radius2 > 0 else None
 
 

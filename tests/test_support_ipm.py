@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from instances import random_problem
-from solvers import LayerProblem, iteration, solve, support_ipm
+from solvers import LayerProblem, iteration, samples, solve, support_ipm
 from solvers.arrays import backend
 from solvers.problem import column_l1
 from solvers.samples import SampleBlocks
-from solvers.support_ipm import solve_on_support
+from solvers.support_ipm import LayerX, solve_on_support
 
 
 def _neuron(problem, m=0, tau=1e-9):
@@ -32,10 +32,9 @@ def _wrong_support(optimum, seed):
     return weights
 
 
-def _solved(problem, weights, gap_allowed=1e-4, **options):
-    X = problem.X
-    return solve_on_support(_neuron(problem), lambda index: X[index], lambda lam: X @ lam, weights, gap_allowed,
-                            **options)
+def _solved(problem, weights, gap_allowed=1e-4):
+    X = LayerX(SampleBlocks.on_device(backend("cpu"), problem.X), backend("cpu"), np.linalg.norm(problem.X, axis=1))
+    return solve_on_support(_neuron(problem), X, weights, gap_allowed)
 
 
 @pytest.mark.parametrize("seed, activation, cascade", [(0, "relu", False), (1, "relu", True), (2, "linear", False)])
@@ -66,7 +65,7 @@ def test_a_bound_stopped_early_is_still_a_lower_bound(monkeypatch):
     assert float(np.abs(weights).sum()) - bound > 1e-3 * optimum  # not proven: the loop was cut short
 
 
-def test_weighted_objective_and_a_support_too_large_to_solve():
+def test_weighted_objective_and_a_support_too_large_to_solve(monkeypatch):
     plain = random_problem(4, N=30, P=300, M=1, per_neuron=True)
     problem = LayerProblem(plain.X, plain.Y, plain.eps, "relu", original_weights=plain.original_weights,
                            l1_weights=np.random.default_rng(4).uniform(0.5, 2.0, (plain.shape[0], 1)))
@@ -75,7 +74,8 @@ def test_weighted_objective_and_a_support_too_large_to_solve():
     weights, bound = _solved(problem, _wrong_support(reference.U[:, 0], 4))
     assert float(problem.l1_weights[:, 0] @ np.abs(weights)) == pytest.approx(optimum, rel=1e-6)
     assert bound <= optimum * (1 + 1e-7)
-    assert _solved(problem, _wrong_support(reference.U[:, 0], 4), max_support=5) is None
+    monkeypatch.setattr(support_ipm, "MAX_SUPPORT", 5)
+    assert _solved(problem, _wrong_support(reference.U[:, 0], 4)) is None
 
 
 def _refusing_every_repair(monkeypatch):
@@ -114,8 +114,12 @@ def test_stuck_neurons_on_the_device(monkeypatch, device):
     _solved_on_supports(problem, device=device, dtype="float32", gap_patience=20)
 
 
-def test_the_rows_of_x_in_blocks_of_samples():
-    X = np.random.default_rng(0).standard_normal((7, 50))
-    index = np.array([5, 0, 3])
-    assert np.array_equal(SampleBlocks.on_host(backend("cpu"), X, 16).rows(index), X[index])
-    assert np.array_equal(SampleBlocks.on_device(backend("cpu"), X).rows(index), X[index])
+def test_the_fit_gram_of_some_rows_a_slice_of_samples_at_a_time(monkeypatch):
+    rng = np.random.default_rng(0)
+    X, weights, vector = rng.standard_normal((7, 50)), (rng.random(50) < 0.5) * 1.0, rng.standard_normal(50)
+    rows = np.array([5, 0, 3])
+    monkeypatch.setattr(samples, "ROWS_GRAM_ENTRIES", 20)  # slices of 6 samples
+    for blocks in (SampleBlocks.on_host(backend("cpu"), X, 16), SampleBlocks.on_device(backend("cpu"), X)):
+        gram, product = blocks.rows_gram(rows, weights, vector)
+        assert np.allclose(gram, (X[rows] * weights) @ X[rows].T, rtol=1e-13, atol=1e-13)
+        assert np.allclose(product, X[rows] @ vector, rtol=1e-13, atol=1e-13)
