@@ -147,7 +147,7 @@ class Iteration:
         self.accelerator = (memory_or_none(be, options["anderson"], self.together)
                             if options["stopping"] == "residuals" else None)
         self.products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
-        self.history, self.checks = [], 0
+        self.history, self.checks, self.iteration = [], 0, 0  # self.iteration: the last check's
 
     def run(self, callback=None):
         options, s = self.options, self.s
