@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from .arrays import assign_difference, squared_norms
+from .arrays import assign_difference, replace_rows, squared_norms
 
 #: Plain steps (checks) without the residual halving after which a neuron stops being accelerated.
 STALLED_STEPS = 20
@@ -54,7 +54,8 @@ class Anderson:
         return xp.zeros_like(norms) + xp.sum(norms) if self.coupled else norms
 
     def step(self, f_z, f_w, accelerate: bool):
-        """Given the plain image T(zeta_k) = (f_z, f_w), return zeta_{k+1}."""
+        """Given the plain image T(zeta_k) = (f_z, f_w), return zeta_{k+1}. f_z and f_w are the caller's
+        temporaries: a rejected neuron's rows of them may be overwritten."""
         xp = self.xp
         f_wT = f_w.T
         if self.zeta is None:
@@ -91,8 +92,7 @@ class Anderson:
             self.fresh = rejected
             self.clear(rejected)  # no memory: their gamma is 0, the plain image of the previous point
             back_z, back_wT = self.fallback
-            f_z = xp.where(rejected[:, None], back_z, f_z)
-            f_wT = xp.where(rejected[:, None], back_wT, f_wT)
+            f_z, f_wT = replace_rows(xp, f_z, rejected, back_z), replace_rows(xp, f_wT, rejected, back_wT)
         self.previous = (g_z, g_wT, f_z, f_wT, norms)
         self.fallback = (f_z, f_wT)
         if not accelerate or self.slot == 0:

@@ -159,6 +159,16 @@ def assign_difference(xp, array, index, a, b) -> None:
         array[index] = a - b
 
 
+def replace_rows(xp, target, mask, source):
+    """where(mask[:, None], source, target) for a few true rows of the (k,) bools `mask`. On NumPy the rows are
+    copied into `target` in place (it must be the caller's own temporary): where() would pass over both whole
+    arrays. Elsewhere where(), since selecting the rows would make the host wait for how many there are."""
+    if array_api_compat.is_numpy_namespace(xp):
+        target[mask] = source[mask]
+        return target
+    return xp.where(mask[:, None], source, target)
+
+
 def backend(device="cpu") -> Backend:
     """The Backend for `device`: "cpu" (NumPy); "cuda" or "cuda:K" (CuPy when installed, otherwise torch); a
     torch.device (torch tensors there, CPU included); an array_api_strict.Device; a cupy.cuda.Device."""
