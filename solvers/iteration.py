@@ -146,6 +146,8 @@ class Iteration:
         s.Z = project(xp, layer.X.left_times(U.T), s, relu, coupled)
         self.accelerator = (memory_or_none(be, options["anderson"], self.together)
                             if options["stopping"] == "residuals" else None)
+        if self.accelerator is not None:
+            self.accelerator.start(s.Z, s.W)  # Dz = Dw = 0
         self.products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
         self.history, self.checks, self.iteration = [], 0, 0  # self.iteration: the last check's
 
@@ -189,11 +191,14 @@ class Iteration:
             U = self.layer.solve_u(rhs)
             XU = X.left_times(U.T)
         self.products = None
-        Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
-        W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
-        zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw  # the fixed-point variable, see anderson.py
-        if self.accelerator is not None:  # checks take the plain step, so their residual formulas stay exact
-            zeta_z, zeta_w = self.accelerator.step(zeta_z, zeta_w, accelerate=not check)
+        if self.accelerator is None:  # zeta, the fixed-point variable of anderson.py
+            Z_relaxed = XU if a == 1 else a * XU + (1 - a) * s.Z
+            W_relaxed = U if a == 1 else a * U + (1 - a) * s.W
+            zeta_z, zeta_w = Z_relaxed + s.Dz, W_relaxed + s.Dw
+        else:  # the point is zeta = Z + Dz, so the plain step moves it by a (U^T X - Z, U - W), one pass less
+            moves = (XU - s.Z, U - s.W) if a == 1 else (a * (XU - s.Z), a * (U - s.W))
+            # checks take the plain step, so their residual formulas stay exact
+            zeta_z, zeta_w = self.accelerator.step_by(*moves, accelerate=not check)
         Z_new = project(xp, zeta_z, s, self.relu, self.coupled)
         W_new = self.shrink(zeta_w)
         previous = (s.U, s.Z, s.W, s.Dz, s.Dw, XZ, XD, XU)
