@@ -159,6 +159,12 @@ def assign_difference(xp, array, index, a, b) -> None:
         array[index] = a - b
 
 
+def take_rows(xp, array, index):
+    """xp.take(array, index, axis=0); on NumPy by indexing, since np.take copies rows of a slice of columns 5
+    times slower (340 rows of 12,336 columns of a 718 x 55,000 float64 X: 38 ms against 7)."""
+    return array[index] if array_api_compat.is_numpy_namespace(xp) else xp.take(array, index, axis=0)
+
+
 def replace_rows(xp, target, mask, source):
     """where(mask[:, None], source, target) for a few true rows of the (k,) bools `mask`. On NumPy the rows are
     copied into `target` in place (it must be the caller's own temporary): where() would pass over both whole

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import take_rows
+
 #: Entries (rows times samples) of X that rows_gram gathers at once.
 ROWS_GRAM_ENTRIES = 2**22
 
@@ -65,20 +67,24 @@ class SampleBlocks:
         for index, block in enumerate(self.blocks):
             yield slice(int(self.bounds[index]), int(self.bounds[index + 1])), self.be.asarray(block)
 
-    def rows_gram(self, indices: np.ndarray, weights: np.ndarray, vector: np.ndarray) -> tuple:
-        """(X_I diag(w) X_I^T, X_I v) in float64 on the host, for host row indices I and host (P,) weights w and
-        vector v: a slice of at most ROWS_GRAM_ENTRIES / |I| samples at a time, never the |I| x P rows."""
+    def rows_gram(self, indices: np.ndarray, samples: np.ndarray, vector: np.ndarray) -> tuple:
+        """(X_IJ X_IJ^T, X_IJ v_J) in float64 on the host, for host row indices I, host (P,) bools J and a host
+        (P,) vector v: a slice of at most ROWS_GRAM_ENTRIES / |I| samples at a time, whose samples in J enter the
+        products; never the |I| x P rows."""
         xp, be = self.be.xp, self.be
         index, step = be.asarray(indices), max(1, ROWS_GRAM_ENTRIES // max(len(indices), 1))
-        gram = product = 0.0
+        gram = xp.zeros((len(indices),) * 2, dtype=xp.float64, device=be.device)
+        product = xp.zeros(len(indices), dtype=xp.float64, device=be.device)
         blocks = [(slice(0, self.shape[1]), self.resident)] if self.resident is not None else self._on_device()
-        for samples, block in blocks:
+        for span, block in blocks:
             for first in range(0, block.shape[1], step):
                 last = min(first + step, block.shape[1])
-                chosen = slice(samples.start + first, samples.start + last)
-                part = xp.astype(xp.take(block[:, first:last], index, axis=0), xp.float64)
-                gram = gram + (part * be.asarray(weights[chosen])[None, :]) @ part.T
-                product = product + part @ be.asarray(vector[chosen])
+                chosen = span.start + first + np.flatnonzero(samples[span.start + first:span.start + last])
+                if chosen.size:
+                    part = take_rows(xp, block[:, first:last], index)
+                    part = xp.astype(xp.take(part, be.asarray(chosen - span.start - first), axis=1), xp.float64)
+                    gram = gram + part @ part.T
+                    product = product + part @ be.asarray(vector[chosen])
         return be.to_host(gram), be.to_host(product)
 
     def times_transposed(self, *arrays) -> tuple:

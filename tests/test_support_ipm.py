@@ -116,10 +116,12 @@ def test_stuck_neurons_on_the_device(monkeypatch, device):
 
 def test_the_fit_gram_of_some_rows_a_slice_of_samples_at_a_time(monkeypatch):
     rng = np.random.default_rng(0)
-    X, weights, vector = rng.standard_normal((7, 50)), (rng.random(50) < 0.5) * 1.0, rng.standard_normal(50)
+    X, chosen, vector = rng.standard_normal((7, 50)), rng.random(50) < 0.5, rng.standard_normal(50)
+    chosen[12:18] = False  # a slice without any of them
     rows = np.array([5, 0, 3])
     monkeypatch.setattr(samples, "ROWS_GRAM_ENTRIES", 20)  # slices of 6 samples
     for blocks in (SampleBlocks.on_host(backend("cpu"), X, 16), SampleBlocks.on_device(backend("cpu"), X)):
-        gram, product = blocks.rows_gram(rows, weights, vector)
-        assert np.allclose(gram, (X[rows] * weights) @ X[rows].T, rtol=1e-13, atol=1e-13)
-        assert np.allclose(product, X[rows] @ vector, rtol=1e-13, atol=1e-13)
+        gram, product = blocks.rows_gram(rows, chosen, vector)
+        part = X[rows][:, chosen]
+        assert np.allclose(gram, part @ part.T, rtol=1e-13, atol=1e-13)
+        assert np.allclose(product, part @ vector[chosen], rtol=1e-13, atol=1e-13)
