@@ -32,10 +32,12 @@ import scipy.sparse as sparse
 
 from .reference import HIGH_ACCURACY
 
-#: Omega^c samples in the first working set, FIRST_PER_ROOT sqrt(P), and the most violated ones added in each
-#: round. LeNet-300-100 layer 1: the constraints active at the optimum were 49 to 67 (the last of them ranked up
-#: to 93rd by the ADMM's weights) at P = 10,000 and 130 to 203 (ranked up to 299th) at P = 55,000; 128 and 300
-#: first samples took 2 to 3 solves a neuron, a fixed 128 at P = 55,000 4 to 7 (23 s for 8 neurons against 15).
+#: Omega^c samples in the first working set, at least FIRST and FIRST_PER_ROOT sqrt(P), and the most violated ones
+#: added in each round. LeNet-300-100 layer 1: the constraints active at the optimum were 49 to 67 (the last of
+#: them ranked up to 93rd by the ADMM's weights) at P = 10,000 and 130 to 203 (ranked up to 299th) at P = 55,000;
+#: 128 and 300 first samples took 2 to 3 solves a neuron, a fixed 128 at P = 55,000 4 to 7 (23 s for 8 neurons
+#: against 15); at P = 10,000 a first set of 32 took 18 solves for 3 neurons against 8.
+FIRST = 128
 FIRST_PER_ROOT = 1.28
 PER_ROUND = 64
 #: Weights joining the support in each round, and the most Clarabel solves for one neuron.
@@ -86,7 +88,7 @@ def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: 
         return None
     outside = np.flatnonzero(~neuron["omega"])
     nearest = np.argsort((neuron["upper"] - X.response(weights))[outside], kind="stable")
-    first = math.ceil(FIRST_PER_ROOT * math.sqrt(neuron["y"].size))
+    first = max(FIRST, math.ceil(FIRST_PER_ROOT * math.sqrt(neuron["y"].size)))
     cuts, answer, solves = outside[nearest[:first]], None, 0
     while solves < MAX_SOLVES and support.size <= MAX_SUPPORT:
         cone = _fit_cone(*X.fit(support, neuron["omega"], neuron["y"]), neuron["y"], neuron["omega"],
