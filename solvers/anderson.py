@@ -73,8 +73,9 @@ class Anderson:
         """step() given the residual g = T(zeta_k) - zeta_k instead of the image (zeta_0 given to start()): the
         image is zeta_k + g, one pass over the M x P arrays less than a caller forming the image and this
         class the residual."""
-        if self.zeta is None:
-            return self.step(self.origin[0] + g_z, self.origin[1] + g_w, accelerate)
+        if self.zeta is None:  # the origin is not kept: it is an M x P array
+            (origin_z, origin_w), self.origin = self.origin, None
+            return self.step(origin_z + g_z, origin_w + g_w, accelerate)
         return self._step(self.zeta[0] + g_z, self.zeta[1].T + g_w.T, g_z, g_w.T, accelerate)
 
     def _step(self, f_z, f_wT, g_z, g_wT, accelerate: bool):
