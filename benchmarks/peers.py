@@ -76,7 +76,7 @@ def pruned_sequentially(model: nn.Module, calibration, nonzeros: dict[str, int],
     by_name = {layer.name: layer for layer in layers}
     for name in capture(pruned, batches[:1], layers, positions, 1, seed):  # the execution order
         layer = by_name[name]
-        X = capture(pruned, batches, [layer], positions, max_samples, seed)[name]
+        X = capture(pruned, batches, [layer], positions, max_samples, seed, False)[name]
         U = layer.weight_matrix()
         layer.set_weight_matrix(prune_layer(U, X, U.size - nonzeros[name]))
     return pruned

@@ -21,6 +21,7 @@ name).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -112,21 +113,49 @@ class Layer:
             if bias is not None:
                 bias.copy_(U[features])
 
-    def features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The samples the layer multiplies by its weight, one per row: (samples, in features), no bias column."""
-        module = self.module
+    def features(self, inputs: torch.Tensor, choose=None) -> torch.Tensor:
+        """The samples the layer multiplies by its weight, one per row: (samples, in features), no bias column.
+        With `choose` (a function of the number of samples returning the indices of those to keep, or None for
+        all), only the chosen rows, in the order of F.unfold's patches image by image: a conv gathers just those
+        patches from its padded input and never unfolds the others."""
         if self.kind == "linear":
-            return inputs.reshape(-1, module.in_features)
+            rows = inputs.reshape(-1, self.module.in_features)
+            chosen = None if choose is None else choose(len(rows))
+            return rows if chosen is None else rows[chosen.to(rows.device)]
+        padded = self._padded(inputs)
+        kernel, dilation, stride = (tuple(value) if self.kind == "conv2d" else (1, *value) for value in
+                                    (self.module.kernel_size, self.module.dilation, self.module.stride))
+        output_size = [(size - d * (k - 1) - 1) // s + 1
+                       for size, d, k, s in zip(padded.shape[2:], dilation, kernel, stride, strict=True)]
+        chosen = None if choose is None else choose(len(padded) * math.prod(output_size))
+        if chosen is None:
+            patches = F.unfold(padded, kernel, dilation=dilation, stride=stride)
+            return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        return _gather_patches(padded, chosen.to(padded.device), output_size, kernel, dilation, stride)
+
+    def _padded(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The conv's input padded as the conv pads it, batched, as (images, C, H, W) (height 1 for a Conv1d)."""
         image_dims = 2 if self.kind == "conv2d" else 1
         if inputs.dim() == image_dims + 1:  # one unbatched input, (C, H, W) or (C, L)
             inputs = inputs[None]
-        padded = F.pad(inputs, _pad_widths(module), mode=_PAD_MODES[module.padding_mode])
-        if self.kind == "conv2d":
-            patches = F.unfold(padded, module.kernel_size, dilation=module.dilation, stride=module.stride)
-        else:  # a Conv1d is a Conv2d of height 1
-            patches = F.unfold(padded[:, :, None, :], (1, *module.kernel_size), dilation=(1, *module.dilation),
-                               stride=(1, *module.stride))
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        padded = F.pad(inputs, _pad_widths(self.module), mode=_PAD_MODES[self.module.padding_mode])
+        return padded if self.kind == "conv2d" else padded[:, :, None, :]
+
+
+def _gather_patches(padded: torch.Tensor, chosen: torch.Tensor, output_size: tuple[int, int], kernel, dilation,
+                    stride) -> torch.Tensor:
+    """The rows `chosen` of F.unfold(padded, ...).transpose(1, 2).reshape(-1, C kh kw), by indexing: rows are
+    image-major, then output positions row by row; features channel-major, then kernel row, then kernel column."""
+    height, width = output_size
+    (kh, kw), (dy, dx), (sy, sx) = kernel, dilation, stride
+    image, position = chosen // (height * width), chosen % (height * width)
+    arange = torch.arange
+    channel = arange(padded.shape[1], device=chosen.device).repeat_interleave(kh * kw)
+    ky = arange(kh, device=chosen.device).repeat_interleave(kw).repeat(padded.shape[1])
+    kx = arange(kw, device=chosen.device).repeat(padded.shape[1] * kh)
+    rows = (position // width * sy)[:, None] + (ky * dy)[None, :]
+    columns = (position % width * sx)[:, None] + (kx * dx)[None, :]
+    return padded[image[:, None], channel[None, :], rows, columns]
 
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}

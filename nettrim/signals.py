@@ -46,17 +46,22 @@ def calibration_batches(calibration, batch_size: int = DEFAULT_BATCH_SIZE) -> li
 
 
 class _Sampler:
-    """Seeded subsampling of one layer's samples to at most `max_samples`, identical on every pass."""
+    """Seeded subsampling of one layer's samples to at most `max_samples`, identical on every pass: each batch's
+    samples are drawn before they are formed (Layer.features gathers only those), then the batches' together."""
 
     def __init__(self, max_samples: int | None, seed: int, index: int):
         self.max_samples, self.seed, self.index = max_samples, seed, index
         self.rng = np.random.default_rng([seed, index])
 
+    def choose(self, count: int) -> torch.Tensor | None:
+        """The indices (sorted) of the samples to keep among `count`, or None for all of them."""
+        if self.max_samples is None or count <= self.max_samples:
+            return None
+        return torch.from_numpy(np.sort(self.rng.choice(count, self.max_samples, replace=False)))
+
     def take(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.max_samples is None or len(rows) <= self.max_samples:
-            return rows
-        chosen = np.sort(self.rng.choice(len(rows), self.max_samples, replace=False))
-        return rows[torch.from_numpy(chosen).to(rows.device)]
+        chosen = self.choose(len(rows))
+        return rows if chosen is None else rows[chosen.to(rows.device)]
 
 
 class _Stop(Exception):
@@ -70,15 +75,16 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], positions: dict[str, int],
-            max_samples: int | None, seed: int) -> dict[str, np.ndarray]:
+            max_samples: int | None, seed: int, refuse_shared_layers: bool = True) -> dict[str, np.ndarray]:
     """Run the calibration batches through `model` and return X (N, P) in float64 for each of `layers`, in the
     order the forward pass reaches them: the layer's input samples (patches for a conv), subsampled to
     `max_samples` by a sampler seeded with (seed, positions[name]), with a row of ones when it has a bias.
 
-    A forward error names the layer it happened in and the shapes; NaN or Inf in a signal names the layer. The
-    first batch runs the whole forward pass, so that a layer called more than once (shared weights: its inputs
-    would mix call sites, and one set of weights cannot keep both calls' budgets) is refused by name, also where
-    torch.fx could not trace the model; later batches stop once every layer has its input. A layer the forward
+    A forward error names the layer it happened in and the shapes; NaN or Inf in a signal names the layer. With
+    refuse_shared_layers, the first batch runs the whole forward pass, so that a layer called more than once
+    (shared weights: its inputs would mix call sites, and one set of weights cannot keep both calls' budgets) is
+    refused by name, also where torch.fx could not trace the model; other batches (all of them, without it: a
+    cascade's re-capture of layers already checked) stop once every layer has its input. A layer the forward
     pass never calls as a module (its weight used functionally, as nn.MultiheadAttention does with out_proj) has
     no entry.
     """
@@ -87,7 +93,7 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
     collected: dict[str, list[torch.Tensor]] = {}  # filled in execution order
     remaining: set[str] = set()
     calls: dict[str, int] = {}  # of each layer, in the first batch
-    first_batch = True
+    first_batch = refuse_shared_layers
     scripted = isinstance(model, torch.jit.ScriptModule)
 
     def on_input(layer: Layer, inputs: torch.Tensor) -> None:
@@ -95,8 +101,8 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
             calls[layer.name] = calls.get(layer.name, 0) + 1
             if calls[layer.name] > 1:  # refused once the batch is through
                 return
-        rows = layer.features(inputs).to("cpu", torch.float64)
-        collected.setdefault(layer.name, []).append(samplers[layer.name].take(rows))
+        rows = layer.features(inputs, samplers[layer.name].choose).to("cpu", torch.float64)
+        collected.setdefault(layer.name, []).append(rows)
         remaining.discard(layer.name)
         if not remaining and not scripted and not first_batch:  # no exception crosses TorchScript cleanly
             raise _Stop

@@ -169,7 +169,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     if report.not_trimmed:
         warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=2)
     trimming = Trimming(order, set(graph.relu), original,
-                        lambda layer: capture(work, batches, [layer], positions, max_samples, seed)[layer.name],
+                        lambda layer: capture(work, batches, [layer], positions, max_samples, seed, False)[layer.name],
                         mode, budget, gamma, kappa, backend, solve_options, reweight, targets, max_epsilon,
                         time_limit, input_groups)
     store = None

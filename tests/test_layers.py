@@ -39,6 +39,29 @@ def test_unfolded_conv_equals_the_conv_forward(options):
     np.testing.assert_allclose(product, expected_rows, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("options", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    dict(kernel_size=3, padding=1, padding_mode="circular", stride=2),
+    dict(kernel_size=2, padding="valid", stride=3),
+])
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_chosen_patches_are_the_rows_of_the_unfolded_input(options, conv1d):
+    """Layer.features with `choose` gathers exactly the chosen rows of the unfolded patches, of every image."""
+    torch.manual_seed(0)
+    if conv1d:
+        options = {key: value[-1] if isinstance(value, tuple) else value for key, value in options.items()}
+    conv = (nn.Conv1d if conv1d else nn.Conv2d)(3, 5, **options)
+    x = torch.randn(*((4, 3, 11) if conv1d else (4, 3, 9, 10)))
+    layer = Layer("conv", conv)
+    every = layer.features(x)
+    counts, chosen = [], torch.tensor([0, 3, len(every) // 2, len(every) - 1])
+    gathered = layer.features(x, lambda count: counts.append(count) or chosen)
+    assert counts == [len(every)]
+    torch.testing.assert_close(gathered, every[chosen], rtol=0, atol=0)
+    torch.testing.assert_close(layer.features(x, lambda count: None), every, rtol=0, atol=0)
+
+
 def test_linear_features_flatten_leading_dimensions():
     torch.manual_seed(0)
     linear = nn.Linear(6, 4).double()
