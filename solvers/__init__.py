@@ -15,6 +15,7 @@ from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget
 from .reweight import solve_reweighted
+from .sufficient import compressed, expand_result
 
 BACKENDS = ("admm", "cvxpy")
 
@@ -27,7 +28,9 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
     from the previous round and keeping the same budget.
 
     Inputs that are copies of one another (equal rows of X) are solved as one variable and the result put back
-    on the original rows (copies.py; info["input_copies"] counts the rows merged away): the same optimum.
+    on the original rows (copies.py; info["input_copies"] counts the rows merged away): the same optimum. A
+    linear program with many more samples than inputs is solved over its sufficient statistics (sufficient.py;
+    info["compressed_samples"] = [P, k]): the same program with k <= N samples, measured on the original ones.
     """
     if not isinstance(problem, LayerProblem):
         raise ValueError(f"problem must be a LayerProblem, got {type(problem).__name__}")
@@ -36,6 +39,8 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
 
     start = time.perf_counter()
     program, options, copies = distinct_rows(problem, options)
+    full = program
+    program, statistics = compressed(program)
     first_start = options.pop("initial", None) if backend == "admm" else None
 
     def solve_once(program: LayerProblem, start) -> LayerResult:
@@ -44,6 +49,8 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
         return solve_admm(program, **options, initial=first_start if start is None else start)
 
     result = solve_once(program, None) if reweight == 0 else solve_reweighted(program, solve_once, reweight, delta)
+    if statistics is not None:
+        result = expand_result(full, statistics, result)
     return result if copies is None else spread_result(problem, copies, result, time.perf_counter() - start)
 
 

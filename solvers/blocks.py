@@ -16,6 +16,7 @@ import numpy as np
 from .admm import iteration_constants
 from .copies import distinct_rows
 from .problem import LayerProblem
+from .sufficient import compressed
 
 
 def neuron_blocks(problem: LayerProblem, count: int, min_size: int = 1) -> list[slice]:
@@ -32,8 +33,10 @@ def neuron_blocks(problem: LayerProblem, count: int, min_size: int = 1) -> list[
 
 def block_options(problem: LayerProblem, backend: str, options: dict) -> dict:
     """The solver options every block shares: the layer's iteration constants fixed for the ADMM (those of the
-    program over X's distinct rows, which every block's solve merges alike: copies.py)."""
+    program solve() iterates on: over X's distinct rows, which every block's solve merges alike (copies.py), and
+    over its sufficient statistics when it is compressed (sufficient.py), whose rows are the blocks' own)."""
     if backend != "admm":
         return dict(options)
     program, merged_options, _ = distinct_rows(problem, options)
+    program, _ = compressed(program)
     return dict(options, **iteration_constants(program, **merged_options))
