@@ -36,3 +36,17 @@ def load_mnist(split: str = "train", root: str | Path | None = None) -> tuple[np
         raise FileNotFoundError(f"{images_file} is missing (MNIST is bundled under data/mnist in the repository)")
     images = read_idx(images_file).reshape(-1, 28 * 28).astype(np.float32) / 255.0
     return images, read_idx(labels_file).astype(np.int64)
+
+
+#: Per-channel mean and std of the CIFAR-10 models' input normalization (on pixels in [0, 1]).
+CIFAR_MEAN, CIFAR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_cifar10(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images as normalized float32 (n, 3, 32, 32) and labels as int64 (n,), from an .npz archive holding uint8
+    `images` (n, 32, 32, 3) and `labels` (the form of the shared CIFAR-10 part; nothing is downloaded)."""
+    with np.load(path) as archive:
+        images, labels = archive["images"], archive["labels"]
+    pixels = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    mean, std = (np.asarray(v, dtype=np.float32)[None, :, None, None] for v in (CIFAR_MEAN, CIFAR_STD))
+    return np.ascontiguousarray((pixels - mean) / std), labels.astype(np.int64)

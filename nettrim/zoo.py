@@ -123,3 +123,67 @@ def trained_lenet_300_100(*, epochs: int = 10, seed: int = 0, schedule: str = "c
                           cache: Path | None = DEFAULT_CACHE) -> nn.Module:
     """LeNet-300-100 trained with Adam (lr 1e-3): 1.86% test error after 10 epochs with the cosine decay."""
     return trained("lenet_300_100", epochs=epochs, seed=seed, schedule=schedule, cache=cache)
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al. 2016's option-A shortcut: the input subsampled by `stride` in space and zero-padded to
+    `outputs` channels (half the new channels before the old ones, half after); no weights."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int):
+        super().__init__()
+        added = outputs - inputs
+        self.stride, self.before, self.after = stride, added // 2, added - added // 2
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.before, self.after))
+
+
+class CifarBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)) with 3 x 3 convs and the option-A shortcut."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut = ZeroPadShortcut(inputs, outputs, stride) if stride != 1 or inputs != outputs else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR-10 ResNet-(6n + 2) of He et al. 2016, section 4.2, with option-A shortcuts: a 3 x 3 conv to 16
+    channels, three stages of n blocks (16, 32, 64 channels; the second and third start with stride 2), global
+    average pooling and a linear classifier. Module names match the published CIFAR ResNet checkpoints
+    (conv1, bn1, layer1.0.conv1, ..., linear). Input (n, 3, 32, 32), normalized per channel."""
+
+    def __init__(self, blocks: int = 3, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        inputs = 16
+        for stage, width in enumerate((16, 32, 64), start=1):
+            stride = 1 if stage == 1 else 2
+            blocks_of_stage = [CifarBlock(inputs if b == 0 else width, width, stride if b == 0 else 1)
+                               for b in range(blocks)]
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks_of_stage))
+            inputs = width
+        self.linear = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def cifar_resnet20(weights: str | Path | None = None) -> CifarResNet:
+    """ResNet-20 for CIFAR-10 in eval mode; `weights`: a checkpoint of the published form (a dict with a
+    "state_dict" whose keys may carry DataParallel's "module." prefix), loaded exactly (strict)."""
+    model = CifarResNet(blocks=3)
+    if weights is not None:
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        state = saved.get("state_dict", saved) if isinstance(saved, dict) else saved
+        model.load_state_dict({key.removeprefix("module."): value for key, value in state.items()})
+    return model.eval()
