@@ -15,7 +15,7 @@ A_m where z_m or the current fit's response is positive (a sample off in both co
 Gauss-Newton step for ||relu(u^T Xhat) - relu(z_m)||. On LeNet-300-100 (neuron trim at g = 0.27, kappa = 0.85,
 149-57 units) the two rounds took the test error from 2.09% after the first fit to 1.99% (2.84% without refit).
 
-Each fit solves the normal equations (Xhat_S Xhat_S^T) u = Xhat_S z_m by Cholesky, plus a ridge of RIDGE times
+Each fit solves the normal equations (Xhat_S Xhat_S^T) u = Xhat_S z_m, plus a ridge of RIDGE times
 their mean diagonal so that inputs that never vary (pixels that are 0 on every image) leave them solvable. In the
 first fit the neurons share Xhat Xhat^T, and those with the same support one factorization (a neuron-trimmed
 layer: one); the relu rounds form each neuron's own, which costs sum_m |S_m|^2 P multiply-adds, so a layer where
@@ -32,7 +32,6 @@ on the calibration data, with the trimmed weights and with the fitted ones.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 from tqdm import tqdm
 
 from .layers import Layer
@@ -47,10 +46,11 @@ RELU_ROUND_WORK = 5e10
 
 
 def _solve(gram: np.ndarray, moments: np.ndarray) -> np.ndarray:
-    """gram^{-1} moments by Cholesky, with the ridge RIDGE * mean(diag(gram)) (module docstring) added to `gram`
-    in place (the callers' grams are fresh arrays)."""
+    """gram^{-1} moments, with the ridge RIDGE * mean(diag(gram)) (module docstring) added to `gram` in place (the
+    callers' grams are fresh arrays). NumPy's LAPACK, not SciPy's: SciPy's wheels bring a second BLAS thread
+    pool, whose idle threads contend with NumPy's between many small solves."""
     gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / len(gram), 1e-300)
-    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram), moments)
+    return np.linalg.solve(gram, moments)
 
 
 def least_squares_on_supports(X: np.ndarray, Z: np.ndarray, supports: np.ndarray,
@@ -89,27 +89,35 @@ def output_errors(response: np.ndarray, Y: np.ndarray, relu: bool) -> np.ndarray
     return np.linalg.norm((np.maximum(response, 0.0) if relu else response) - Y, axis=1)
 
 
+def refit_weights(layer: Layer, Z: np.ndarray, U: np.ndarray, X: np.ndarray,
+                  relu: bool) -> tuple[np.ndarray, float, float]:
+    """U's kept weights fitted again on the input X to the original pre-activation Z (module docstring): the
+    weights chosen per neuron (fitted or U's, whichever output is closer to act(Z)) and the layer's relative
+    output errors with U and with the chosen weights."""
+    Y = np.maximum(Z, 0.0) if relu else Z
+    supports = U != 0
+    fitted = _fit(layer, X, Z, supports, None)
+    response = layer.response(fitted, X)
+    work = float(np.sum(supports.sum(axis=0) ** 2)) * X.shape[1]
+    for _ in range(RELU_ROUNDS if relu and work <= RELU_ROUND_WORK else 0):
+        fitted = _fit(layer, X, Z, supports, (Z > 0) | (response > 0))
+        response = layer.response(fitted, X)
+    before = output_errors(layer.response(U, X), Y, relu)
+    after = output_errors(response, Y, relu)
+    better = after < before
+    scale = max(float(np.linalg.norm(Y)), 1e-300)
+    return (np.where(better[None, :], fitted, U), float(np.linalg.norm(before)) / scale,
+            float(np.linalg.norm(np.where(better, after, before))) / scale)
+
+
 def refit_layer(layer: Layer, X_original: np.ndarray, W_original: np.ndarray, X_trimmed: np.ndarray,
                 relu: bool) -> tuple[float, float]:
     """Fit `layer`'s kept weights again (module docstring) and set them; returns its relative output errors
     (trimmed weights, fitted weights) on the inputs X_trimmed."""
-    Z = layer.response(W_original, X_original)
-    Y = np.maximum(Z, 0.0) if relu else Z
-    U = layer.weight_matrix()
-    supports = U != 0
-    fitted = _fit(layer, X_trimmed, Z, supports, None)
-    response = layer.response(fitted, X_trimmed)
-    work = float(np.sum(supports.sum(axis=0) ** 2)) * X_trimmed.shape[1]
-    for _ in range(RELU_ROUNDS if relu and work <= RELU_ROUND_WORK else 0):
-        fitted = _fit(layer, X_trimmed, Z, supports, (Z > 0) | (response > 0))
-        response = layer.response(fitted, X_trimmed)
-    before = output_errors(layer.response(U, X_trimmed), Y, relu)
-    after = output_errors(response, Y, relu)
-    better = after < before
-    chosen = np.where(better[None, :], fitted, U)
+    chosen, before, after = refit_weights(layer, layer.response(W_original, X_original), layer.weight_matrix(),
+                                          X_trimmed, relu)
     layer.set_weight_matrix(chosen)
-    scale = max(float(np.linalg.norm(Y)), 1e-300)
-    return float(np.linalg.norm(before)) / scale, float(np.linalg.norm(np.where(better, after, before))) / scale
+    return before, after
 
 
 def refit_layers(order: list[Layer], relu: set[str], original_inputs: dict[str, np.ndarray],
