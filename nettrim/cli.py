@@ -28,7 +28,7 @@ from .compression import DEFAULT_FINETUNE, CompressInterrupted, compress
 from .finetune import ShuffledBatches
 from .io import FORMATS, write_atomically
 from .schedule import BlockError
-from .trim import BUDGETS, DEFAULT_EPSILON, MODES, STRUCTURES, TrimInterrupted
+from .trim import BUDGETS, DEFAULT_EPSILON, MODES, RELU_PROGRAMS, STRUCTURES, TrimInterrupted
 
 
 def _layer_epsilon(text: str) -> tuple[str, float]:
@@ -52,17 +52,20 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--structure", choices=STRUCTURES, default="weights",
                         help="weights: scattered zeros (default); neurons: remove whole neurons and channels, "
                              "and write a smaller model")
-    parser.add_argument("--refit", action="store_true",
-                        help="fit the kept weights again by least squares once every layer is trimmed (the zeros "
-                             "stay; the report gives each layer's output error before and after)")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                        help="fit the kept weights again by least squares (the zeros stay; the report gives each "
+                             "layer's output error before and after); default: on with a target sparsity")
+    parser.add_argument("--relu-program", choices=RELU_PROGRAMS, default=None,
+                        help="for layers followed by a ReLU: Net-Trim's relu program, or the pre-activation kept "
+                             "within the budget; default: pre-activation with a target sparsity, else relu")
     parser.add_argument("--gather-inputs", action="store_true",
                         help="with --structure neurons: the first layer reads only the inputs it still uses")
     parser.add_argument("--target-sparsity", type=float,
-                        help="fraction of zero weights each layer must reach (the budget is found by bisection)")
+                        help="fraction of zero weights each layer must reach (its budget is found by a search)")
     parser.add_argument("--model-sparsity", type=float,
-                        help="fraction of zero weights for the whole model: every layer's g is scaled by the "
-                             "smallest factor that reaches it (bisection over whole trims)")
-    parser.add_argument("--max-epsilon", type=float, default=0.5, help="the largest g a target may use")
+                        help="fraction of zero weights for the whole model, shared among the layers by the "
+                             "weights' saliencies and reached by each layer's own budget search")
+    parser.add_argument("--max-epsilon", type=float, default=1.0, help="the largest g a target may use")
     parser.add_argument("--max-iter", type=int, help="ADMM iterations per layer (default 10,000)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="seconds per layer; neurons not converged by then keep their original weights")
@@ -331,7 +334,8 @@ def _run_compress(args) -> int:
 
 def _shared_options(args) -> dict:
     """trim()'s options that `nettrim trim` and `nettrim demo` share."""
-    return dict(reweight=args.reweight, structure=args.structure, refit=args.refit, gather_inputs=args.gather_inputs,
+    return dict(reweight=args.reweight, structure=args.structure, refit=args.refit, relu_program=args.relu_program,
+                gather_inputs=args.gather_inputs,
                 target_sparsity=args.target_sparsity,
                 model_sparsity=args.model_sparsity,
                 max_epsilon=args.max_epsilon, max_samples=args.max_samples, max_iter=args.max_iter,

@@ -21,9 +21,19 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint
 from .layers import Layer
 from .programs import Solved, layer_problem, layer_report, solve_layer
+from .refit import refit_weights
 from .report import LayerReport, Report
 from .schedule import Scheduler
 from .target import smallest_budget, sparsity
+
+#: How far above its target sparsity s a layer's budget search may stop: this share of the weights the target
+#: keeps, 1 - s, and at most MAX_OVERSHOOT (at s = 0.7 a point, at s = 0.95 a quarter of a point).
+KEPT_TOLERANCE, MAX_OVERSHOOT = 0.05, 0.01
+
+
+def target_tolerance(target: float) -> float:
+    """How far above `target` sparsity a layer's budget search may stop (KEPT_TOLERANCE)."""
+    return min(MAX_OVERSHOOT, KEPT_TOLERANCE * (1 - target))
 
 
 @dataclass
@@ -45,6 +55,15 @@ class Trimming:
     max_epsilon: float
     time_limit: float | None
     input_groups: dict[str, int] | None = None  # neuron trimming: rows of U per input of each layer
+    refit: bool = False                    # fit the kept weights again (refit_in_loop: layer by layer)
+    relu_program: str = "relu"             # "pre-activation": a relu layer's pre-activation kept within the budget
+
+    @property
+    def refit_in_loop(self) -> bool:
+        """Refit each layer as it is trimmed, so that the next one is trimmed on refitted inputs: in cascade mode
+        when the trim aims at sparsities. A trim that keeps budgets refits once every layer is trimmed
+        (nettrim/refit.py): its later layers' budgets are the errors they inherit, which a refit would shrink."""
+        return self.refit and self.mode == "cascade" and any(target is not None for target in self.targets.values())
 
     def run(self, report: Report, budgets: dict[str, float], scheduler: Scheduler, *, progress: bool,
             initial: dict[str, np.ndarray] | None = None, checkpoint: Checkpoint | None = None,
@@ -88,9 +107,13 @@ class Trimming:
                 return solutions
             for index, layer in todo:
                 layer_bar.set_postfix_str(layer.name)
+                captured = time.perf_counter()
                 cascaded = self.mode == "cascade" and index > 0
                 X = self.trimmed_input(layer) if cascaded else self.original[layer.name]
-                done(layer, *solve(index, layer, X, bars))
+                captured = time.perf_counter() - captured
+                row, U = solve(index, layer, X, bars)
+                row.capture_seconds = captured
+                done(layer, row, U)
                 if not keep_signals:
                     del self.original[layer.name]
         self.sort(report)  # rows resumed from a checkpoint are in the order their layers finished
@@ -103,16 +126,29 @@ class Trimming:
 
     def layer(self, index: int, layer: Layer, X: np.ndarray, g: float, scheduler: Scheduler, show: bool,
               initial: np.ndarray | None) -> tuple[LayerReport, np.ndarray]:
-        """Solve one layer (its budget search when it has a target sparsity): its row and the weights to set."""
-        activation = "relu" if layer.name in self.relu else "linear"
+        """Solve one layer (its budget search when it has a target sparsity): its row and the weights to set.
+
+        With refit_in_loop, the layer's solved weights are fitted again on X before they are set, so that the
+        next layer's input is already refitted; and a layer with a target starts from its original weights fitted
+        again to the trimmed input X (refit_weights on their own support: the best the dense layer can do
+        there), so that the error it inherits is only what no weights on that support remove, and its sparsity
+        comes from its own budget search."""
+        start = time.perf_counter()
+        relu = layer.name in self.relu
+        activation = "relu" if relu and self.relu_program == "relu" else "linear"
         W = layer.weight_matrix()
-        Y = layer.response(W, self.original[layer.name])
-        if activation == "relu":
-            Y = np.maximum(Y, 0.0)
+        Z = layer.response(W, self.original[layer.name])
+        Y = np.maximum(Z, 0.0) if activation == "relu" else Z
+        target, note = self.targets[layer.name], ""
+        in_loop_refit = self.refit_in_loop
+        if in_loop_refit and target is not None and X is not self.original[layer.name]:
+            W = refit_weights(layer, Z, W, X, relu)[0]
         factor = None
-        if self.mode == "cascade" and index > 0:
+        if self.mode == "cascade" and index > 0 and target is None:  # the inherited error alone, times a factor
             last = self.kappa is not None and index == len(self.order) - 1
             g, factor = 0.0, self.kappa if last else self.gamma
+        elif self.mode == "cascade" and index > 0:  # the inherited error and the searched g (from g on)
+            factor = 1.0
         deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
 
         def solve_at(g: float, closest: Solved | None) -> Solved:
@@ -125,11 +161,11 @@ class Trimming:
         def weights_of(solved: Solved) -> np.ndarray:  # the bias row apart
             return solved.U[:W.shape[0] - layer.has_bias]
 
-        target, note = self.targets[layer.name], ""
         if target is None:
             solved = solve_at(g, None)
         else:
             search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=self.max_epsilon,
+                                     close_enough=target_tolerance(target),
                                      measure=lambda solved: sparsity(weights_of(solved)))
             g, solved = search.g, search.outcome
             note = f"g = {g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
@@ -138,4 +174,9 @@ class Trimming:
                         f"g = max_epsilon = {g:g}")
                 warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=5)
         scheduler.release(X)
-        return layer_report(layer, solved, g, target, note), solved.U
+        row, U = layer_report(layer, solved, g, target, note), solved.U
+        if in_loop_refit:
+            U, before, after = refit_weights(layer, Z, U, X, relu)
+            row.refit_error = [before, after]
+        row.seconds = time.perf_counter() - start
+        return row, U

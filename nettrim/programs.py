@@ -38,16 +38,20 @@ from .report import LayerReport
 from .schedule import Scheduler
 
 FIT_RTOL, VIOLATION_TOL = 1e-3, 1e-5  # the tolerances of the solver tests: fit <= eps (1 + 1e-3)
+#: The most a cascade layer's budget takes from the error it inherits, relative to ||Y|| (the W it starts from
+#: may need more, and gets it): beyond it the inherited error would license emptying the layer.
+INHERITED_CAP = 0.5
 #: Group programs with at most this many inputs N (the bias row included) are solved by interior point.
 SMALL_PROGRAM_FEATURES = 32
 
 
 def layer_problem(layer: Layer, X, Y, W, activation, budget, g, cascade_factor,
                   input_group: int | None = None) -> LayerProblem | GroupedProblem:
-    """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 and V = W^T X for a
-    cascade layer after the first (cascade_factor = gamma or kappa); per neuron or for the layer (for each
-    group of a grouped convolution). `input_group` (neuron trimming) makes the objective the rows' group norm
-    over groups of that many rows, one per input of the layer (grouped convolutions keep l1)."""
+    """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 (at most
+    max((INHERITED_CAP ||Y||)^2, ||(W^T X - Y)_Omega||^2)) and V = W^T X for a cascade layer after the first
+    (cascade_factor = gamma or kappa); per neuron or for the layer (for each group of a grouped convolution).
+    `input_group` (neuron trimming) makes the objective the rows' group norm over groups of that many rows, one
+    per input of the layer (grouped convolutions keep l1)."""
     if layer.groups == 1:
         return _program(X, Y, W, activation, budget, g, cascade_factor, input_group)
     return GroupedProblem([_program(X_g, Y[columns], W[:, columns], activation, budget, g, cascade_factor)
@@ -59,10 +63,13 @@ def _program(X, Y, W, activation, budget, g, cascade_factor, input_group: int | 
     eps = np.asarray(solvers.relative_budget(Y, g, per_neuron=per_neuron))
     upper = None
     if cascade_factor is not None:
+        # The error a layer inherits is its budget in the theorem; capped, so that a large inherited error never
+        # licenses emptying the layer (the cap gives way only as far as W itself needs to stay feasible).
         response = W.T @ X
         omega = Y > 0 if activation == "relu" else np.ones(Y.shape, dtype=bool)
         inherited = np.linalg.norm(np.where(omega, response - Y, 0.0), axis=1 if per_neuron else None)
-        eps = np.sqrt(eps**2 + cascade_factor * inherited**2)
+        cap = np.maximum(np.asarray(solvers.relative_budget(Y, INHERITED_CAP, per_neuron=per_neuron)), inherited)
+        eps = np.sqrt(eps**2 + np.minimum(cascade_factor * inherited**2, cap**2))
         upper = response if activation == "relu" else None
     rows = {} if input_group is None else {"structure": "rows", "group_size": input_group}
     return LayerProblem(X, Y, eps if per_neuron else float(eps), activation=activation, upper=upper,

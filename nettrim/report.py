@@ -52,6 +52,7 @@ class LayerReport:
     width_before: int | None = None       # neuron trimming: the layer's output neurons (channels) before and after
     width_after: int | None = None
     refit_error: list[float] | None = None  # refit=True: the output error / ||Y||_F, [trimmed, refitted weights]
+    capture_seconds: float = 0.0          # the capture of the layer's input (cascade: from the model trimmed so far)
 
     @property
     def weights(self) -> int:
@@ -155,7 +156,7 @@ class Report:
 
     def table(self) -> str:
         header = ("layer", "kind", "act", "W (N x M)", "P", "nonzeros", "kept", "bias", "eps", "fit/eps", "viol",
-                  "l1 gap", "iters", "sec", "status")
+                  "l1 gap", "iters", "capture s", "sec", "status")
         rows = [header]
         for r in self.layers:
             notes = [f"{r.dense_fallback} dense"] * bool(r.dense_fallback) + [
@@ -166,11 +167,12 @@ class Report:
                          f"{r.bias_nonzeros_before} -> {r.bias_nonzeros_after}" if r.bias else "-", f"{r.eps:.4g}",
                          f"{r.fit_ratio:.4f}", f"{r.violation:.1e}",
                          "-" if r.certified_gap is None else f"{100 * r.certified_gap:.2f}%", str(r.iterations),
-                         f"{r.seconds:.1f}", r.status + (f" ({', '.join(notes)})" if notes else "")))
+                         f"{r.capture_seconds:.1f}", f"{r.seconds:.1f}",
+                         r.status + (f" ({', '.join(notes)})" if notes else "")))
         fallbacks = f"{self.dense_fallback} neurons dense" if self.dense_fallback else ""
         rows.append(("total", "", "", str(self.weights), "", f"{self.nonzeros_before} -> {self.nonzeros_after}",
                      f"{100 * self.kept:.1f}%", f"{self.total('bias_nonzeros_before')} -> "
-                     f"{self.total('bias_nonzeros_after')}", "", "", "", "", "", f"{self.seconds:.1f}", fallbacks))
+                     f"{self.total('bias_nonzeros_after')}", "", "", "", "", "", "", f"{self.seconds:.1f}", fallbacks))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                  for row in rows]
@@ -212,8 +214,9 @@ class Report:
                  "as the last row of each layer's weights" if any(row.bias for row in self.layers) else "")
         if self.model_sparsity is not None:
             search = self.model_sparsity
-            notes += (f"\nmodel sparsity {search['reached']:.4f} for target {search['target']:g}: every g scaled by "
-                      f"{search['scale']:.4g} ({len(search['trims'])} trims)")
+            how = (f"every g scaled by {search['scale']:.4g} ({len(search['trims'])} trims)" if "scale" in search
+                   else "per-layer shares from the weights' saliencies, one pass")
+            notes += f"\nmodel sparsity {search['reached']:.4f} for target {search['target']:g}: {how}"
         if any(row.activation == "linear" for row in self.layers):
             notes += ("\nact linear: the budget bounds the layer's output before whatever follows it; through an "
                       "L-Lipschitz activation the error is at most L eps (L = 1.13 for GELU, 1.10 for SiLU, 1.5 for "

@@ -1,16 +1,31 @@
-"""Target sparsity: the smallest relative budget g whose trimmed layer reaches a sparsity, by bisection.
+"""Target sparsity: the smallest relative budget g whose trimmed layer reaches a sparsity.
 
 Sparsity grows with the budget (a larger eps admits every U a smaller one does, so the optimum's l1 can only
-fall), so the smallest g in [g_low, g_max] with sparsity(U(g)) >= target is found by bisection, each solve warm
-started from the solution at the nearest budget already tried. When even g_max does not reach the target, the
-layer keeps the g_max solution and the search says so.
+fall), so the smallest g in [g_low, g_max] with sparsity(U(g)) >= target is found by bracketing it, each solve
+warm started from the solution at the nearest budget already tried:
+
+- from the first guess, g is multiplied (or divided) by GROWTH until one g reaches the target and one does not;
+- then each new g interpolates the bracket's measured sparsities linearly in log g (sparsity grows about
+  linearly in log g over the budgets that matter), at least SAFEGUARD of the bracket's log-width from either
+  end; when the same end moved twice in a row, the next g is the bracket's geometric midpoint instead (the
+  Illinois remedy for an interpolation that keeps landing on one side).
+
+When even g_max does not reach the target, the layer keeps the g_max solution and the search says so.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+#: The factor between successive guesses while the target is not yet bracketed.
+GROWTH = 2.0
+#: The most times a first guess that reaches the target is divided by GROWTH (then the bracket starts at g_low).
+DESCENT = 6
+#: The least share of the bracket's log-width between an interpolated g and either end of it.
+SAFEGUARD = 0.1
 
 
 @dataclass
@@ -28,36 +43,65 @@ def sparsity(U: np.ndarray) -> float:
 def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_max: float, steps: int = 8,
                     rel_width: float = 0.02, close_enough: float | None = None,
                     measure=lambda outcome: sparsity(outcome.U)) -> BudgetSearch:
-    """Bisection for the smallest g with measure(outcome) >= target. solve_at(g, initial) returns an outcome
-    (by default its `.U`, the trimmed weights, is measured); `initial` is the closest budget's outcome tried so
-    far (None at first). The search stops when the bracket is narrower than rel_width * g, or (close_enough
-    given) when the g kept measures at most close_enough above the target."""
+    """The smallest g in [g_low, g_max] with measure(outcome) >= target (module docstring). solve_at(g, initial)
+    returns an outcome (by default its `.U`, the trimmed weights, is measured); `initial` is the closest budget's
+    outcome tried so far (None at first). The search stops after `steps` solves inside the bracket, when the
+    bracket is narrower than rel_width * g, or (close_enough given) when the g kept measures at most close_enough
+    above the target."""
     tried: dict[float, object] = {}
     measured: dict[float, float] = {}
     order = []
 
-    def evaluate(g: float):
+    def reaches(g: float) -> bool:
         closest = min(tried, key=lambda h: abs(h - g)) if tried else None
         outcome = solve_at(g, None if closest is None else tried[closest])
         tried[g], measured[g] = outcome, measure(outcome)
         order.append((g, measured[g]))
         return measured[g] >= target
 
-    g_first = min(max(g_first, g_low), g_max)
-    if evaluate(g_first):
-        low, high = g_low, g_first
-    else:
-        low, high = g_first, g_max
-        if g_max > g_first and not evaluate(g_max):
-            return BudgetSearch(g_max, tried[g_max], False, order)
-        if g_max == g_first:
-            return BudgetSearch(g_first, tried[g_first], False, order)
+    low, high = _bracket(reaches, min(max(g_first, g_low), g_max), g_low, g_max)
+    if high is None:
+        return BudgetSearch(low, tried[low], False, order)
+    moved = []  # which end each step moved
     for _ in range(steps):
         if high - low <= rel_width * high or (close_enough is not None and measured[high] - target <= close_enough):
             break
-        middle = 0.5 * (low + high)
-        if evaluate(middle):
+        stuck = len(moved) >= 2 and moved[-1] == moved[-2]
+        middle = _between(low, high, measured.get(low), measured[high], target, stuck)
+        if reaches(middle):
             high = middle
+            moved.append("high")
         else:
             low = middle
+            moved.append("low")
     return BudgetSearch(high, tried[high], True, order)
+
+
+def _bracket(reaches, g: float, g_low: float, g_max: float) -> tuple[float, float | None]:
+    """(low, high): the tried g below the target nearest to it (g_low when none) and the least tried g that
+    reaches it; high None (and low = g_max) when g_max does not."""
+    if reaches(g):
+        high = g
+        for _ in range(DESCENT):
+            if high / GROWTH <= g_low:
+                break
+            if not reaches(high / GROWTH):
+                return high / GROWTH, high
+            high /= GROWTH
+        return g_low, high
+    while g < g_max:
+        low, g = g, min(g * GROWTH, g_max) if g > 0 else g_max
+        if reaches(g):
+            return low, g
+    return g_max, None
+
+
+def _between(low: float, high: float, below: float | None, above: float, target: float, stuck: bool) -> float:
+    """The next g inside (low, high): interpolated in log g between the measured ends (module docstring), or the
+    geometric midpoint when `stuck` or when low is untried or zero (then the arithmetic one)."""
+    if low <= 0:
+        return 0.5 * (low + high)
+    if stuck or below is None or above <= below:
+        return math.sqrt(low * high)
+    share = min(max((target - below) / (above - below), SAFEGUARD), 1 - SAFEGUARD)
+    return math.exp(math.log(low) + share * (math.log(high) - math.log(low)))

@@ -37,6 +37,7 @@ from torch import nn
 import solvers
 
 from . import __version__, neurons
+from .allocation import allocate
 from .checkpoint import Checkpoint, fingerprint
 from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers, untrimmed_layers
@@ -50,6 +51,7 @@ from .target import smallest_budget
 MODES = ("cascade", "parallel")
 BUDGETS = ("neuron", "layer")
 STRUCTURES = ("weights", "neurons")
+RELU_PROGRAMS = ("relu", "pre-activation")
 #: The batch sizes of the CPU latency that neuron trimming reports.
 LATENCY_BATCHES = (1, 256)
 DEFAULT_EPSILON = 0.05
@@ -76,11 +78,11 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
          progress: bool = True, layers=None, exclude=None, relu_layers=None, budget: str = "neuron",
          gamma: float = 1.1, kappa: float | None = None, reweight: int = 0,
          target_sparsity: float | Mapping[str, float] | None = None, model_sparsity: float | None = None,
-         max_epsilon: float = 0.5, max_samples: int | None = 20_000, seed: int = 0,
+         max_epsilon: float = 1.0, max_samples: int | None = 20_000, seed: int = 0,
          batch_size: int = DEFAULT_BATCH_SIZE, max_iter: int | None = None, time_limit: float | None = None,
          checkpoint=None, solver_options: Mapping | None = None, executor=None, workers: int | None = None,
-         block_size: int | None = None, structure: str = "weights", refit: bool = False,
-         gather_inputs: bool = False) -> tuple[nn.Module, Report]:
+         block_size: int | None = None, structure: str = "weights", refit: bool | None = None,
+         relu_program: str | None = None, gather_inputs: bool = False) -> tuple[nn.Module, Report]:
     """Replace the weights of `model`'s nn.Linear and nn.Conv2d layers by Net-Trim's sparse weights.
 
     calibration: an input tensor (split into batches of `batch_size`) or an iterable of batches x or (x, y).
@@ -99,14 +101,16 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  weights toward the zero norm, within the same budgets (solvers/reweight.py).
     target_sparsity: a fraction of zero weights each layer must reach (a mapping of name or regex to a
                  fraction sets it per layer; unmatched layers then have none): the layer's g is the smallest
-                 budget in [its g, max_epsilon] that reaches it, found by bisection with warm starts
+                 budget in [its g, max_epsilon] that reaches it, found by a bracketing search with warm starts
                  (nettrim/target.py), and reported; a layer that cannot reach it within max_epsilon keeps the
                  max_epsilon solution, and a warning and the report say so. In cascade mode g adds
                  (g ||Y||)^2 to the inherited eps_l^2 of the later layers.
     model_sparsity: a fraction of zero weights for the model (the selected layers' weights together, biases
-                 apart): every layer's g (in cascade mode the first layer's, which the others inherit) is
-                 scaled by one factor t, the smallest that reaches it, found by bisection over whole trims,
-                 each warm started from the closest one (within half a point above the target, or a warning).
+                 apart). structure="weights": each layer gets a share from one global threshold on its weights'
+                 estimated error (optimal brain surgeon saliencies; nettrim/allocation.py) and reaches it by its
+                 own budget search, in one pass. structure="neurons": every layer's g is scaled by one factor t,
+                 the smallest that reaches it, found by bisection over whole trims (within half a point above
+                 the target, or a warning).
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
     max_iter, time_limit: per layer, the ADMM's iterations and seconds (a budget search and reweighting rounds
                  share the layer's time); neurons not converged by then keep their original weights.
@@ -127,12 +131,18 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  also drops the inputs of the model that the first layer no longer reads (a Linear's features,
                  a conv's channels): that layer becomes a neurons.GatheredInputs, which selects the inputs it
                  reads (index_select) and multiplies them by its smaller weight (saved and loaded like the rest).
-    refit:       once every layer is trimmed, fit each layer's kept weights again by least squares to the original
-                 layer's pre-activations, in order, on the inputs the refitted layers before it produce
-                 (nettrim/refit.py): the zeros stay, each neuron keeps whichever weights bring its output closer
-                 to the original's, and the report gives each layer's measured output error before and after
-                 (the refitted weights are outside the convex program: the budgets no longer bound them).
-
+    refit:       fit each layer's kept weights again by least squares to the original layer's pre-activations
+                 on the inputs the refitted layers before it produce (nettrim/refit.py): the zeros stay, each
+                 neuron keeps whichever weights bring its output closer to the original's, and the report gives
+                 each layer's measured output error before and after (the refitted weights are outside the
+                 convex program: the budgets no longer bound them). In cascade mode with sparsity targets each
+                 layer is refitted as it is trimmed (the next is trimmed on refitted inputs, and starts from its
+                 dense weights refitted to them); otherwise once every layer is trimmed. None (the default): on
+                 when the trim aims at a sparsity (target_sparsity or model_sparsity), off when it keeps budgets.
+    relu_program: "relu" (Net-Trim's program: a ReLU layer's output within the budget, its zeros kept below 0)
+                 or "pre-activation" (the layer's pre-activation within the budget, a linear program: it reaches
+                 any sparsity, where the relu program of a 3 x 3 conv saturates). None: "pre-activation" when
+                 the trim aims at a sparsity, "relu" otherwise.
     Returns (trimmed model, Report). The caller's model is modified only with inplace=True, and only once
     every layer has been trimmed: an error leaves it as it was, and Ctrl-C raises TrimInterrupted, which
     holds the layers trimmed so far.
@@ -140,8 +150,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     start = time.perf_counter()
     _check_options(mode, backend, budget, gamma, kappa, max_samples, reweight, max_epsilon)
     _check_structure(structure, inplace, gather_inputs)
-    if not isinstance(refit, bool):
-        raise ValueError(f"refit must be True or False, got {refit!r}")
+    refit, relu_program = _sparsity_aims(refit, relu_program, target_sparsity, model_sparsity)
     _check_limits(backend, max_iter, time_limit, model_sparsity, target_sparsity, checkpoint)
     solve_options = _solver_options(backend, device, solver_options, max_iter)
     check_scheduling(executor, workers, block_size)
@@ -171,23 +180,25 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     trimming = Trimming(order, set(graph.relu), original,
                         lambda layer: capture(work, batches, [layer], positions, max_samples, seed, False)[layer.name],
                         mode, budget, gamma, kappa, backend, solve_options, reweight, targets, max_epsilon,
-                        time_limit, input_groups)
+                        time_limit, input_groups, refit=refit, relu_program=relu_program)
     store = None
     if checkpoint is not None:
         settings = dict(mode=mode, budgets=budgets, targets=targets, budget=budget, gamma=gamma, kappa=kappa,
                         reweight=reweight, max_epsilon=max_epsilon, max_samples=max_samples, seed=seed,
                         batch_size=batch_size, backend=backend, solve_options=solve_options, time_limit=time_limit,
-                        relu=sorted(graph.relu), structure=structure, version=__version__)
+                        relu=sorted(graph.relu), structure=structure, refit=refit, relu_program=relu_program,
+                        version=__version__)
         store = Checkpoint(checkpoint, fingerprint(settings, [layer.weight_matrix() for layer in order],
                                                    original[order[0].name]))
         _resume(store, by_name, report, progress)
     try:
         with Scheduler(executor, workers, block_size) as scheduler:
             if model_sparsity is None:
-                trimming.run(report, budgets, scheduler, progress=progress, checkpoint=store, keep_signals=refit)
+                trimming.run(report, budgets, scheduler, progress=progress, checkpoint=store,
+                             keep_signals=refit and not trimming.refit_in_loop)
             else:
                 report = _reach_model_sparsity(trimming, report, budgets, scheduler, model_sparsity, progress)
-        if refit:
+        if refit and not trimming.refit_in_loop:
             errors = refit_layers(order, trimming.relu, original, original_weights, trimming.trimmed_input, progress)
             for row in report.layers:
                 row.refit_error = errors[row.name]
@@ -227,6 +238,23 @@ def _remove_neurons(model: nn.Module, work: nn.Module, order: list[Layer], repor
                                  for batch in LATENCY_BATCHES}
     if dropped:
         report.size["inputs_dropped"] = {order[0].name: dropped}
+
+
+def _sparsity_aims(refit, relu_program, target_sparsity, model_sparsity) -> tuple[bool, str]:
+    """refit and relu_program as given, or (None) what serves the trim's aim: when it aims at a sparsity
+    (target_sparsity or model_sparsity) the budgets are only the means to it, and refit with the pre-activation
+    program keep the model closest to the original at that sparsity; a trim that keeps budgets (epsilon) gets
+    Net-Trim's program alone."""
+    aims_at_sparsity = target_sparsity is not None or model_sparsity is not None
+    if refit is None:
+        refit = aims_at_sparsity
+    if not isinstance(refit, bool):
+        raise ValueError(f"refit must be True, False or None, got {refit!r}")
+    if relu_program is None:
+        relu_program = "pre-activation" if aims_at_sparsity else "relu"
+    if relu_program not in RELU_PROGRAMS:
+        raise ValueError(f"relu_program must be one of {RELU_PROGRAMS} or None, got {relu_program!r}")
+    return refit, relu_program
 
 
 def _check_structure(structure: str, inplace: bool, gather_inputs: bool) -> None:
@@ -279,6 +307,36 @@ def _resume(store: Checkpoint, by_name: dict[str, Layer], report: Report, progre
 
 def _reach_model_sparsity(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler,
                           target: float, progress: bool) -> Report:
+    """Trim to `target` model sparsity. Weights: each layer's share from nettrim/allocation.py, reached by the
+    layer's own budget search, in one pass. Neurons: the smallest factor t on every layer's g whose trimmed model
+    reaches it (bisection over whole trims, each warm started from the closest)."""
+    if trimming.input_groups is None:
+        return _allocated_trim(trimming, template, budgets, scheduler, target, progress)
+    return _scaled_trims(trimming, template, budgets, scheduler, target, progress)
+
+
+def _allocated_trim(trimming: Trimming, report: Report, budgets: dict[str, float], scheduler: Scheduler,
+                    target: float, progress: bool) -> Report:
+    """One pass with per-layer target sparsities that add up to `target` (nettrim/allocation.py), each layer's
+    search starting from allocation's guess (`budgets` are not used)."""
+    weights = {layer.name: layer.weight_matrix() for layer in trimming.order}
+    allocation = allocate(trimming.order, weights, trimming.original, target)
+    shares = allocation.shares
+    trimming.targets = shares
+    trimming.run(report, allocation.budgets, scheduler, progress=progress,
+                 keep_signals=trimming.refit and not trimming.refit_in_loop)
+    reached = 1 - report.kept
+    report.model_sparsity = {"target": target, "reached": reached, "allocation": shares}
+    if reached < target - MODEL_SPARSITY_TOLERANCE:
+        short = [row.name for row in report.layers if row.target_sparsity is not None
+                 and 1 - row.kept < row.target_sparsity - MODEL_SPARSITY_TOLERANCE]
+        warnings.warn(f"model_sparsity {target:g}: the trim reached {reached:.4f}; layers {short} stopped short of "
+                      f"their shares at g = max_epsilon = {trimming.max_epsilon:g}", UserWarning, stacklevel=3)
+    return report
+
+
+def _scaled_trims(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler,
+                  target: float, progress: bool) -> Report:
     """The smallest factor t on every layer's g whose trimmed model reaches `target` sparsity (bisection over
     whole trims, each warm started from the closest); the model is left with that trim's weights."""
     originals = {layer.name: layer.weight_matrix() for layer in trimming.order}
