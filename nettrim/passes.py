@@ -31,6 +31,11 @@ from .target import smallest_budget, sparsity
 KEPT_TOLERANCE, MAX_OVERSHOOT = 0.05, 0.01
 
 
+#: The smallest g a budget search tries: a layer that reaches its target there keeps it (smaller budgets are
+#: nearly equality constraints, which first-order solvers converge to ever more slowly).
+SEARCH_FLOOR = 1e-3
+
+
 def target_tolerance(target: float) -> float:
     """How far above `target` sparsity a layer's budget search may stop (KEPT_TOLERANCE)."""
     return min(MAX_OVERSHOOT, KEPT_TOLERANCE * (1 - target))
@@ -164,7 +169,7 @@ class Trimming:
         if target is None:
             solved = solve_at(g, None)
         else:
-            search = smallest_budget(target, solve_at, g_low=0.0, g_first=g, g_max=self.max_epsilon,
+            search = smallest_budget(target, solve_at, g_low=SEARCH_FLOOR, g_first=g, g_max=self.max_epsilon,
                                      close_enough=target_tolerance(target),
                                      measure=lambda solved: sparsity(weights_of(solved)))
             g, solved = search.g, search.outcome

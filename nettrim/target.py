@@ -22,7 +22,7 @@ import numpy as np
 
 #: The factor between successive guesses while the target is not yet bracketed.
 GROWTH = 2.0
-#: The most times a first guess that reaches the target is divided by GROWTH (then the bracket starts at g_low).
+#: The most times a first guess that reaches the target is divided by GROWTH (then the smallest g tried is kept).
 DESCENT = 6
 #: The least share of the bracket's log-width between an interpolated g and either end of it.
 SAFEGUARD = 0.1
@@ -79,16 +79,18 @@ def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_
 
 def _bracket(reaches, g: float, g_low: float, g_max: float) -> tuple[float, float | None]:
     """(low, high): the tried g below the target nearest to it (g_low when none) and the least tried g that
-    reaches it; high None (and low = g_max) when g_max does not."""
+    reaches it; high None (and low = g_max) when g_max does not; low = high when the target is reached at g_low
+    or at every one of DESCENT divisions of the first guess (smaller budgets would only cost solves, each slower
+    to converge than the last: the layer keeps the smallest g tried, sparser than asked)."""
     if reaches(g):
         high = g
         for _ in range(DESCENT):
             if high / GROWTH <= g_low:
-                break
+                return (g_low, g_low) if g_low > 0 and reaches(g_low) else (g_low, high)
             if not reaches(high / GROWTH):
                 return high / GROWTH, high
             high /= GROWTH
-        return g_low, high
+        return high, high
     while g < g_max:
         low, g = g, min(g * GROWTH, g_max) if g > 0 else g_max
         if reaches(g):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nettrim.target import smallest_budget, sparsity
+from nettrim.target import DESCENT, GROWTH, smallest_budget, sparsity
 
 
 def _solver(threshold_of_g, calls):
@@ -34,3 +34,19 @@ def test_first_guess_that_reaches_the_target_is_refined_downward():
 def test_unreachable_target_returns_g_max():
     search = smallest_budget(0.9, _solver(lambda g: g, []), g_low=0.0, g_first=0.1, g_max=0.5)
     assert not search.reached and search.g == 0.5 and sparsity(search.outcome.U) == 0.5
+
+
+def test_a_target_reached_at_every_budget_stops_after_the_descent():
+    """Sparsity 0.6 at every g (a layer with fewer samples than inputs): the search divides the first guess
+    DESCENT times, keeps the smallest g tried and stops, instead of chasing g toward 0, where the solves
+    converge ever more slowly."""
+    calls = []
+    search = smallest_budget(0.4, _solver(lambda g: 0.6, calls), g_low=0.0, g_first=0.32, g_max=1.0)
+    assert search.reached and search.g == pytest.approx(0.32 / GROWTH ** DESCENT)
+    assert len(calls) == 1 + DESCENT
+
+
+def test_a_target_reached_at_g_low_keeps_g_low():
+    calls = []
+    search = smallest_budget(0.4, _solver(lambda g: 0.6, calls), g_low=0.1, g_first=0.32, g_max=1.0)
+    assert search.reached and search.g == 0.1 and [g for g, _ in calls] == [0.32, 0.16, 0.1]
