@@ -146,3 +146,22 @@ def test_vanishing_signals_beside_the_bias_end_optimal_at_the_references_objecti
     assert tolerance <= 0.01, result.iterations  # accepted within 1% at the very most
     np.testing.assert_array_less(l1, (1 + tolerance) * optimum + 1e-12)
     assert not result.U[-2].any()  # the zero row
+
+
+def test_a_budget_above_the_layers_response_solves_optimal_at_the_references_objective():
+    """Six neurons of ResNet-20's layer2.0.conv2 (CIFAR-10, N = 289, P = 2,000 of the 5,000 samples) as the old
+    cascade rule budgeted them at a per-layer target of 0.7: eps = 1.8 to 2.6 ||y_m||, the error they inherited
+    (the rule that emptied the network; now capped). Zero output keeps the ball, but the Omega^c bound V = W^T Xhat
+    is negative on every sample, so the program is a degenerate, nearly polyhedral one; whole layers of such
+    neurons took 2,700 to 10,000 iterations. The ADMM ends every neuron "optimal", within budget, at Clarabel's
+    l1 (stored: CVXPY + Clarabel at its default accuracy, one minute)."""
+    data = np.load(Path(__file__).parent / "data" / "budget_above_response.npz")
+    problem = LayerProblem(data["X"].astype(np.float64), data["Y"], data["eps"], "relu", upper=data["upper"],
+                           original_weights=data["W"])
+    assert np.all(data["eps"] > 1.7 * np.linalg.norm(data["Y"], axis=1))
+    result = solve(problem)
+    assert result.status == "optimal" and result.iterations <= 2000, (result.status, result.iterations)
+    assert np.all(np.asarray(result.fit) <= data["eps"] * (1 + 1e-3))
+    assert result.max_violation <= 1e-5 * np.abs(data["Y"]).max()
+    np.testing.assert_allclose(np.abs(result.U).sum(axis=0), data["l1"], rtol=5e-3)
+    assert np.all(result.info["l1_lower_bound"] <= data["l1"] * (1 + 1e-6))
