@@ -48,7 +48,8 @@ def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
     parser.add_argument("--backend", choices=("admm", "cvxpy"), default="admm")
     parser.add_argument("--device", default="cpu", help="where the ADMM runs: cpu, cuda or cuda:K (default cpu)")
     parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
-    parser.add_argument("--reweight", type=int, default=0, help="rounds of reweighted l1 (sparser; default 0)")
+    parser.add_argument("--reweight", type=int, default=None,
+                        help="rounds of reweighted l1 (sparser); default: 1 with a target sparsity, else 0")
     parser.add_argument("--structure", choices=STRUCTURES, default="weights",
                         help="weights: scattered zeros (default); neurons: remove whole neurons and channels, "
                              "and write a smaller model")
