@@ -328,3 +328,53 @@ def test_schedules_benchmark_variants_quick(tmp_path, option, label):
         structures = [entry["structure"] for entry in row["nettrim"]["history"]["rounds"]]
         assert structures == ["neurons"] * 2 + ["weights"] * 2
         assert row["nettrim"]["widths"][-1] == 10
+
+
+@pytest.mark.slow
+def test_cifar_benchmark_quick_runs_every_section_on_a_stand_in(tmp_path):
+    """benchmarks/cifar.py end to end on random images and a random-weight ResNet-20 (CI has no ../shared)."""
+    rng = np.random.default_rng(0)
+    for name, count in (("cifar10_train_prefix.npz", 120), ("cifar10_test_prefix.npz", 30)):
+        np.savez(tmp_path / name, images=rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 10, count))
+    out = tmp_path / "cifar.json"
+    report = _load("cifar").main(["--quick", "--out", str(out), "--data", str(tmp_path), "--weights", "none"])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert [(row["mode"], row["optimal"] == row["layers"]) for row in saved["robustness"]] == [
+        ("cascade", True), ("parallel", True)]
+    methods = [row["method"] for row in saved["oneshot"]]
+    assert methods == ["Net-Trim", "Net-Trim, parallel", "magnitude", "SparseGPT", "Wanda", "SparseGPT, uniform"]
+    default = saved["oneshot"][0]
+    assert abs(default["sparsity"] - 0.7) <= 0.02
+    for row in saved["oneshot"][2:5]:  # the peers at exactly the default trim's per-layer nonzeros
+        assert row["layer_nonzeros"] == default["layer_nonzeros"]
+        assert set(row["paired"]) == {"", " recalibrated"}
+    assert [row["method"] for row in saved["finetune"]] == ["Net-Trim + fine-tuning",
+                                                             "gradual magnitude + fine-tuning"]
+    assert saved["finetune"][0]["layer_nonzeros"] == saved["finetune"][1]["layer_nonzeros"]
+    assert "| Net-Trim | 70% |" in out.with_suffix(".md").read_text()
+
+
+def test_recalibration_restores_each_channels_mean_and_spread():
+    """A conv whose output channels were scaled and shifted gets the reference's moments back, and a model equal
+    to the reference is left as it is."""
+    import torch
+
+    cifar = _load("cifar")
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=True), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(4, 2, 3, bias=False)).eval()
+    images = torch.randn(16, 3, 8, 8)
+    assert torch.allclose(cifar.recalibrated(reference, reference, images)(images), reference(images), atol=1e-5)
+    damaged = cifar.recalibrated(reference, reference, images)
+    with torch.no_grad():
+        damaged[0].weight.mul_(torch.tensor([2.0, 0.5, 1.0, 3.0])[:, None, None, None])
+        damaged[0].bias.add_(1.0)
+    repaired = cifar.recalibrated(damaged, reference, images)
+    assert torch.allclose(repaired(images), reference(images), atol=1e-4)
+    with torch.no_grad():
+        damaged[0].weight[1] = 0.0  # a channel pruned empty: shifted to its mean, not scaled by a ratio of zeros
+    repaired = cifar.recalibrated(damaged, reference, images)
+    assert torch.isfinite(repaired[0].weight).all() and repaired[0].weight.abs().max() < 10
+    assert torch.allclose(repaired[0](images)[:, 1], reference[0](images)[:, 1].mean(), atol=1e-5)
