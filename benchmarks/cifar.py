@@ -22,11 +22,14 @@ compared with the default trim on the same images: the images only one of the tw
 z = (only Net-Trim - only the other) / sqrt(their sum), positive where the default trim is better.
 
     python -m benchmarks.cifar [--quick] [--sections oneshot finetune robustness]
+
+A run of some sections keeps the other sections of an earlier report at --out made with the same settings.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -358,12 +361,24 @@ def main(argv=None) -> dict:
     model, data = prepared(config, args.data, None if str(args.weights) == "none" else args.weights)
     with torch.no_grad():
         dense = float(np.mean(model(data["test"]).argmax(1).numpy() == data["test_labels"]))
-    report = {"config": config, "machine": machine(), "dense": {"test": dense, "test_images": len(data["test"])}}
+    report = {"config": config, "machine": machine(), "dense": {"test": dense, "test_images": len(data["test"])},
+              **_earlier_sections(args.out, config, args.sections)}
     for section, run in zip(SECTIONS, (oneshot, finetuning, robustness), strict=True):
         if section in args.sections:
             report[section] = run(model, data, config)
             write_results(args.out, _saved(report), markdown(report))
     return _saved(report)
+
+
+def _earlier_sections(out: Path, config: dict, sections: list[str]) -> dict:
+    """The sections not run now from an earlier report at `out` made with the same configuration (none if there
+    is none), so that one section can be re-run without the others."""
+    if not out.exists():
+        return {}
+    earlier = json.loads(out.read_text())
+    if earlier.get("config") != config:
+        return {}
+    return {section: earlier[section] for section in SECTIONS if section not in sections and section in earlier}
 
 
 def _saved(report: dict) -> dict:

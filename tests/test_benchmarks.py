@@ -354,6 +354,10 @@ def test_cifar_benchmark_quick_runs_every_section_on_a_stand_in(tmp_path):
                                                              "gradual magnitude + fine-tuning"]
     assert saved["finetune"][0]["layer_nonzeros"] == saved["finetune"][1]["layer_nonzeros"]
     assert "| Net-Trim | 70% |" in out.with_suffix(".md").read_text()
+    # one section again: the others are kept from the earlier report made with the same settings
+    again = _load("cifar").main(["--quick", "--out", str(out), "--data", str(tmp_path), "--weights", "none",
+                                 "--sections", "robustness"])
+    assert again["oneshot"] == saved["oneshot"] and again["finetune"] == saved["finetune"]
 
 
 def test_recalibration_restores_each_channels_mean_and_spread():
