@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: Per model: training epochs and rate (the zoo's cached models, as in benchmarks/schedules.py), calibration images,
 #: max_samples, the grid of g, reweighting rounds, and the masked fine-tuning (epochs, learning rate; Adam with the
-#: cosine decay, the schedule README's "Compressing with fine-tuning" measured best on both models) of each trim;
+#: cosine decay, the schedule docs/compress.md measured best on both models) of each trim;
 #: "factors": further trims (g, gamma, kappa, fine-tuning epochs, refit) with other cascade factors: a large gamma
 #: trims the middle layer's inputs (the first hidden layer) harder, kappa < 1 asks the last layer to fit the
 #: original outputs better than the error it inherits, which keeps more of the second hidden layer.

@@ -35,7 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def layer_one_problem(samples: int, g: float, seed: int, epochs: int) -> solvers.LayerProblem:
-    model = trained_lenet_300_100(epochs=epochs, seed=seed, schedule="constant")  # as measured in the README
+    model = trained_lenet_300_100(epochs=epochs, seed=seed, schedule="constant")  # as measured in docs/benchmarks.md
     images, _ = load_mnist("train")
     chosen = np.random.default_rng(seed).choice(len(images), samples, replace=False)
     X = np.vstack([images[chosen].T.astype(np.float64), np.ones((1, samples))])

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="each trim fits its kept weights again by least squares (trim's --refit)")
     squeeze.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
                          help="fine-tune by distillation from the original model with this weight in [0, 1] on it "
-                              "(for class logits; 0.9 reached the README's sparsest schedules; default 0: off)")
+                              "(for class logits; 0.9 reached docs/compress.md's sparsest schedules; default 0: off)")
     squeeze.add_argument("--structure", default="weights",
                          help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model; "
                               "stages separated by commas, e.g. neurons,weights: neurons first, then weights")

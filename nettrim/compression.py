@@ -33,7 +33,7 @@ sparser one.
 
 With distill > 0 the fine-tuning distills from the original model (finetune's teacher): every round's
 candidate is pulled towards the dense model's output distribution rather than only its labels, which is what
-lets the rounds go further (README, "Compressing with fine-tuning", has the measurements).
+lets the rounds go further (docs/compress.md has the measurements).
 """
 
 from __future__ import annotations
@@ -124,22 +124,22 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
 
     train_data: an iterable of (x, y) batches, re-iterated every epoch (a DataLoader); loss(output, y) defaults
                 to cross-entropy. epochs, lr and schedule: each round's masked fine-tuning (Adam; the cosine
-                decay restarts every round; README, "Compressing with fine-tuning", says how the defaults were
+                decay restarts every round; docs/compress.md says how the defaults were
                 chosen).
     distill:    the weight in [0, 1] of distillation from the original model in every fine-tuning (finetune's
-                teacher and distill; 0: off). For models whose outputs are class logits; 0.9 is what the README's
-                schedules reached their sparsest with.
+                teacher and distill; 0: off). For models whose outputs are class logits; 0.9 is what the schedules
+                of docs/compress.md reached their sparsest with.
     evaluate:   evaluate(model) -> float, the user's metric on their own validation data, higher is better; it
                 gets the model in eval mode.
     max_drop:   the metric's allowed drop from the original model's (e.g. 0.005 for half a point of accuracy).
     epsilon, grow, max_epsilon: the first round's g, its factor after an accepted round (halved after a rejected
                 one), and its cap.
-    reweight:   reweighting rounds of every trim (sparser at the same budget; README, "Compressing with
-                fine-tuning", has the measurements; 0 for plain l1, 3 to 5 times faster).
+    reweight:   reweighting rounds of every trim (sparser at the same budget; docs/compress.md has the
+                measurements; 0 for plain l1, 3 to 5 times faster).
     structure:  "weights" (scattered zeros) or "neurons": every round removes whole neurons and channels, and
                 the model returned is physically smaller (trim's structure="neurons"); or a sequence of them,
-                stages of up to `rounds` rounds each (module docstring): ("neurons", "weights") reached the README's
-                sparsest LeNet-300-100.
+                stages of up to `rounds` rounds each (module docstring): ("neurons", "weights") reached the sparsest
+                LeNet-300-100 of docs/compress.md.
     trim_options: go to every trim (mode defaults to "cascade"; layers, exclude, max_samples, workers, ...;
                 not inplace).
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .layers import layer_kind
 
 SCHEDULES = ("constant", "cosine")
-#: The distillation temperature T (README, "Compressing with fine-tuning": T = 4 and 8 measured alike).
+#: The distillation temperature T (docs/compress.md: T = 4 and 8 measured alike).
 TEMPERATURE = 4.0
 
 

@@ -122,7 +122,7 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  executor or a dask.distributed Client. Each layer is split into blocks of neurons (block_size
                  per task), and in parallel mode the layers are solved concurrently. With the same block_size
                  and BLAS thread count the result equals the in-process one; where the thread counts differ,
-                 float32 rounding can move single neurons (README, benchmarks/scaling.py).
+                 float32 rounding can move single neurons (docs/scale.md, benchmarks/scaling.py).
 
     structure:   "weights" (l1: scattered zeros, the model keeps its shapes) or "neurons": each layer's
                  objective is the group norm over its inputs (a neuron, or a conv channel's kh x kw weights),
