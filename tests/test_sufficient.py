@@ -64,3 +64,13 @@ def test_only_linear_programs_with_many_samples_are_compressed():
     low_rank = _wide_linear(True)
     X = np.tile(low_rank.X[:, :20], 30)  # 600 samples, but each of 20 repeated
     assert compress(LayerProblem(X, low_rank.Y, low_rank.eps, "linear")) is not None
+
+
+def test_a_compressed_program_solves_on_the_gpu_stand_in_as_on_the_host(strict_device):
+    """The statistics are formed on the host before the solve moves the program to its device: on the CPU
+    stand-in for a GPU (no implicit transfers) the compressed program ends with the host's weights."""
+    problem = _wide_linear(per_neuron=True)
+    on_device, on_host = solve(problem, device=strict_device), solve(problem)
+    assert on_device.info["compressed_samples"] == on_host.info["compressed_samples"] == [600, 29]
+    assert on_device.status == on_host.status == "optimal"
+    np.testing.assert_allclose(on_device.U, on_host.U, rtol=1e-6, atol=1e-9)
