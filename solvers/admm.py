@@ -155,16 +155,16 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
             lower_bound[active] = result.info["l1_lower_bound"]
             if problem.rows:  # the layer's bound, not the neurons'
                 lower_bound = result.info["l1_lower_bound"]
-    final = make_result(problem, U, status=result.status if result else "optimal",
-                        message=(result.message if result else "every neuron keeps its budget with zero weights"
-                                 if not cut.any() else "every neuron solved by cutting planes or by zero weights"),
-                        iterations=result.iterations if result else 0, seconds=time.perf_counter() - start,
-                        backend="admm", info=result.info if result else {})
     statuses = np.full(M, "optimal", dtype=object)
     if result is not None:
         statuses[active] = result.info["neuron_statuses"]
+    final = _assemble(problem, U, statuses, result.iterations if result else 0, start,
+                      result.info if result else {})
+    if result is None:
+        final.message = ("every neuron keeps its budget with zero weights" if not cut.any()
+                         else "every neuron solved by cutting planes or by zero weights")
     final.info.update(screened_neurons=int((~active & ~cut).sum()), cutting_planes=int(cut.sum()), tf32=tf32,
-                      l1_lower_bound=lower_bound, neuron_statuses=statuses)
+                      l1_lower_bound=lower_bound)
     return final
 
 
@@ -316,7 +316,7 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     beta = float(beta) if beta else 1.0  # beta = 0 only when X = 0, which needs no iteration
     cost_unit = _typical_magnitude(problem.X) if equilibrate and problem.X.any() else 1.0
     if response_scale is None:
-        response_scale = float(np.max(np.abs(problem.Y)))
+        response_scale = problem.response_scale()
     response_scale = max(float(response_scale), 1e-300)
     if rho == "published":
         rho = 1.0 / beta

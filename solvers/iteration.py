@@ -24,10 +24,17 @@ from .repair import repair_on_supports
 #: Checks a neuron waits after a failed repair before trying again.
 REPAIR_WAIT_CHECKS = 5
 #: A neuron past gap_patience iterations whose repairs failed (or missed the gap tolerance) this many times is
-#: solved on its support by the interior point (support_ipm.py) rather than left to the growing gap tolerance.
+#: solved on its support by the interior point (support_ipm.py) rather than left to the growing gap tolerance,
+#: once: a support solve that proves nothing is not tried again (its cost grows with the support and with the
+#: samples of Omega^c it needs, up to 12 s a neuron on ResNet-20's layer2.1.conv1 at g = 0.5, where the ADMM
+#: ends the whole layer in 12 s).
 #: LeNet-300-100 layer 1 (P = 10,000, float32, 2 cores): 3 neurons, 1,200 iterations down to 530, the same time
 #: (20.0 and 20.9 s against 20.1 to 20.7 s); from half the patience on, 6 neurons and 21 to 23 s.
 FAILED_REPAIRS = 2
+#: ... and once no more than max(STRAGGLERS, STRAGGLER_FRACTION M) of the M neurons are still iterating (the
+#: last of them keep the layer iterating; before that the iteration runs on for the others whatever one costs).
+STRAGGLERS = 4
+STRAGGLER_FRACTION = 1 / 16
 #: Bytes that one batch of repairs may gather at most (each neuron's violated samples' columns of X, float64);
 #: the memory plan may allow less (options["repair_bytes"]).
 REPAIR_BATCH_BYTES = 2**27
@@ -61,7 +68,8 @@ class WorkingSet:
     ROWS = ("Y", "on_omega", "Z", "Dz")
     COLUMNS = ("U", "W", "Dw", "cost")
     VECTORS = ("rho", "tol_factor", "lower_bound")
-    HOST = ("neurons", "rounds_left", "repair_wait", "failed_repairs", "unproven_checks", "inside_margin", "tight")
+    HOST = ("neurons", "rounds_left", "repair_wait", "failed_repairs", "support_tried", "unproven_checks",
+            "inside_margin", "tight")
     #: Optional per-neuron arrays (None or a float when the program has none): the relu layer's ceiling on Z
     #: (feasibility.ceiling), eps (M, 1) per neuron, and X (x_k on Omega)^T (N, M), the dual bound's direction
     #: through X (feasibility.dual_bound).
@@ -117,6 +125,7 @@ class Iteration:
         self.U_out, self.bound_out = np.zeros((N, M)), np.full(M, np.nan)
         self.status_out = np.full(M, "max_iter", dtype=object)
         self.repaired = self.solved_on_supports = 0
+        self.stragglers = max(STRAGGLERS, math.ceil(STRAGGLER_FRACTION * M))
         # () -> (M,) bools, the neurons whose original weights keep the budget (a certificate of infeasibility
         # for them is false): a product with X, so computed at the first certificate only
         self._known_feasible, self.known_feasible = known_feasible, None
@@ -131,7 +140,7 @@ class Iteration:
         restore = options["restore_rounds"] if options["restore"] else 0
         s = self.s = WorkingSet(
             neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
-            failed_repairs=np.zeros(M, dtype=int),
+            failed_repairs=np.zeros(M, dtype=int), support_tried=np.zeros(M, dtype=bool),
             unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool), tight=np.zeros(M, dtype=bool),
             Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt), original_eps=program.eps,
             ceiling=None, eps=eps,
@@ -491,9 +500,10 @@ class Iteration:
                           xp.take(new_weights, be.asarray(np.flatnonzero(accepted)), axis=1))
             self.repaired += int(accepted.sum())
         s.failed_repairs[positions[~accepted]] += 1
-        stuck = ~accepted & (s.failed_repairs[positions] >= FAILED_REPAIRS) & (
-            self.iteration > self.options["gap_patience"])
+        stuck = ~accepted & ~s.support_tried[positions] & (s.failed_repairs[positions] >= FAILED_REPAIRS) & (
+            self.iteration > self.options["gap_patience"]) & (s.neurons.size <= self.stragglers)
         if stuck.any():
+            s.support_tried[positions[stuck]] = True
             accepted[stuck] = self._solve_on_supports(positions[stuck], xp.take(weights, be.asarray(chosen[stuck]),
                                                                                    axis=1), gap_allowed)
         s.repair_wait[positions[~accepted]] = REPAIR_WAIT_CHECKS

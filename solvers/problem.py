@@ -218,16 +218,24 @@ class LayerProblem:
                             columns(self.original_weights), columns(self.l1_weights), self.structure,
                             self.group_weights, self.group_size)
 
+    def response_scale(self) -> float:
+        """The scale the program's violations are measured on: max|Y|, or max|V| where Y = 0 (dead neurons only,
+        whose program is u^T x_j <= v_j alone); 0 when both are 0."""
+        scale = float(np.max(np.abs(self.Y)))
+        return float(np.max(np.abs(self.upper))) if scale == 0 and self.upper is not None else scale
+
     def upper_bound(self):
         """V as an array or the scalar 0."""
         return 0.0 if self.upper is None else self.upper
 
-    def columns_within_budget(self, U, fit_rtol: float = 1e-3, violation_tol: float = 1e-5) -> np.ndarray:
+    def columns_within_budget(self, U, fit_rtol: float = 1e-3, violation_tol: float = 1e-5,
+                              y_scale: float | None = None) -> np.ndarray:
         """(M,) bools: does column u_m keep fit_m <= eps_m (1 + fit_rtol) and its Omega^c excess <= violation_tol
-        max|Y|? With a scalar eps the test is the layer's, the same for every column."""
+        y_scale (response_scale() unless given: a layer's neurons may be measured on the layer's scale)? With a
+        scalar eps the test is the layer's, the same for every column."""
         U = np.asarray(U, dtype=np.float64)
         response = U.T @ self.X
-        y_scale = max(float(np.max(np.abs(self.Y))), 1e-300)
+        y_scale = max(self.response_scale() if y_scale is None else y_scale, 1e-300)
         residual = np.where(self.omega, response - self.Y, 0.0)
         if self.activation == "relu":
             excess = np.where(self.omega, 0.0, response - self.upper_bound()).max(axis=1)

@@ -58,7 +58,7 @@ def solve_reference(problem: LayerProblem, *, solver: str = "CLARABEL", zero_tol
     options = dict(HIGH_ACCURACY[solver]) if accuracy == "high" else {}
     options.update(solver_options)
     start = time.perf_counter()
-    unit = float(np.max(np.abs(problem.Y))) or 1.0
+    unit = problem.response_scale() or 1.0
     rows = _row_scale(problem)
     program, live = _in_units(problem, unit, rows)
     solved, statuses, iterations = _solve_programs(program, solver, options, verbose)

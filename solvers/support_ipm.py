@@ -42,9 +42,17 @@ FIRST_PER_ROOT = 1.28
 PER_ROUND = 64
 #: Weights joining the support in each round, and the most Clarabel solves for one neuron.
 GROW = 128
-MAX_SOLVES = 12
+MAX_SOLVES = 6
 #: The largest support solved: Clarabel factors a dense |S| x |S| block at each of its iterations.
 MAX_SUPPORT = 512
+#: The largest support tried, as the cost of an interior point on it against the ADMM's: Clarabel factors about
+#: (2 |S|)^3 / 3 flops at each of its ~25 iterations (|S| weights, about as many active cuts), a few solves a
+#: neuron; an ADMM iteration costs the neuron 4 N P. A straggler left hundreds of iterations breaks even near
+#: (2 |S|)^3 = 100 N P; Clarabel's sparse factorization of dense blocks runs ~10 times below the ADMM's products.
+#: Measured (2 cores): LeNet-300-100 layer 1 (|S| = 159, N = 655 rows in use, P = 5,000; ratio 10) in 0.2 s;
+#: ResNet-20's layer2.0.conv1 and layer2.1.conv1 in cascade (|S| = 135 of 145 and 140 to 220 of 289, P = 5,000;
+#: ratios 15 to 60) 1 to 12 s a neuron, where the ADMM ends the whole layer in 7 and 13 s (with them: 10 and 25 s).
+SUPPORT_COST = 12
 #: The ridge on the fit's Gram matrix, relative to its largest diagonal entry (_fit_cone).
 RIDGE = 1e-12
 #: Weights below this fraction of the largest (each times its row's norm) are set to zero.
@@ -79,20 +87,21 @@ class LayerX:
 
 
 def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: float):
-    """(u, bound) for one neuron, or None when its support is empty or larger than MAX_SUPPORT, cannot fit y
-    within the budget, or Clarabel fails. `neuron` holds its host float64 arrays: y, omega (bools), upper (P,),
-    eps, cost (N,) (the l1 weights), tau (the Omega^c margin); `weights` (N,) are the ADMM's. The loop ends when
+    """(u, bound) for one neuron, or None when its support is empty, larger than MAX_SUPPORT or costlier than
+    SUPPORT_COST allows, cannot fit y within the budget, or Clarabel fails. `neuron` holds its host float64
+    arrays: y, omega (bools), upper (P,), eps, cost (N,) (the l1 weights), tau (the Omega^c margin); `weights`
+    (N,) are the ADMM's. The loop ends when
     bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective."""
     support = np.flatnonzero(weights != 0)
-    if not 0 < support.size <= MAX_SUPPORT:
+    if not 0 < support.size <= MAX_SUPPORT or (2 * support.size) ** 3 > SUPPORT_COST * weights.size * neuron["y"].size:
         return None
     outside = np.flatnonzero(~neuron["omega"])
     nearest = np.argsort((neuron["upper"] - X.response(weights))[outside], kind="stable")
     first = max(FIRST, math.ceil(FIRST_PER_ROOT * math.sqrt(neuron["y"].size)))
     cuts, answer, solves = outside[nearest[:first]], None, 0
     while solves < MAX_SOLVES and support.size <= MAX_SUPPORT:
-        cone = _fit_cone(*X.fit(support, neuron["omega"], neuron["y"]), neuron["y"], neuron["omega"],
-                         AIM * neuron["eps"])
+        cone = (_fit_cone(*X.fit(support, neuron["omega"], neuron["y"]), neuron["y"], neuron["omega"],
+                          AIM * neuron["eps"]) if neuron["omega"].any() else _no_fit(neuron))
         solution, cuts, used = (None, cuts, 0) if cone is None else _with_cuts(
             neuron, X, support, cone, cuts, MAX_SOLVES - solves)
         solves += used
@@ -142,6 +151,12 @@ def _thresholded(u: np.ndarray, row_norms: np.ndarray) -> np.ndarray:
     return np.where(size <= ZERO_TOL * max(float(size.max()), 1e-300), 0.0, u)
 
 
+def _no_fit(neuron: dict):
+    """The cone of a dead neuron (Omega empty): no fit to keep, its program is the cuts alone; its scale, which
+    _clarabel divides the data by, is max |v| (as tiny as 1e-3 of the layer's max y on ResNet-20)."""
+    return np.zeros((0, 0)), np.zeros(0), float(np.max(np.abs(neuron["upper"]))) or 1.0
+
+
 def _fit_cone(G: np.ndarray, Ay: np.ndarray, y: np.ndarray, omega: np.ndarray, eps: float):
     """(R, g, e): ||A^T u - y_Omega|| <= eps as ||R u - g|| <= e (module docstring), given G = A A^T and A y_Omega
     for A = X_{S,Omega}, or None when no u on these rows fits y within eps. R is the Cholesky factor of
@@ -164,25 +179,29 @@ def _clarabel(cone, B: np.ndarray, limits: np.ndarray, cost: np.ndarray):
     """min cost^T t  s.t.  -t <= u <= t,  B u <= limits,  ||R u - g|| <= e, in x = (u, t): (u, mu, nu) or None.
     The data are divided by e (the solution by the same), so Clarabel's absolute tolerances are relative."""
     R, g, radius = cone
-    k, m = R.shape[1], B.shape[0]
+    k, m, fits = B.shape[1], B.shape[0], R.shape[0] > 0
     identity, zeros = sparse.identity(k, format="csc"), sparse.csc_matrix((k, k))
-    A = sparse.vstack([sparse.hstack([identity, -identity]), sparse.hstack([-identity, -identity]),
-                       sparse.hstack([sparse.csc_matrix(B), sparse.csc_matrix((m, k))]),
-                       sparse.csc_matrix((1, 2 * k)), sparse.hstack([sparse.csc_matrix(-R), zeros])]).tocsc()
-    b = np.concatenate([np.zeros(2 * k), limits / radius, [1.0], -g / radius])
+    rows = [sparse.hstack([identity, -identity]), sparse.hstack([-identity, -identity]),
+            sparse.hstack([sparse.csc_matrix(B), sparse.csc_matrix((m, k))])]
+    b = [np.zeros(2 * k), limits / radius]
+    cones = [clarabel.NonnegativeConeT(2 * k + m)]
+    if fits:
+        rows += [sparse.csc_matrix((1, 2 * k)), sparse.hstack([sparse.csc_matrix(-R), zeros])]
+        b += [[1.0], -g / radius]
+        cones.append(clarabel.SecondOrderConeT(k + 1))
+    A, b = sparse.vstack(rows).tocsc(), np.concatenate(b)
     q = np.concatenate([np.zeros(k), cost / np.median(cost[cost > 0]) if np.any(cost > 0) else cost])
     settings = clarabel.DefaultSettings()
     settings.verbose = False
     for name, value in HIGH_ACCURACY["CLARABEL"].items():
         setattr(settings, name, value)
-    cones = [clarabel.NonnegativeConeT(2 * k + m), clarabel.SecondOrderConeT(k + 1)]
     solution = clarabel.DefaultSolver(sparse.csc_matrix((2 * k, 2 * k)), q, A, b, cones, settings).solve()
     if str(solution.status) not in ("Solved", "AlmostSolved"):  # the caller measures u and its bound exactly
         return None
     x, z = np.asarray(solution.x), np.asarray(solution.z)
     # Every row and the objective are scaled alike: the duals are those of the unscaled program times one factor,
     # which the bound's scaling into the box removes.
-    return radius * x[:k], z[2 * k + m], z[2 * k:2 * k + m]
+    return radius * x[:k], z[2 * k + m] if fits else 0.0, z[2 * k:2 * k + m]
 
 
 def _bound(neuron: dict, lam: np.ndarray, X_lam: np.ndarray):

@@ -30,6 +30,8 @@ def test_dead_neuron_gives_an_all_zero_column_silently():
     assert result.status == "optimal"
     assert np.all(result.U[:, :2] == 0)
     assert result.info["screened_neurons"] >= 2
+    assert result.info["neuron_status"] == {"optimal": 5} | {status: 0 for status in result.info["neuron_status"]
+                                                              if status != "optimal"}  # the screened counted
 
 
 def test_all_neurons_trivial_returns_zeros():

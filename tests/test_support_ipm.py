@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.optimize import linprog
 
 from instances import random_problem
 from solvers import LayerProblem, iteration, samples, solve, support_ipm
@@ -125,3 +126,66 @@ def test_the_fit_gram_of_some_rows_a_slice_of_samples_at_a_time(monkeypatch):
         part = X[rows][:, chosen]
         assert np.allclose(gram, part @ part.T, rtol=1e-13, atol=1e-13)
         assert np.allclose(product, part @ vector[chosen], rtol=1e-13, atol=1e-13)
+
+
+def _dead_neuron(seed, N=20, P=300):
+    """A neuron negative on every sample (Y = 0, eps = 0) under cascade's V = w^T Xhat < 0: its program is the
+    linear program min ||u||_1 s.t. u^T xhat_j <= v_j."""
+    rng = np.random.default_rng(seed)
+    Xhat = np.vstack([rng.standard_normal((N - 1, P)), np.ones((1, P))])
+    w = rng.standard_normal(N) * (rng.random(N) < 0.5)
+    w[-1] = -np.max(w[:-1] @ Xhat[:-1]) - 0.1
+    return LayerProblem(Xhat, np.zeros((1, P)), np.zeros(1), "relu", upper=(w @ Xhat)[None, :],
+                        original_weights=w[:, None])
+
+
+def _linear_program_optimum(problem):
+    """min ||u||_1 s.t. X^T u <= v in u = u+ - u-, by HiGHS's simplex."""
+    X, N = problem.X, problem.shape[0]
+    answer = linprog(np.ones(2 * N), A_ub=np.hstack([X.T, -X.T]), b_ub=problem.upper[0], bounds=(0, None),
+                     method="highs")
+    assert answer.status == 0
+    return answer.fun, answer.x[:N] - answer.x[N:]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_dead_neuron_its_cuts_alone(seed):
+    problem = _dead_neuron(seed)
+    optimum, vertex = _linear_program_optimum(problem)
+    weights = np.where(np.abs(vertex) > 1e-9, vertex, 0.0)
+    weights[np.flatnonzero(weights == 0)[:2]] = 1e-3  # a support the ADMM could have found
+    u, bound = _solved(problem, weights)
+    assert bound <= optimum * (1 + 1e-7)
+    assert float(np.abs(u).sum()) == pytest.approx(optimum, rel=1e-6)
+    assert problem.evaluate(u[:, None])["max_violation"] <= 0.0
+
+
+def test_a_support_too_costly_for_the_interior_point_is_left_to_the_admm(monkeypatch):
+    problem = random_problem(8, N=30, P=300, M=1, per_neuron=True)
+    optimum = solve(problem, backend="cvxpy", solver="CLARABEL").U[:, 0]
+    support = np.count_nonzero(_wrong_support(optimum, 8))
+    assert _solved(problem, _wrong_support(optimum, 8)) is not None
+    monkeypatch.setattr(support_ipm, "SUPPORT_COST", 0.99 * (2 * support) ** 3 / (30 * 300))
+    assert _solved(problem, _wrong_support(optimum, 8)) is None
+
+
+def test_each_neuron_is_tried_on_its_support_once_and_only_when_few_are_left(monkeypatch):
+    """Support solves that prove nothing are not repeated; of 12 neurons, none is tried while more than
+    STRAGGLERS = 4 iterate."""
+    _refusing_every_repair(monkeypatch)
+    tried, left = [], []
+    solve_on_supports = iteration.Iteration._solve_on_supports
+
+    def failing(neuron, X, weights, gap_allowed):
+        tried.append(neuron["y"].tobytes())
+        return None
+
+    def counted(self, positions, weights, gap_allowed):
+        left.append(self.s.neurons.size)
+        return solve_on_supports(self, positions, weights, gap_allowed)
+
+    monkeypatch.setattr(support_ipm, "solve_on_support", failing)
+    monkeypatch.setattr(iteration.Iteration, "_solve_on_supports", counted)
+    solve(random_problem(9, N=30, P=300, M=12, per_neuron=True), dtype="float32", gap_patience=20, max_iter=3000)
+    assert tried and len(tried) == len(set(tried))
+    assert max(left) <= iteration.STRAGGLERS
