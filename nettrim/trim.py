@@ -1,4 +1,5 @@
-"""Trim a whole torch model, layer by layer, in parallel or cascade mode (NETTRIM.md section 2).
+"""Trim a whole torch model, layer by layer, in parallel or cascade mode (Aghasi, Abdi, Nguyen and Romberg,
+"Net-Trim", NIPS 2017; Aghasi, Abdi and Romberg, SIAM J. Math. Data Sci. 2020).
 
 For layer l with trained weights W (N x M), the signals X^{l-1} entering it and X^l = act(W^T X^{l-1}):
 

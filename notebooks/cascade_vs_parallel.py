@@ -14,7 +14,7 @@
 # # Cascade versus parallel trimming on the MNIST MLP
 #
 # LeNet-300-100 trained on the bundled MNIST, trimmed over a grid of relative budgets $g$ in both modes
-# (NETTRIM.md section 2):
+# (Aghasi et al., NIPS 2017, Theorems 1 and 2):
 #
 # - **parallel**: each layer is trimmed on the original network's signals with $\epsilon_l = g \|X^l\|_F$; the
 #   output error is at most $\sum_l \epsilon_l \prod_{j>l} \|U_j\|_2$;

@@ -44,8 +44,10 @@ small correction that puts the violated samples under their bound and keeps the 
 candidates of a check together, as one batched computation); the repaired weights are final when they stay
 within gap_tol of the certified bound, and info["repaired"] counts them. On MNIST layer 1 (P = 10,000) this
 finishes most neurons 100-200 iterations earlier, with a lower l1. A neuron still iterating after
-gap_patience iterations whose repairs keep failing is solved on its support by the interior point and certified
-on the whole layer by the duals of that solve (support_ipm.py; info["solved_on_supports"] counts them).
+gap_patience iterations whose repairs keep failing may be solved on its support by the interior point and
+certified on the whole layer by the duals of that solve (support_ipm.py; info["solved_on_supports"] counts them):
+once, among the last neurons iterating, where its support is small enough to pay (iteration.STRAGGLERS,
+support_ipm.SUPPORT_COST).
 
 The returned U is the sparse iterate W (or its repair), measured exactly in float64. The iteration aims inside
 the budget by the fit error its tolerance allows (eps - 2 rel_tol ||y_Omega||). If a converged neuron is not

@@ -14,6 +14,12 @@ from .arrays import squared_norms
 UNPROVEN_CHECKS = 50
 
 
+def within_gap(objective, bound, gap_allowed: float, absolute_gap: float):
+    """Is the objective proven near its optimum: objective - bound <= gap_allowed objective + absolute_gap, for a
+    certified lower bound `bound` (arrays of any namespace, or floats)? The one rule every acceptance uses."""
+    return objective - bound <= gap_allowed * objective + absolute_gap
+
+
 def per_budget(xp, values, coupled: bool):
     """Per-neuron values, or (coupled: one budget for the layer) their total repeated for every neuron."""
     return xp.zeros_like(values) + xp.sum(values) if coupled else values

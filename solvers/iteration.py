@@ -18,16 +18,16 @@ import numpy as np
 from . import feasibility, rowgroups, support_ipm
 from .anderson import memory_or_none
 from .arrays import squared_norms
-from .feasibility import accept_or_tighten, certify_infeasible, dual_bound
+from .feasibility import accept_or_tighten, certify_infeasible, dual_bound, within_gap
 from .repair import repair_on_supports
 
 #: Checks a neuron waits after a failed repair before trying again.
 REPAIR_WAIT_CHECKS = 5
 #: A neuron past gap_patience iterations whose repairs failed (or missed the gap tolerance) this many times is
 #: solved on its support by the interior point (support_ipm.py) rather than left to the growing gap tolerance,
-#: once: a support solve that proves nothing is not tried again (its cost grows with the support and with the
-#: samples of Omega^c it needs, up to 12 s a neuron on ResNet-20's layer2.1.conv1 at g = 0.5, where the ADMM
-#: ends the whole layer in 12 s).
+#: once (a support solve that proves nothing is not tried again) and when support_ipm.affordable: its cost grows
+#: with the support and with the samples of Omega^c it needs, up to 12 s a neuron on ResNet-20's layer2.1.conv1
+#: at g = 0.5, where the ADMM ends the whole layer in 13 s.
 #: LeNet-300-100 layer 1 (P = 10,000, float32, 2 cores): 3 neurons, 1,200 iterations down to 530, the same time
 #: (20.0 and 20.9 s against 20.1 to 20.7 s); from half the patience on, 6 neurons and 21 to 23 s.
 FAILED_REPAIRS = 2
@@ -276,8 +276,7 @@ class Iteration:
                                        self.coupled, widest=(k, widest_row, X_widest))
         objective = self._objective()
         gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
-        certified = ((objective - s.lower_bound <= gap_allowed * objective + options["absolute_gap"])
-                     & (objective > 0))
+        certified = within_gap(objective, s.lower_bound, gap_allowed, options["absolute_gap"]) & (objective > 0)
         infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD,
                                         self.layer.x_norm, self._user_eps(), self._user_upper())
         flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
@@ -390,7 +389,7 @@ class Iteration:
         objective = (xp.sum(norms) if program.l1_weights is None
                      else xp.sum(rowgroups.firsts(xp, program.l1_weights[:, 0], size) * norms))
         bound = s.lower_bound[0]
-        accepted = be.scalars(xp.all(ok) & (objective - bound <= gap_allowed * objective))[0]
+        accepted = be.scalars(xp.all(ok) & within_gap(objective, bound, gap_allowed, self.options["absolute_gap"]))[0]
         if not accepted:
             s.repair_wait[positions] = REPAIR_WAIT_CHECKS
             return False
@@ -494,7 +493,7 @@ class Iteration:
             magnitude = xp.take(program.l1_weights, neurons, axis=1) * magnitude
         objective = xp.sum(magnitude, axis=0)
         bound = xp.take(s.lower_bound, be.asarray(positions), axis=0)
-        accepted = be.to_host(ok & (objective - bound <= gap_allowed * objective + self.options["absolute_gap"]))
+        accepted = be.to_host(ok & within_gap(objective, bound, gap_allowed, self.options["absolute_gap"]))
         if accepted.any():
             self.finalize(positions[accepted], "optimal",
                           xp.take(new_weights, be.asarray(np.flatnonzero(accepted)), axis=1))
@@ -503,7 +502,6 @@ class Iteration:
         stuck = ~accepted & ~s.support_tried[positions] & (s.failed_repairs[positions] >= FAILED_REPAIRS) & (
             self.iteration > self.options["gap_patience"]) & (s.neurons.size <= self.stragglers)
         if stuck.any():
-            s.support_tried[positions[stuck]] = True
             accepted[stuck] = self._solve_on_supports(positions[stuck], xp.take(weights, be.asarray(chosen[stuck]),
                                                                                    axis=1), gap_allowed)
         s.repair_wait[positions[~accepted]] = REPAIR_WAIT_CHECKS
@@ -518,6 +516,9 @@ class Iteration:
         bounds = be.to_host(self.xp.take(self.s.lower_bound, be.asarray(positions), axis=0))
         solved = np.zeros(positions.size, dtype=bool)
         for j, (neuron, start) in enumerate(zip(self._host_programs(positions), be.to_host(weights).T, strict=True)):
+            if not support_ipm.affordable(start, self.shape[1], self.iteration, self.options["max_iter"]):
+                continue
+            self.s.support_tried[positions[j]] = True
             answer = support_ipm.solve_on_support(neuron, X, start, gap_allowed)
             if answer is None:
                 continue
@@ -526,7 +527,7 @@ class Iteration:
             within = (np.linalg.norm((response - neuron["y"])[neuron["omega"]]) <= neuron["eps"]
                       and not np.any((response > neuron["upper"]) & ~neuron["omega"]))
             objective = float(neuron["cost"] @ np.abs(u))
-            if within and objective - bound <= gap_allowed * objective + self.options["absolute_gap"]:
+            if within and within_gap(objective, bound, gap_allowed, self.options["absolute_gap"]):
                 self.finalize(positions[j:j + 1], "optimal", be.asarray(u[:, None]), np.array([bound]))
                 solved[j] = True
         self.solved_on_supports += int(solved.sum())

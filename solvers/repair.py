@@ -1,4 +1,6 @@
-"""Restore neurons' budgets on the supports their sparse iterates found (the "polish" of NETTRIM.md section 4).
+"""Restore neurons' budgets on the supports their sparse iterates found: a polish on the found support (the
+published ADMM returns an infeasible sparse iterate: Aghasi, Abdi and Romberg, "Fast Convex Pruning of Deep
+Neural Networks", SIAM J. Math. Data Sci. 2020).
 
 Near the optimum the ADMM's sparse iterate w (support S) has an l1 within a fraction of a percent of the optimum,
 but it still exceeds the Omega^c bound by about 1e-3 max|Y| on a few dozen samples, and that last part of the

@@ -30,6 +30,7 @@ import clarabel
 import numpy as np
 import scipy.sparse as sparse
 
+from .feasibility import within_gap
 from .reference import HIGH_ACCURACY
 
 #: Omega^c samples in the first working set, at least FIRST and FIRST_PER_ROOT sqrt(P), and the most violated ones
@@ -42,16 +43,16 @@ FIRST_PER_ROOT = 1.28
 PER_ROUND = 64
 #: Weights joining the support in each round, and the most Clarabel solves for one neuron.
 GROW = 128
-MAX_SOLVES = 6
+MAX_SOLVES = 12
 #: The largest support solved: Clarabel factors a dense |S| x |S| block at each of its iterations.
 MAX_SUPPORT = 512
-#: The largest support tried, as the cost of an interior point on it against the ADMM's: Clarabel factors about
-#: (2 |S|)^3 / 3 flops at each of its ~25 iterations (|S| weights, about as many active cuts), a few solves a
-#: neuron; an ADMM iteration costs the neuron 4 N P. A straggler left hundreds of iterations breaks even near
-#: (2 |S|)^3 = 100 N P; Clarabel's sparse factorization of dense blocks runs ~10 times below the ADMM's products.
-#: Measured (2 cores): LeNet-300-100 layer 1 (|S| = 159, N = 655 rows in use, P = 5,000; ratio 10) in 0.2 s;
-#: ResNet-20's layer2.0.conv1 and layer2.1.conv1 in cascade (|S| = 135 of 145 and 140 to 220 of 289, P = 5,000;
-#: ratios 15 to 60) 1 to 12 s a neuron, where the ADMM ends the whole layer in 7 and 13 s (with them: 10 and 25 s).
+#: The largest support solved before a neuron has run half of max_iter, as the interior point's cost against the
+#: ADMM's: Clarabel factors about (2 |S|)^3 / 3 flops at each of its ~25 iterations (|S| weights, about as many
+#: active cuts), a few solves a neuron, at a rate ~10 times below the ADMM's products; an iteration costs the
+#: neuron 4 N P, and a straggler has hundreds left. Measured (2 cores): LeNet-300-100 layer 1 (|S| = 159, N = 655
+#: rows in use, P = 5,000; (2 |S|)^3 = 10 N P) in 0.2 s; ResNet-20's layer2.0.conv1 and layer2.1.conv1 in cascade
+#: (|S| = 135 of 145 and 140 to 220 of 289, P = 5,000; 15 to 60 N P, 300 to 460 cuts) 1 to 12 s a neuron,
+#: where the ADMM ends the whole layer in 7 and 13 s.
 SUPPORT_COST = 12
 #: The ridge on the fit's Gram matrix, relative to its largest diagonal entry (_fit_cone).
 RIDGE = 1e-12
@@ -86,14 +87,22 @@ class LayerX:
         return self.be.to_host(self.X.times_transposed(self.be.asarray(lam[None, :]))[0])[:, 0]
 
 
+def affordable(weights: np.ndarray, samples: int, iterations: int, max_iter: int) -> bool:
+    """May the neuron with the ADMM's `weights` (N,) be solved on its support after `iterations` iterations on
+    `samples` samples: when the interior point costs little against the ADMM, (2 |S|)^3 <= SUPPORT_COST N P,
+    or as a rescue, whatever it costs, once the neuron has run half of max_iter?"""
+    support = int(np.count_nonzero(weights))
+    return (2 * support) ** 3 <= SUPPORT_COST * weights.size * samples or 2 * iterations >= max_iter
+
+
 def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: float):
-    """(u, bound) for one neuron, or None when its support is empty, larger than MAX_SUPPORT or costlier than
-    SUPPORT_COST allows, cannot fit y within the budget, or Clarabel fails. `neuron` holds its host float64
+    """(u, bound) for one neuron, or None when its support is empty or larger than MAX_SUPPORT, cannot fit y
+    within the budget, or Clarabel fails. `neuron` holds its host float64
     arrays: y, omega (bools), upper (P,), eps, cost (N,) (the l1 weights), tau (the Omega^c margin); `weights`
     (N,) are the ADMM's. The loop ends when
     bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective."""
     support = np.flatnonzero(weights != 0)
-    if not 0 < support.size <= MAX_SUPPORT or (2 * support.size) ** 3 > SUPPORT_COST * weights.size * neuron["y"].size:
+    if not 0 < support.size <= MAX_SUPPORT:
         return None
     outside = np.flatnonzero(~neuron["omega"])
     nearest = np.argsort((neuron["upper"] - X.response(weights))[outside], kind="stable")
@@ -115,7 +124,7 @@ def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: 
         answer = (weights, bound)
         # On S, |(X lam)_i| = c_i times the duals' common factor: rows off S above that level would enter.
         entering = np.setdiff1d(np.flatnonzero(over > (1 + 1e-9) * float(over[support].max())), support)
-        if bound >= (1 - gap_allowed) * float(neuron["cost"] @ np.abs(weights)) or not entering.size:
+        if within_gap(float(neuron["cost"] @ np.abs(weights)), bound, gap_allowed, 0.0) or not entering.size:
             return answer
         support = np.union1d(support, entering[np.argsort(-over[entering], kind="stable")[:GROW]])
     return answer

@@ -14,7 +14,8 @@ def random_problem(seed: int, *, N: int = 24, P: int = 120, M: int = 5, activati
 
     dead_neurons: that many neurons get weights whose response is negative on every sample (Y row = 0).
     cascade: X is a perturbed signal Xhat, Y the response to the unperturbed one, V = W^T Xhat, and the
-    budget eps^2 = 1.1 ||(W^T Xhat - Y)_Omega||^2 + (g ||Y||)^2, so W stays feasible (NETTRIM.md sec. 2).
+    budget eps^2 = 1.1 ||(W^T Xhat - Y)_Omega||^2 + (g ||Y||)^2, so W stays feasible (the cascade rule of
+    Aghasi et al., NIPS 2017, with gamma = 1.1).
     """
     rng = np.random.default_rng(seed)
     X = np.vstack([rng.standard_normal((N - 1, P)), np.ones((1, P))])

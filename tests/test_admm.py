@@ -95,7 +95,7 @@ def test_callback_sees_progress_and_can_stop():
 
 
 def test_relative_budget_zero_recovers_the_generating_weights():
-    """eps = 0 with many samples: exact recovery of a sparse neuron (NETTRIM.md sec. 3)."""
+    """eps = 0 with many samples: exact recovery of a sparse neuron (Aghasi et al., NIPS 2017, Theorem 3)."""
     rng = np.random.default_rng(4)
     N, P = 40, 400
     X = rng.standard_normal((N, P))

@@ -108,7 +108,8 @@ def test_parallel_bound_on_the_output(parallel_mlp):
 
 
 def test_cascade_bound_on_the_output(cascade_mlp):
-    """||Xhat^L - X^L||_F <= eps_1 prod_{l>=2} sqrt(gamma) ||W_l||_2 (NETTRIM.md section 2, unnormalized)."""
+    """||Xhat^L - X^L||_F <= eps_1 prod_{l>=2} sqrt(gamma) ||W_l||_2 (Aghasi et al., NIPS 2017, Theorem 2,
+    unnormalized)."""
     model, x, trimmed, report = cascade_mlp
     error = float(torch.linalg.norm(trimmed(x) - model(x)).detach())
     norms = [_spectral(layer.weight_matrix()) for layer in select_layers(model)]
