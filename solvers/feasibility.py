@@ -153,14 +153,13 @@ def measure_candidates(be, s, positions: np.ndarray, X64, program, unscale, relu
     return weights, response, excess, xp.max(hinge, axis=1)
 
 
-def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled: bool) -> None:
+def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled: bool, rounds: int) -> None:
     """Tighten the internal budget of the working-set positions `retrying` (host) by twice their measured
     `excess` and, when they violate Omega^c, their whole Omega^c bound by twice their largest `violation`
-    (shifting only the violated entries moves the violation elsewhere). excess and violation are (k,) host
-    arrays for those positions."""
+    (shifting only the violated entries moves the violation elsewhere); from the third of the `rounds` allowed
+    on, their stopping tolerances too (by 0.3; all the neurons' when they are coupled). excess and violation
+    are (k,) host arrays for those positions."""
     xp, dt = be.xp, s.Y.dtype
-    mask = np.zeros(s.neurons.size, dtype=bool)
-    mask[retrying] = True
     if coupled:
         s.eps = max(s.eps - 2 * float(excess[0]), 0.0)
     else:
@@ -173,6 +172,11 @@ def tighten(be, s, retrying: np.ndarray, excess, violation, relu: bool, coupled:
         s.ceiling = s.ceiling - be.asarray(margin[:, None], dt)  # +inf on Omega stays +inf
     s.rounds_left[retrying] -= 1
     s.tight[retrying] = True
+    late = retrying[s.rounds_left[retrying] < rounds - 2]
+    if late.size:
+        factor = np.ones(s.neurons.size)
+        factor[slice(None) if coupled else late] = 0.3
+        s.tol_factor = s.tol_factor * be.asarray(factor, s.tol_factor.dtype)
 
 
 def back_to_the_program(be, s, positions: np.ndarray, program) -> None:
@@ -273,11 +277,7 @@ def accept_or_tighten(be, s, converged: np.ndarray, certified: np.ndarray, prove
     retry = failed & (rounds > 0)
     if retry.any():
         retrying = positions[retry]
-        tighten(be, s, retrying, excess[retry], violation[retry], relu, coupled)
-        # From the third round on, also tighten the tolerances of those neurons.
-        repeat = np.zeros(s.neurons.size)
-        repeat[retrying[s.rounds_left[retrying] < restore_rounds_total - 2]] = 1.0
-        s.tol_factor = s.tol_factor * (1 - 0.7 * be.asarray(repeat, s.tol_factor.dtype))
+        tighten(be, s, retrying, excess[retry], violation[retry], relu, coupled, restore_rounds_total)
     tightened = np.zeros(s.neurons.size, dtype=bool)
     tightened[positions[retry]] = True
     tightened[aiming_inside] = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,18 @@ REPAIR_BATCH_BYTES = 2**27
 REPAIR_COPIES = 5
 #: Checks between two residual-balancing updates of rho.
 RHO_UPDATE_CHECKS = 5
+
+
+class Previous(NamedTuple):
+    """What a check compares the new state against: the previous U, W and Dz, the previous X Z^T and X Dz^T
+    (None when the step did not need them), and this step's U^T X."""
+
+    U: object
+    W: object
+    Dz: object
+    XZ: object
+    XD: object
+    XU: object
 
 
 @dataclass
@@ -181,9 +194,8 @@ class Iteration:
         return iteration, {"history": self.history, "stopped_by_callback": stopped_by_callback,
                            "repaired": self.repaired, "solved_on_supports": self.solved_on_supports}
 
-    def step(self, check: bool):
-        """One iteration (module docstring of admm.py). Returns what a check compares against: the previous U, Z,
-        W, Dz, Dw, the previous X Z^T and X Dz^T (when a check needs them, else None), and this step's U^T X."""
+    def step(self, check: bool) -> Previous:
+        """One iteration (module docstring of admm.py). Returns what a check compares against (Previous)."""
         xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.options["relaxation"]
         if check and self.products is None:
             self.products = X.times_transposed(s.Z, s.Dz)
@@ -210,7 +222,7 @@ class Iteration:
             zeta_z, zeta_w = self.accelerator.step_by(*moves, accelerate=not check)
         Z_new = project(xp, zeta_z, s, self.relu, self.coupled)
         W_new = self.shrink(zeta_w)
-        previous = (s.U, s.Z, s.W, s.Dz, s.Dw, XZ, XD, XU)
+        previous = Previous(U=s.U, W=s.W, Dz=s.Dz, XZ=XZ, XD=XD, XU=XU)
         s.U, s.Z, s.W, s.Dz, s.Dw = U, Z_new, W_new, zeta_z - Z_new, zeta_w - W_new
         return previous
 
@@ -234,7 +246,7 @@ class Iteration:
         step_tol = self.options["step_tol"]
         N, _, M = self.shape
         step_tol = 5e-9 * N * M if step_tol is None else step_tol
-        change = xp.linalg.vector_norm((self.s.U - previous[0]) / self.layer.scale[:, None])
+        change = xp.linalg.vector_norm((self.s.U - previous.U) / self.layer.scale[:, None])
         return self.be.scalars(change)[0] < step_tol
 
     def check(self, iteration: int, previous, callback) -> bool:
@@ -242,7 +254,7 @@ class Iteration:
         working set; balance rho. Returns True when the callback asks to stop."""
         xp, s, be, beta, options = self.xp, self.s, self.be, self.beta, self.options
         self.iteration = iteration
-        _, _, W_old, Dz_old, _, XZ, XD, XU = previous
+        W_old, Dz_old, XZ, XD, XU = previous.W, previous.Dz, previous.XZ, previous.XD, previous.XU
         per_budget = partial(feasibility.per_budget, xp, coupled=self.together)
         # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz^T is a
         # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
@@ -369,9 +381,8 @@ class Iteration:
             self.finalize(everyone, "inaccurate")
             return ~nothing, nothing
         retrying = np.flatnonzero(missed)
-        feasibility.tighten(be, s, retrying, excess[missed], violation[missed], self.relu, self.coupled)
-        if s.rounds_left[retrying].min() < options["restore_rounds"] - 2:  # from the third round, tolerances too
-            s.tol_factor = s.tol_factor * 0.3
+        feasibility.tighten(be, s, retrying, excess[missed], violation[missed], self.relu, self.coupled,
+                            options["restore_rounds"])
         return nothing, missed
 
     def _repair_together(self, weights, response, missed: np.ndarray, gap_allowed: float) -> bool:
