@@ -357,13 +357,14 @@ def test_a_tightened_neuron_gets_the_users_program_back(cascade):
     program = Program(Y=Y, omega=omega, upper=user_upper, eps=np.array([1.0, 2.0, 3.0]), l1_weights=None)
     on_omega = omega.astype(float)
     s = WorkingSet(neurons=np.arange(3), rounds_left=np.full(3, 4), tight=np.zeros(3, dtype=bool),
-                   inside_margin=np.ones(3, dtype=bool), Y=Y, on_omega=on_omega,
+                   inside_margin=np.ones(3, dtype=bool), Y=Y, on_omega=on_omega, tol_factor=np.ones(3),
                    eps=np.array([[0.9], [1.8], [2.7]]), ceiling=feasibility.ceiling(np, on_omega, user_upper))
     user_ceiling = np.where(omega, np.inf, np.broadcast_to(user_upper, (3, 20)))
     np.testing.assert_array_equal(s.ceiling, user_ceiling)
     feasibility.tighten(backend("cpu"), s, np.array([0, 2]), np.array([0.1, 0.2]), np.array([0.05, 0.01]),
-                        relu=True, coupled=False)
+                        relu=True, coupled=False, rounds=4)
     assert s.tight.tolist() == [True, False, True] and s.rounds_left.tolist() == [3, 4, 3]
+    assert s.tol_factor.tolist() == [1.0, 1.0, 1.0]  # the tolerances from the third round on only
     tightened_ceiling = np.array(s.ceiling)
     np.testing.assert_array_equal(tightened_ceiling[2], user_ceiling[2] - 0.02)  # twice the violation; inf on Omega
     feasibility.back_to_the_program(backend("cpu"), s, np.array([0]), program)
@@ -371,3 +372,21 @@ def test_a_tightened_neuron_gets_the_users_program_back(cascade):
     np.testing.assert_array_equal(s.eps[:, 0], [1.0, 1.8, 2.7 - 0.4])
     np.testing.assert_array_equal(s.ceiling[0], user_ceiling[0])
     np.testing.assert_array_equal(s.ceiling[1:], tightened_ceiling[1:])
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_the_third_restoration_round_tightens_the_tolerances_too(coupled):
+    """feasibility.tighten: from the third of 4 rounds on, the stopping tolerances of the neurons retried shrink
+    by 0.3 (all the neurons' when they are coupled)."""
+    from solvers import feasibility
+    from solvers.arrays import backend
+    from solvers.iteration import WorkingSet
+
+    s = WorkingSet(neurons=np.arange(3), rounds_left=np.full(3, 4), tight=np.zeros(3, dtype=bool),
+                   tol_factor=np.ones(3), eps=0.9 if coupled else np.ones((3, 1)), Y=np.zeros((3, 5)))
+    retried = np.array([0])
+    for round_ in range(3):
+        feasibility.tighten(backend("cpu"), s, retried, np.array([0.01]), np.zeros(1), relu=False,
+                            coupled=coupled, rounds=4)
+        expected = 1.0 if round_ < 2 else 0.3
+        np.testing.assert_allclose(s.tol_factor, [expected, expected if coupled else 1.0, expected if coupled else 1.0])
