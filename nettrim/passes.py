@@ -148,6 +148,9 @@ class Trimming:
         in_loop_refit = self.refit_in_loop
         if in_loop_refit and target is not None and X is not self.original[layer.name]:
             W = refit_weights(layer, Z, W, X, relu)[0]
+        # One float64 X for every program of the layer (its budget search, its rounds): what depends on X alone
+        # is computed once (solvers/memo.py), and the scheduler shares one X with its workers.
+        X = np.asarray(X, dtype=np.float64)
         factor = None
         if self.mode == "cascade" and index > 0 and target is None:  # the inherited error alone, times a factor
             last = self.kappa is not None and index == len(self.order) - 1

@@ -24,6 +24,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse
 
+from .memo import per_array
 from .problem import LayerProblem
 from .result import LayerResult, make_result
 
@@ -91,15 +92,26 @@ def mergeable(problem: LayerProblem) -> bool:
     return not (problem.rows and problem.group_size > 1)
 
 
-def merge(problem: LayerProblem, copies: Copies, initial=None) -> tuple[LayerProblem, np.ndarray | None]:
-    """The program over the distinct rows, and the merged `initial` (N, M) weights (None stays None)."""
+@per_array
+def _distinct_rows_of(X: np.ndarray) -> tuple[Copies | None, np.ndarray | None]:
+    """(copies, X's distinct rows), kept while X lives (memo.py): every program of a budget search on X merges
+    the same rows into the same array."""
+    copies = find_copies(X)
+    return copies, None if copies is None else X[copies.first]
+
+
+def merge(problem: LayerProblem, copies: Copies, initial=None,
+          distinct: np.ndarray | None = None) -> tuple[LayerProblem, np.ndarray | None]:
+    """The program over the distinct rows (`distinct`, X[copies.first] unless given), and the merged `initial`
+    (N, M) weights (None stays None)."""
     def summed(array):
         return None if array is None else copies.sums(np.asarray(array, dtype=np.float64))
 
     def least(array):
         return None if array is None else copies.least(array)
 
-    merged = LayerProblem(problem.X[copies.first], problem.Y, problem.eps, problem.activation, problem.upper,
+    X = problem.X[copies.first] if distinct is None else distinct
+    merged = LayerProblem(X, problem.Y, problem.eps, problem.activation, problem.upper,
                           summed(problem.original_weights), least(problem.l1_weights), problem.structure,
                           least(problem.group_weights), problem.group_size)
     return merged, summed(initial)
@@ -133,10 +145,10 @@ def _on_cheapest_copies(copies: Copies, cost: np.ndarray, U: np.ndarray) -> np.n
 def distinct_rows(problem: LayerProblem, options: dict) -> tuple[LayerProblem, dict, Copies | None]:
     """(program, options, copies): the program over X's distinct rows and the options with its `initial` merged,
     or the problem and options as they are (copies None) when X has no equal rows or they cannot be merged."""
-    copies = find_copies(problem.X) if mergeable(problem) else None
+    copies, distinct = _distinct_rows_of(problem.X) if mergeable(problem) else (None, None)
     if copies is None:
         return problem, options, None
-    program, initial = merge(problem, copies, options.get("initial"))
+    program, initial = merge(problem, copies, options.get("initial"), distinct)
     return program, (options if initial is None else dict(options, initial=initial)), copies
 
 

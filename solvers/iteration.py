@@ -26,14 +26,15 @@ from .repair import repair_on_supports
 REPAIR_WAIT_CHECKS = 5
 #: A neuron past gap_patience iterations whose repairs failed (or missed the gap tolerance) this many times is
 #: solved on its support by the interior point (support_ipm.py) rather than left to the growing gap tolerance,
-#: once (a support solve that proves nothing is not tried again) and when support_ipm.affordable: its cost grows
-#: with the support and with the samples of Omega^c it needs, up to 12 s a neuron on ResNet-20's layer2.1.conv1
-#: at g = 0.5, where the ADMM ends the whole layer in 13 s.
+#: once (a support solve that proves nothing is not tried again) and, for a relu layer, when support_ipm.affordable:
+#: its cost grows with the support and with the samples of Omega^c it needs as cuts, up to 12 s a neuron on
+#: ResNet-20's layer2.1.conv1 at g = 0.5, where the ADMM ends the whole layer in 13 s. A linear layer's support
+#: program has no cuts (its fit is a cone of |S| + 1 entries): tried whenever a neuron is stuck, and again.
 #: LeNet-300-100 layer 1 (P = 10,000, float32, 2 cores): 3 neurons, 1,200 iterations down to 530, the same time
 #: (20.0 and 20.9 s against 20.1 to 20.7 s); from half the patience on, 6 neurons and 21 to 23 s.
 FAILED_REPAIRS = 2
-#: ... and once no more than max(STRAGGLERS, STRAGGLER_FRACTION M) of the M neurons are still iterating (the
-#: last of them keep the layer iterating; before that the iteration runs on for the others whatever one costs).
+#: ... and (relu) once no more than max(STRAGGLERS, STRAGGLER_FRACTION M) of the M neurons are still iterating
+#: (the last of them keep the layer iterating; before that the iteration runs on for the others whatever one costs).
 STRAGGLERS = 4
 STRAGGLER_FRACTION = 1 / 16
 #: Bytes that one batch of repairs may gather at most (each neuron's violated samples' columns of X, float64);
@@ -138,7 +139,8 @@ class Iteration:
         self.U_out, self.bound_out = np.zeros((N, M)), np.full(M, np.nan)
         self.status_out = np.full(M, "max_iter", dtype=object)
         self.repaired = self.solved_on_supports = 0
-        self.stragglers = max(STRAGGLERS, math.ceil(STRAGGLER_FRACTION * M))
+        # Without a ReLU the support's program has no cuts: a small cone program, tried at once (below)
+        self.stragglers = max(STRAGGLERS, math.ceil(STRAGGLER_FRACTION * M)) if relu else M
         # () -> (M,) bools, the neurons whose original weights keep the budget (a certificate of infeasibility
         # for them is false): a product with X, so computed at the first certificate only
         self._known_feasible, self.known_feasible = known_feasible, None
@@ -527,9 +529,10 @@ class Iteration:
         bounds = be.to_host(self.xp.take(self.s.lower_bound, be.asarray(positions), axis=0))
         solved = np.zeros(positions.size, dtype=bool)
         for j, (neuron, start) in enumerate(zip(self._host_programs(positions), be.to_host(weights).T, strict=True)):
-            if not support_ipm.affordable(start, self.shape[1], self.iteration, self.options["max_iter"]):
+            if self.relu and not support_ipm.affordable(start, self.shape[1], self.iteration,
+                                                        self.options["max_iter"]):
                 continue
-            self.s.support_tried[positions[j]] = True
+            self.s.support_tried[positions[j]] = self.relu  # a linear layer's is cheap: tried again
             answer = support_ipm.solve_on_support(neuron, X, start, gap_allowed)
             if answer is None:
                 continue

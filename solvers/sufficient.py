@@ -22,11 +22,11 @@ certificate of infeasibility, and such neurons (or a layer whose summed r exceed
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
+from .memo import per_array
 from .problem import LayerProblem
 from .result import STATUSES, LayerResult, make_result, summarize_statuses
 
@@ -54,27 +54,15 @@ def compressible(problem: LayerProblem) -> bool:
     return problem.activation == "linear" and P >= MIN_REDUCTION * N
 
 
+@per_array
 def row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(S, V): X's singular values above the rank tolerance and their left singular vectors (N, k), from the
-    eigendecomposition of X X^T; kept while X lives, for the next program on the same X (a budget search
-    solves one X many times)."""
-    cached = _ROW_SPACES.get(id(X))
-    if cached is not None and cached[0]() is X:
-        return cached[1]
+    eigendecomposition of X X^T (kept while X lives: memo.py)."""
     # a general product: NumPy's X @ X.T is BLAS syrk, whose rounding differed between a process and an
     # executor's workers on the same X, and the solve must not depend on where it runs
     eigenvalues, vectors = np.linalg.eigh(X @ np.ascontiguousarray(X.T))
     kept = eigenvalues > RANK_TOLERANCE * max(float(eigenvalues[-1]), 0.0)
-    factors = np.sqrt(eigenvalues[kept]), vectors[:, kept]
-    try:
-        _ROW_SPACES[id(X)] = (weakref.ref(X), factors)
-        weakref.finalize(X, _ROW_SPACES.pop, id(X), None)
-    except TypeError:  # an array that takes no weak reference is not cached
-        pass
-    return factors
-
-
-_ROW_SPACES: dict[int, tuple[weakref.ref, tuple[np.ndarray, np.ndarray]]] = {}
+    return np.sqrt(eigenvalues[kept]), vectors[:, kept]
 
 
 def compress(problem: LayerProblem) -> tuple[LayerProblem, Statistics] | None:
