@@ -242,6 +242,9 @@ def _run_trim(args) -> int:
         raise ValueError(f"--format sparse: writes safetensors, so --out must end in .safetensors, got {args.out}")
     if args.report is not None:
         check_writable(args.report, "--report")
+    if args.model_sparsity is not None and args.checkpoint is not None:
+        raise ValueError("--checkpoint: a --model-sparsity search repeats whole trims and is not checkpointed; "
+                         "give one of the two")
     model = load_model(args.model)
     calibration = load_calibration(args.calib)
     epsilon = {".*": args.epsilon, **dict(args.layer_epsilon)} if args.layer_epsilon else args.epsilon

@@ -100,6 +100,7 @@ def test_refit_and_gather_inputs_reach_the_trim(files):
     (["--calib", "calib.pt", "--workers", "0"], "workers must be a positive int"),
     (["--calib", "calib.pt", "--workers", "2", "--dask", "tcp://127.0.0.1:1"], "--workers and --dask"),
     (["--calib", "calib.pt", "--format", "sparse"], "--format sparse: .* must end in .safetensors"),
+    (["--calib", "calib.pt", "--model-sparsity", "0.5", "--checkpoint", "ckpt"], "--checkpoint: a --model-sparsity"),
 ])
 def test_trim_errors_exit_2_and_write_nothing(files, capsys, arguments, message):
     folder, _, _ = files
