@@ -46,8 +46,8 @@ within gap_tol of the certified bound, and info["repaired"] counts them. On MNIS
 finishes most neurons 100-200 iterations earlier, with a lower l1. A neuron still iterating after
 gap_patience iterations whose repairs keep failing may be solved on its support by the interior point and
 certified on the whole layer by the duals of that solve (support_ipm.py; info["solved_on_supports"] counts them):
-once, among the last neurons iterating, where its support is small enough to pay (iteration.STRAGGLERS,
-support_ipm.SUPPORT_COST).
+in a ReLU layer once, among the last neurons iterating, where its support is small enough to pay
+(iteration.STRAGGLERS, support_ipm.SUPPORT_COST).
 
 The returned U is the sparse iterate W (or its repair), measured exactly in float64. The iteration aims inside
 the budget by the fit error its tolerance allows (eps - 2 rel_tol ||y_Omega||). If a converged neuron is not
