@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     squeeze.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
                          help="fine-tune by distillation from the original model with this weight in [0, 1] on it "
                               "(for class logits; 0.9 reached docs/compress.md's sparsest schedules; default 0: off)")
+    squeeze.add_argument("--renormalize", action="store_true",
+                         help="fine-tune with a batch normalization after every convolution, folded back at the end "
+                              "(for networks whose BatchNorm the trim folds away)")
+    squeeze.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                         help="fine-tune on mixed pairs of inputs, their weights drawn from Beta(ALPHA, ALPHA) "
+                              "(default 0: off)")
     squeeze.add_argument("--structure", default="weights",
                          help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model; "
                               "stages separated by commas, e.g. neurons,weights: neurons first, then weights")
@@ -325,7 +331,8 @@ def _run_compress(args) -> int:
         model, calibration, train, evaluate=evaluate, max_drop=args.max_drop, epsilon=args.epsilon,
         rounds=args.rounds, epochs=args.epochs, lr=args.lr, reweight=args.reweight,
         structure=args.structure.split(","), refit=args.refit, distill=args.distill,
-        max_samples=args.max_samples, seed=args.seed, progress=not args.quiet)
+        renormalize=args.renormalize, mixup=args.mixup, max_samples=args.max_samples, seed=args.seed,
+        progress=not args.quiet)
     _write_model(compressed, args.out, None)
     if args.history is not None:
         write_atomically(args.history, lambda temporary: Path(temporary).write_text(

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from .finetune import SCHEDULES, check_distill, finetune
+from .finetune import SCHEDULES, check_distill, check_mixing, finetune
 from .layers import select_layers
 from .trim import STRUCTURES, trim
 
@@ -119,7 +119,8 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
              max_drop: float, epsilon: float = 0.1, rounds: int = 8, grow: float = 1.5, max_epsilon: float = 0.5,
              reweight: int = 2, structure: str | Sequence[str] = "weights", epochs: int = DEFAULT_FINETUNE["epochs"],
              lr: float = DEFAULT_FINETUNE["lr"], schedule: str = DEFAULT_FINETUNE["schedule"], loss=None,
-             distill: float = 0.0, progress: bool = True, **trim_options) -> tuple[nn.Module, History]:
+             distill: float = 0.0, renormalize: bool = False, mixup: float = 0.0, progress: bool = True,
+             **trim_options) -> tuple[nn.Module, History]:
     """The sparsest model within `max_drop` of the original's metric, from `rounds` rounds of trim and fine-tune.
 
     train_data: an iterable of (x, y) batches, re-iterated every epoch (a DataLoader); loss(output, y) defaults
@@ -129,6 +130,9 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     distill:    the weight in [0, 1] of distillation from the original model in every fine-tuning (finetune's
                 teacher and distill; 0: off). For models whose outputs are class logits; 0.9 is what the schedules
                 of docs/compress.md reached their sparsest with.
+    renormalize, mixup: finetune's (a batch normalization after every convolution while fine-tuning, folded back;
+                mixed inputs), for convolutional networks whose BatchNorm the trims fold away
+                (docs/cifar-resnet20.md measures both).
     evaluate:   evaluate(model) -> float, the user's metric on their own validation data, higher is better; it
                 gets the model in eval mode.
     max_drop:   the metric's allowed drop from the original model's (e.g. 0.005 for half a point of accuracy).
@@ -149,6 +153,7 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     """
     _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule, trim_options)
     check_distill(distill)
+    check_mixing(renormalize, mixup)
     stages = _stages(structure)
     if trim_options.get("gather_inputs") and "neurons" not in stages:
         raise ValueError(f"gather_inputs: True only with a 'neurons' stage, got structure={structure!r}")
@@ -158,7 +163,8 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     original = copy.deepcopy(model)
     history = History(_scored(evaluate, original), sparsity(original, **selection), max_drop)
     best = _Kept(original, history.original_sparsity, 0, epsilon)
-    tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, progress=progress)
+    tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, renormalize=renormalize, mixup=mixup,
+                  progress=progress)
     if distill:
         tuning.update(teacher=copy.deepcopy(model).requires_grad_(False), distill=distill)
     try:

@@ -14,11 +14,15 @@ so the sparse model learns the teacher's whole output distribution, not only its
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .layers import layer_kind
+from .renormalize import renormalized
 
 SCHEDULES = ("constant", "cosine")
 #: The distillation temperature T (docs/compress.md: T = 4 and 8 measured alike).
@@ -64,14 +68,22 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
 
 
 def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, schedule: str = "constant",
-             loss=None, teacher: nn.Module | None = None, distill: float = 0.9, progress: bool = True) -> nn.Module:
+             loss=None, teacher: nn.Module | None = None, distill: float = 0.9, renormalize: bool = False,
+             mixup: float = 0.0, progress: bool = True) -> nn.Module:
     """Train `model` in place with Adam for `epochs` passes over `loader` (batches (x, y)), keeping its zeros.
 
     schedule: "constant" (lr throughout) or "cosine": lr_t = lr (1 + cos(pi t / T)) / 2 over the T batches
     of all epochs (T = epochs * len(loader); a loader without len() decays once per epoch instead).
     loss(output, y) defaults to cross-entropy. teacher: a model of the same outputs (class logits) to distill
     from, with weight `distill` in [0, 1] on its term (module docstring); it runs in eval mode without
-    gradients and is handed back in the mode it came in. Returns the model in the training mode it came in.
+    gradients and is handed back in the mode it came in.
+    renormalize: train with a batch normalization after every nn.Conv2d, folded back into it at the end
+    (nettrim/renormalize.py): for networks whose BatchNorm trim folded away. mixup: alpha > 0 trains on
+    x'_i = lam_i x_i + (1 - lam_i) x_perm(i), lam_i ~ Beta(alpha, alpha) per sample (seeded), against the class
+    probabilities lam_i onehot(y_i) + (1 - lam_i) onehot(y_perm(i)) (Zhang et al. 2018; loss gets them as y, as
+    the default cross-entropy accepts them), the teacher's term on x' itself: with a teacher, every batch shows
+    it new inputs to match (Beyer et al. 2022). y must be class indices. 0: off.
+    Returns the model in the training mode it came in.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
@@ -82,9 +94,17 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, sch
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise ValueError(f"teacher must be an nn.Module (the model to distill from) or None, got {teacher!r}")
     check_distill(distill)
+    check_mixing(renormalize, mixup)
+    with renormalized(model) if renormalize else contextlib.nullcontext([]) as norms:
+        return _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup, norms, progress)
+
+
+def _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup, norms, progress) -> nn.Module:
+    """finetune's loop, its arguments checked; norms: extra parameters to train."""
     objective = _objective(nn.functional.cross_entropy if loss is None else loss, teacher, distill)
     masks = zero_masks(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad] + list(norms), lr=lr)
+    mixing = (np.random.default_rng(0), torch.Generator().manual_seed(0), float(mixup)) if mixup else None
     per_batch = hasattr(loader, "__len__")
     steps = epochs * len(loader) if per_batch else epochs
     decay = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if schedule == "cosine"
@@ -101,7 +121,9 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, sch
                     raise ValueError("loader: each batch must be (x, y)")
                 x, y = batch[0].to(device), batch[1].to(device)
                 optimizer.zero_grad()
-                objective(model(x), x, y).backward()
+                x, labelled = _mixed(x, mixing)
+                output = model(x)
+                objective(output, x, labelled(y, output.shape[-1])).backward()
                 for parameter, mask in masks.items():
                     if parameter.grad is not None:
                         parameter.grad.masked_fill_(mask, 0.0)
@@ -120,6 +142,32 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, sch
         if teacher is not None:
             teacher.train(teacher_was_training)
     return model
+
+
+def check_mixing(renormalize, mixup) -> None:
+    """Refuse a renormalize that is not a bool or a mixup that is not a finite number >= 0, naming it."""
+    if not isinstance(renormalize, bool):
+        raise ValueError(f"renormalize must be True or False, got {renormalize!r}")
+    if isinstance(mixup, bool) or not isinstance(mixup, int | float) or not 0 <= mixup < float("inf"):
+        raise ValueError(f"mixup must be a number >= 0 (the Beta(alpha, alpha) of the mixing weight; 0: off), "
+                         f"got {mixup!r}")
+
+
+def _mixed(x: torch.Tensor, mixing):
+    """(x, labelled) unmixed, labelled(y, classes) = y; or mixed: x'_i = lam_i x_i + (1 - lam_i) x_perm(i) with
+    labelled(y, classes) the class probabilities lam_i onehot(y_i) + (1 - lam_i) onehot(y_perm(i)), lam and perm
+    drawn from mixing = (numpy generator, torch generator, alpha)."""
+    if mixing is None:
+        return x, lambda y, classes: y
+    shares, order, alpha = mixing
+    share = torch.as_tensor(shares.beta(alpha, alpha, size=len(x)), dtype=x.dtype, device=x.device)
+    perm = torch.randperm(len(x), generator=order).to(x.device)
+    weight = share.view(-1, *[1] * (x.dim() - 1))
+
+    def labelled(y, classes):
+        onehot = nn.functional.one_hot(y.long(), classes).to(x.dtype)
+        return share[:, None] * onehot + (1 - share[:, None]) * onehot[perm]
+    return weight * x + (1 - weight) * x[perm], labelled
 
 
 def check_distill(distill) -> None:

@@ -221,7 +221,8 @@ def test_compress_writes_the_sparsest_model_within_the_drop_and_its_history(labe
     code = cli.main(["compress", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"),
                      "--train", str(folder / "train.pt"), "--val", str(folder / "val.npz"), "--max-drop", "0.05",
                      "--rounds", "2", "--epochs", "1", "--lr", "0.01", "--batch-size", "50", "--refit",
-                     "--distill", "0.5", "--out", str(out), "--history", str(history), "--quiet"])
+                     "--distill", "0.5", "--mixup", "0.2", "--renormalize", "--out", str(out), "--history",
+                     str(history), "--quiet"])
     assert code == 0, capsys.readouterr().err
     rounds = json.loads(history.read_text())["rounds"]
     assert len(rounds) == 2 and any(entry["accepted"] for entry in rounds)
@@ -256,6 +257,7 @@ def test_compress_by_neurons_then_weights_writes_the_smaller_model_that_load_res
     (["--max-drop", "-1"], "max_drop must be a finite number >= 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--distill", "1.5"], "distill must be a number in \\[0, 1\\]"),
+    (["--mixup", "-1"], "mixup must be a number >= 0"),
     (["--structure", "neurons,channels"], "structure must be one of")])
 def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, message):
     folder = labelled

@@ -236,6 +236,7 @@ def test_an_interrupted_compress_leaves_the_model_untouched_and_hands_over_the_b
     (dict(max_drop=float("nan")), "max_drop"), (dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.9), "epsilon"),
     (dict(rounds=0), "rounds"), (dict(grow=0.5), "grow"), (dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
     (dict(schedule="step"), "schedule"), (dict(distill=2), "distill"), (dict(inplace=True), "inplace"),
+    (dict(mixup=-1), "mixup"), (dict(renormalize="yes"), "renormalize"),
     (dict(structure="channels"), "structure"), (dict(structure=("neurons", "channels")), "structure"),
     (dict(structure=()), "structure"), (dict(gather_inputs=True), "gather_inputs"),
     (dict(evaluate=lambda model: "good"), "evaluate must return a number"),
