@@ -424,7 +424,12 @@ def _solver_options(backend: str, device, solver_options, max_iter: int | None) 
         return dict(solver_options or {})
     solvers.backend(device)  # a device that is not one, or a GPU that is not there, is refused before any work
     limit = {} if max_iter is None else {"max_iter": max_iter}
-    return {**DEFAULT_ADMM_OPTIONS, "device": device, **(solver_options or {}), **limit}
+    options = {**DEFAULT_ADMM_OPTIONS, "device": device, **(solver_options or {}), **limit}
+    try:
+        solvers.AdmmSettings.of(options)  # an unknown or bad option, refused before any work
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"solver_options: {error}") from None
+    return options
 
 
 def _layer_graph(model: nn.Module, selected: list[Layer], relu_layers) -> LayerGraph:

@@ -8,13 +8,14 @@
 
 import time
 
-from .admm import PUBLISHED_OPTIONS, MemoryLimitError, solve_admm
+from .admm import MemoryLimitError, solve_admm
 from .arrays import backend, device_to_host_transfers
 from .copies import distinct_rows, spread_result
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget
 from .reweight import solve_reweighted
+from .settings import PUBLISHED_OPTIONS, AdmmSettings
 from .sufficient import compressed, expand_result
 
 BACKENDS = ("admm", "cvxpy")
@@ -55,7 +56,7 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
 
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "LayerProblem", "MemoryLimitError", "LayerResult", "PUBLISHED_OPTIONS", "backend",
-    "device_to_host_transfers", "relative_budget", "solve", "solve_admm", "solve_reference", "solve_reweighted",
-    "within_budget",
+    "ACTIVATIONS", "AdmmSettings", "BACKENDS", "LayerProblem", "MemoryLimitError", "LayerResult", "PUBLISHED_OPTIONS",
+    "backend", "device_to_host_transfers", "relative_budget", "solve", "solve_admm", "solve_reference",
+    "solve_reweighted", "within_budget",
 ]

@@ -60,7 +60,6 @@ keeps Proposition 1's promise.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 
@@ -73,14 +72,8 @@ from .factor import LayerInput, factored_side
 from .iteration import REPAIR_BATCH_BYTES, Iteration, Program
 from .problem import LayerProblem, column_l1
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
+from .settings import AdmmSettings
 
-#: Options that make this ADMM the published Net-Trim solver (Aghasi et al., SIAM J. Math. Data Sci. 2020):
-#: fixed rho = 1 on data scaled by c0 = 0.3 sqrt(max X X^T), no over-relaxation, no warm start, no
-#: equilibration, stop when ||dU||_F < 5e-9 N M, and return the soft-thresholded iterate as it is.
-PUBLISHED_OPTIONS = dict(
-    rho="published", beta="published", adaptive_rho=False, relaxation=1.0, warm_start=False,
-    equilibrate=False, stopping="step", restore=False, anderson=0,
-)
 #: The soft threshold 1/(rho beta) at a warm start from the trained weights, in units of their mean |weight|.
 #: Residual balancing moved most neurons of MNIST layer 1 (P = 10,000) from a threshold at 1 to 25 (193 of 288)
 #: or 5 (81); starting at 5 took 10 to 25% off the layers of LeNet-300-100 and LeNet-5. A start from `initial`
@@ -105,7 +98,7 @@ class MemoryLimitError(ValueError):
 
 
 def solve_admm(problem: LayerProblem, **options) -> LayerResult:
-    """Solve `problem` by ADMM (module docstring; options: see _solve_admm).
+    """Solve `problem` by ADMM (module docstring; options: settings.AdmmSettings).
 
     Neurons whose zero weights already keep their budget (||y_m|| <= eps_m and V >= 0 on Omega^c) have the
     optimum u_m = 0 (objective 0 is the least possible); with per-neuron budgets they are screened out and
@@ -124,19 +117,19 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     TF32 tensor cores (faster, 10-bit mantissas in the products; the returned weights are still measured in
     float64 against their budget); info["tf32"] says whether it was on.
     """
-    options = _with_time_limit(options)
-    _check_options(problem, options)  # before screening, so bad options are refused even when nothing is iterated
-    options = dict(options, **iteration_constants(problem, **options))
+    settings = AdmmSettings.of(options).with_deadline()
+    settings.check_for(problem)  # before screening, so bad options are refused even when nothing is iterated
+    settings = settings.replace(**iteration_constants(problem, **options))
     start = time.perf_counter()
-    be = backend(options.get("device", "cpu"))
-    with be.tensor_float32(options.get("dtype", "float64"), options.pop("tf32", False)) as tf32:
+    be = backend(settings.device)
+    with be.tensor_float32(settings.dtype, settings.tf32) as tf32:
         fit_of_zero = np.linalg.norm(np.where(problem.omega, problem.Y, 0.0), axis=1)
         upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
                              else np.all((problem.upper >= 0) | problem.omega, axis=1))
         active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
-        few = active & nearly_dead(problem) & (options.get("stopping", "residuals") == "residuals")
+        few = active & nearly_dead(problem) & (settings.stopping == "residuals")
         if (active.all() and not few.any()) or not problem.per_neuron:  # a layer budget: none is screened
-            result = _solve_in_chunks(problem, options, be)
+            result = _solve_in_chunks(problem, settings, be)
             result.info.update(tf32=tf32, cutting_planes=0)
             return result
         N, _, M = problem.shape
@@ -146,13 +139,13 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
         if few.any():  # nearly dead neurons: cutting planes, the ADMM for those they leave
             index = np.flatnonzero(few)
             U[:, index], lower_bound[index], cut[index] = solve_nearly_dead(problem.neurons(index),
-                                                                            options.get("violation_tol", 1e-5))
+                                                                            settings.violation_tol)
             active &= ~cut
         result = None
         if active.any():
-            if options.get("initial") is not None:
-                options["initial"] = np.asarray(options["initial"])[:, active]
-            result = _solve_in_chunks(problem.neurons(active), options, be)
+            if settings.initial is not None:
+                settings = settings.replace(initial=np.asarray(settings.initial)[:, active])
+            result = _solve_in_chunks(problem.neurons(active), settings, be)
             U[:, active] = result.U
             lower_bound[active] = result.info["l1_lower_bound"]
             if problem.rows:  # the layer's bound, not the neurons'
@@ -170,29 +163,26 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     return final
 
 
-def _solve_in_chunks(problem: LayerProblem, options: dict, be: Backend) -> LayerResult:
+def _solve_in_chunks(problem: LayerProblem, settings: AdmmSettings, be: Backend) -> LayerResult:
     """The program in chunks of neurons (per-neuron budgets) and blocks of samples that fit
-    options["memory_limit"]: one chunk with X on the device when it fits."""
+    settings.memory_limit: one chunk with X on the device when it fits."""
     M = problem.shape[2]
-    chunk, samples_per_block, repairs = _memory_plan(problem, options, be)
-    options = dict(options, repair_bytes=repairs)
+    chunk, samples_per_block, repairs = _memory_plan(problem, settings, be)
     if chunk >= M and samples_per_block is None:
-        return _solve_admm(problem, **options)
+        return _solve_admm(problem, settings, repair_bytes=repairs)
     start = time.perf_counter()
-    prepared = LayerInput.prepare(be, problem.X, np.dtype(options.get("dtype", "float64")),
-                                  options.get("equilibrate", True), options["beta"], samples_per_block,
-                                  options.get("u_step", "auto"), _group_size(problem))
+    prepared = LayerInput.prepare(be, problem.X, np.dtype(settings.dtype), settings.equilibrate, settings.beta,
+                                  samples_per_block, settings.u_step, _group_size(problem))
     if chunk >= M:
-        result = _solve_admm(problem, **options, prepared=prepared)
+        result = _solve_admm(problem, settings, prepared=prepared, repair_bytes=repairs)
         result.info["sample_blocks"] = len(prepared.X.blocks)
         return result
     blocks = [slice(first, min(first + chunk, M)) for first in range(0, M, chunk)]
     results, U = [], np.zeros((problem.shape[0], M))
     for block in blocks:
-        chunk_options = dict(options, prepared=prepared)
-        if options.get("initial") is not None:
-            chunk_options["initial"] = np.asarray(options["initial"])[:, block]
-        results.append(_solve_admm(problem.neurons(block), **chunk_options))
+        initial = None if settings.initial is None else np.asarray(settings.initial)[:, block]
+        results.append(_solve_admm(problem.neurons(block), settings.replace(initial=initial), prepared=prepared,
+                                   repair_bytes=repairs))
         U[:, block], results[-1].U = results[-1].U, None  # one copy of the layer's weights, not two
     merged = merge_results(problem, blocks, results, time.perf_counter() - start, U)
     merged.info["chunks"] = len(blocks)
@@ -242,7 +232,7 @@ def _streamed_blocks_bytes(N: int, samples_per_block: int) -> int:
     return 2 * N * samples_per_block * 8
 
 
-def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int, int | None, int]:
+def _memory_plan(problem: LayerProblem, settings: AdmmSettings, be: Backend) -> tuple[int, int | None, int]:
     """(neurons per chunk, samples per block of a streamed X or None for X on the device, bytes a repair batch
     may gather) within memory_limit.
 
@@ -251,7 +241,7 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
     then two float64 blocks of its samples take at most STREAMED_BLOCKS_SHARE of what the factorization leaves.
     """
     N, P, M = problem.shape
-    limit = options.get("memory_limit")
+    limit = settings.memory_limit
     if limit is None:
         free = be.free_memory()
         if free is None:
@@ -259,8 +249,7 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
         limit = int(DEFAULT_MEMORY_SHARE * free)
     repairs = repair_reserve(limit)
     planned = limit - repairs
-    sizes = memory_sizes(problem, options.get("dtype", "float64"), int(options.get("anderson", 5)),
-                         options.get("u_step", "auto"))
+    sizes = memory_sizes(problem, settings.dtype, int(settings.anderson), settings.u_step)
     per_neuron = sizes["per_neuron"]
     together = 1 if problem.per_neuron and not problem.rows else M
     resident = sizes["factorization"] + sizes["X"]
@@ -274,7 +263,7 @@ def _memory_plan(problem: LayerProblem, options: dict, be: Backend) -> tuple[int
                 "this layer, whose single (layer) budget couples the neurons so they cannot be chunked"
                 if not problem.per_neuron else
                 "this layer, whose rows' objective (structure='rows') couples the neurons so they cannot be chunked")
-        default = "" if options.get("memory_limit") else " (90% of the free memory)"
+        default = "" if settings.memory_limit else " (90% of the free memory)"
         raise MemoryLimitError(
             f"memory_limit: {limit / 2**30:.2f} GiB{default} holds {what}: each neuron's arrays need "
             f"{per_neuron / 2**20:.1f} MiB (P = {P} samples), the factorization of X X^T {factorization / 2**20:.1f} "
@@ -355,67 +344,11 @@ def _typical_magnitude(X: np.ndarray) -> float:
     return float(np.median(means))
 
 
-def _with_time_limit(options: dict) -> dict:
-    """The options with time_limit (seconds from now, shared by every chunk) turned into a callback that stops
-    the iteration at the first check past it, as max_iter does."""
-    time_limit = options.get("time_limit")
-    if time_limit is None:
-        return {key: value for key, value in options.items() if key != "time_limit"}
-    if isinstance(time_limit, bool) or not isinstance(time_limit, int | float) or not time_limit >= 0:
-        raise ValueError(f"time_limit must be a number of seconds >= 0 or None, got {time_limit!r}")
-    deadline, callback = time.perf_counter() + time_limit, options.get("callback")
+def _solve_admm(problem: LayerProblem, settings: AdmmSettings, prepared: LayerInput | None = None,
+                repair_bytes: int = REPAIR_BATCH_BYTES) -> LayerResult:
+    """The ADMM of the module docstring on `settings` whose layer numbers are filled in (iteration_constants).
+    Returns a LayerResult for the sparse iterate.
 
-    def stop_at_the_deadline(iteration, info):
-        stop = callback(iteration, info) if callback is not None else False
-        return bool(stop) or time.perf_counter() > deadline
-
-    return {**{key: value for key, value in options.items() if key != "time_limit"},
-            "callback": stop_at_the_deadline}
-
-
-def _check_options(problem, options) -> None:
-    """Refuse bad options with a ValueError naming them (unknown names raise TypeError, as for any call)."""
-    bound = inspect.signature(_solve_admm).bind(problem, **options)
-    bound.apply_defaults()
-    values = bound.arguments
-    backend(values["device"])
-    dtype, relaxation, stopping = values["dtype"], values["relaxation"], values["stopping"]
-    check_every, max_iter, restore_rounds = values["check_every"], values["max_iter"], values["restore_rounds"]
-    if dtype not in ("float32", "float64", np.float32, np.float64):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    if not 0 < relaxation < 2:
-        raise ValueError(f"relaxation must be in (0, 2), got {relaxation}")
-    if int(check_every) < 1 or int(max_iter) < 1 or int(restore_rounds) < 0 or not values["gap_patience"] >= 1:
-        raise ValueError("check_every, max_iter and gap_patience must be positive integers, restore_rounds >= 0")
-    if stopping not in ("residuals", "step"):
-        raise ValueError(f"stopping must be 'residuals' or 'step', got {stopping!r}")
-    if values["rel_tol"] < 0 or values["abs_tol"] < 0 or values["gap_tol"] < 0:
-        raise ValueError("rel_tol, abs_tol and gap_tol must be >= 0")
-    factored_side(*problem.X.shape, values["u_step"])
-    limit = values["memory_limit"]
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
-        raise ValueError(f"memory_limit must be a positive number of bytes or None, got {limit!r}")
-    initial = values["initial"]
-    if initial is not None:
-        N, _, M = problem.shape
-        if np.shape(initial) != (N, M) or not np.all(np.isfinite(initial)):
-            raise ValueError(f"initial must be a finite (N, M) = {(N, M)} array, got shape {np.shape(initial)}")
-
-
-def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", max_iter: int = 10_000,
-                rel_tol: float = 1e-4, abs_tol: float = 1e-7, rho=None, beta=None, adaptive_rho: bool = True,
-                relaxation: float = 1.6, check_every: int = 10, warm_start: bool = True, equilibrate: bool = True,
-                stopping: str = "residuals", step_tol: float | None = None, restore: bool = True,
-                restore_rounds: int = 4, violation_tol: float = 1e-5, gap_tol: float = 5e-3, gap_patience: int = 500,
-                repair_misses: bool = True,
-                anderson: int = 5,
-                response_scale: float | None = None, cost_unit: float = 1.0, objective_scale: float = 0.0,
-                initial=None, callback=None,
-                memory_limit=None, tf32=False, u_step: str = "auto",
-                prepared: LayerInput | None = None, repair_bytes: int = REPAIR_BATCH_BYTES) -> LayerResult:
-    """The ADMM of the module docstring. Returns a LayerResult for the sparse iterate.
-
-    device: see solve_admm; dtype "float64" | "float32" (iterations; the checks and measures are float64).
     Stop when every neuron's (or the layer's) primal and dual residuals are below
     abs_tol * sqrt(dim) * (max|Y| for the primal, 1 / cost_unit for the dual) + rel_tol * (scale of the iterates);
     `violation_tol` is relative to max|Y|.
@@ -426,28 +359,26 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
     repair_misses=True first repairs a candidate that misses its budget on its support (module docstring).
     `stopping="step"` instead stops when ||U_k - U_{k-1}||_F < step_tol (the published rule).
     `initial` (N, M) starts the iteration there instead of at the original weights (reweighting rounds).
-    rho, beta, response_scale (max|Y|), cost_unit and objective_scale are layer-level numbers; solve_admm fills
-    them in (iteration_constants).
-    memory_limit (bytes; 90% of the free memory by default) and tf32 (float32 products on tensor
-    cores) are solve_admm's: see there. `prepared` is the layer input factored once for several neuron chunks;
-    repair_bytes what a batch of repairs may gather (the memory plan's reserve).
-    `callback(iteration, info)` is called at every check (for progress bars); returning True stops the solve.
+    `prepared` is the layer input factored once for several neuron chunks; repair_bytes what a batch of repairs
+    may gather (the memory plan's reserve).
     """
     start = time.perf_counter()
-    be = backend(device)
+    be = backend(settings.device)
     N, P, M = problem.shape
     relu, coupled = problem.activation == "relu", not problem.per_neuron
-    dt = np.dtype(dtype)
-    layer = prepared if prepared is not None else LayerInput.prepare(be, problem.X, dt, equilibrate, float(beta),
-                                                                      side=u_step, group_size=_group_size(problem))
-    info = {"beta": float(beta), "rho_initial": float(rho), "device": describe(device), "dtype": dt.name}
+    dt = np.dtype(settings.dtype)
+    layer = prepared if prepared is not None else LayerInput.prepare(
+        be, problem.X, dt, settings.equilibrate, float(settings.beta), side=settings.u_step,
+        group_size=_group_size(problem))
+    info = {"beta": float(settings.beta), "rho_initial": float(settings.rho), "device": describe(settings.device),
+            "dtype": dt.name}
     if layer.x_norm == 0:  # X = 0: every U has the response 0, so U = 0 is optimal where 0 keeps the budget
         statuses = np.where(problem.columns_within_budget(np.zeros((N, M)), 0.0, 0.0), "optimal", "infeasible")
         return _assemble(problem, np.zeros((N, M)), statuses.astype(object), 0, start,
                          dict(info, note="X is zero: every weight has the response 0", history=[],
                               stopped_by_callback=False, repaired=0, solved_on_supports=0,
                               l1_lower_bound=np.zeros(M) if problem.per_neuron else 0.0))
-    start_weights = _start_weights(problem, initial)
+    start_weights = _start_weights(problem, settings.initial)
     program = Program(
         Y=be.asarray(problem.Y), omega=be.asarray(problem.omega),
         upper=be.asarray(problem.upper) if problem.upper is not None else 0.0,
@@ -455,26 +386,20 @@ def _solve_admm(problem: LayerProblem, *, device="cpu", dtype: str = "float64", 
         l1_weights=_cost_weights(problem, be), rows=problem.rows, group_size=_group_size(problem))
     # Aim inside the budget by the fit error the tolerance allows (||W^T X - Z|| <~ rel_tol ||y_Omega||), so a
     # converged sparse iterate rarely needs a restoration round (the published rule aims at eps itself).
-    margin = 2 * rel_tol * np.linalg.norm(np.where(problem.omega, problem.Y, 0), axis=1)
-    if stopping == "step":
+    margin = 2 * settings.rel_tol * np.linalg.norm(np.where(problem.omega, problem.Y, 0), axis=1)
+    if settings.stopping == "step":
         margin = np.zeros_like(margin)
-    options = dict(beta=beta, rho=rho, response_scale=response_scale, cost_unit=cost_unit,
-                   absolute_gap=ABSOLUTE_GAP * objective_scale, relaxation=relaxation,
-                   anderson=anderson,
-                   stopping=stopping, step_tol=step_tol, max_iter=max_iter, check_every=check_every,
-                   rel_tol=rel_tol, abs_tol=abs_tol, gap_tol=gap_tol, gap_patience=gap_patience,
-                   violation_tol=violation_tol, restore=restore, restore_rounds=restore_rounds,
-                   repair_misses=repair_misses, adaptive_rho=adaptive_rho, dtype=dtype, repair_bytes=repair_bytes)
     iteration = Iteration(be, layer, program, (N, P, M),
-                          be.asarray(start_weights) if warm_start and start_weights is not None else None,
-                          relu=relu, coupled=coupled, dtype=dt, original_eps=problem.eps, margin=margin,
-                          known_feasible=lambda: _known_feasible(problem),
-                          options=options)
-    iterations, run_info = iteration.run(callback)
+                          be.asarray(start_weights) if settings.warm_start and start_weights is not None else None,
+                          relu=relu, coupled=coupled, original_eps=problem.eps, margin=margin,
+                          known_feasible=lambda: _known_feasible(problem), settings=settings,
+                          absolute_gap=ABSOLUTE_GAP * settings.objective_scale, repair_bytes=repair_bytes)
+    iterations, run_info = iteration.run(settings.callback)
     info.update(run_info)
     info["l1_lower_bound"] = iteration.bound_out if not (coupled or problem.rows) else float(iteration.bound_out[0])
     result = _assemble(problem, iteration.U_out, iteration.status_out, iterations, start, info)
-    if stopping == "step" and result.status == "optimal" and not within_budget(problem, result, 1e-9, violation_tol):
+    if settings.stopping == "step" and result.status == "optimal" and not within_budget(problem, result, 1e-9,
+                                                                                        settings.violation_tol):
         result.status = "inaccurate"
         result.message += "; the returned iterate misses the budget or the Omega^c bound"
     return result

@@ -38,7 +38,7 @@ FAILED_REPAIRS = 2
 STRAGGLERS = 4
 STRAGGLER_FRACTION = 1 / 16
 #: Bytes that one batch of repairs may gather at most (each neuron's violated samples' columns of X, float64);
-#: the memory plan may allow less (options["repair_bytes"]).
+#: the memory plan may allow less (repair_bytes).
 REPAIR_BATCH_BYTES = 2**27
 #: Arrays the size of a repair batch's gathered columns that exist at once (the gather, its float64 form, the
 #: masked B, its Gram's operands), measured with tracemalloc.
@@ -125,17 +125,18 @@ class Iteration:
     """One ADMM solve of `program` on a prepared layer input (factor.LayerInput); `run()` returns (U, statuses,
     bounds, iterations, info) on the host."""
 
-    def __init__(self, be, layer, program: Program, shape, start_weights, *, relu, coupled, dtype, original_eps,
-                 margin, options, known_feasible=None):
+    def __init__(self, be, layer, program: Program, shape, start_weights, *, relu, coupled, original_eps, margin,
+                 settings, absolute_gap, repair_bytes, known_feasible=None):
         xp = self.xp = be.xp
-        self.be, self.layer, self.program, self.options = be, layer, program, options
-        self.relu, self.coupled, self.dt = relu, coupled, be.dtype(dtype)
+        self.be, self.layer, self.program, self.settings = be, layer, program, settings
+        self.absolute_gap, self.repair_bytes = absolute_gap, repair_bytes
+        self.relu, self.coupled, self.dt = relu, coupled, be.dtype(settings.dtype)
         # The rows' group norm couples the neurons through the objective: they converge and end together.
         self.rows = program.rows
         self.together = coupled or program.rows
         N, P, M = self.shape = shape
-        self.beta, self.rho0 = float(options["beta"]), float(options["rho"])
-        self.y_scale = options["response_scale"]
+        self.beta, self.rho0 = float(settings.beta), float(settings.rho)
+        self.y_scale = settings.response_scale
         self.U_out, self.bound_out = np.zeros((N, M)), np.full(M, np.nan)
         self.status_out = np.full(M, "max_iter", dtype=object)
         self.repaired = self.solved_on_supports = 0
@@ -151,8 +152,9 @@ class Iteration:
         if coupled:
             eps = max(original_eps - float(np.linalg.norm(margin)), 0.5 * original_eps)
         else:
-            eps = be.asarray(np.maximum(original_eps - margin, 0.5 * original_eps)[:, None], np.dtype(dtype))
-        restore = options["restore_rounds"] if options["restore"] else 0
+            eps = be.asarray(np.maximum(original_eps - margin, 0.5 * original_eps)[:, None],
+                            np.dtype(settings.dtype))
+        restore = settings.restore_rounds if settings.restore else 0
         s = self.s = WorkingSet(
             neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
             failed_repairs=np.zeros(M, dtype=int), support_tried=np.zeros(M, dtype=bool),
@@ -168,22 +170,22 @@ class Iteration:
         if relu and not program.rows:  # dual_bound's direction: the widest row on each neuron's Omega, made once
             s.X_widest = layer.X.times_transposed(layer.widest[1] * s.on_omega)[0]
         s.Z = project(xp, layer.X.left_times(U.T), s, relu, coupled)
-        self.accelerator = (memory_or_none(be, options["anderson"], self.together)
-                            if options["stopping"] == "residuals" else None)
+        self.accelerator = (memory_or_none(be, settings.anderson, self.together)
+                            if settings.stopping == "residuals" else None)
         if self.accelerator is not None:
             self.accelerator.start(s.Z, s.W)  # Dz = Dw = 0
         self.products = None  # (X Z^T, X Dz^T) of the current state, when a check has just computed them
         self.history, self.checks, self.iteration = [], 0, 0  # self.iteration: the last check's
 
     def run(self, callback=None):
-        options, s = self.options, self.s
+        settings, s = self.settings, self.s
         iteration, stopped_by_callback = 0, False
-        while iteration < options["max_iter"] and s.neurons.size:
+        while iteration < settings.max_iter and s.neurons.size:
             iteration += 1
-            check = options["stopping"] == "residuals" and (
-                iteration % options["check_every"] == 0 or iteration == options["max_iter"])
+            check = settings.stopping == "residuals" and (
+                iteration % settings.check_every == 0 or iteration == settings.max_iter)
             previous = self.step(check)
-            if options["stopping"] == "step":
+            if settings.stopping == "step":
                 if self._step_small(previous):
                     self.finalize(np.arange(s.neurons.size), "optimal")
                     s.neurons = s.neurons[:0]
@@ -198,7 +200,7 @@ class Iteration:
 
     def step(self, check: bool) -> Previous:
         """One iteration (module docstring of admm.py). Returns what a check compares against (Previous)."""
-        xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.options["relaxation"]
+        xp, s, X, beta, a = self.xp, self.s, self.layer.X, self.beta, self.settings.relaxation
         if check and self.products is None:
             self.products = X.times_transposed(s.Z, s.Dz)
         if not check and self.layer.side == "samples":  # two products instead of four (factor.py)
@@ -245,7 +247,7 @@ class Iteration:
     def _step_small(self, previous) -> bool:
         """The published stopping rule: ||U_k - U_{k-1}||_F < step_tol (one synchronization an iteration)."""
         xp = self.xp
-        step_tol = self.options["step_tol"]
+        step_tol = self.settings.step_tol
         N, _, M = self.shape
         step_tol = 5e-9 * N * M if step_tol is None else step_tol
         change = xp.linalg.vector_norm((self.s.U - previous.U) / self.layer.scale[:, None])
@@ -254,7 +256,7 @@ class Iteration:
     def check(self, iteration: int, previous, callback) -> bool:
         """Residuals, dual bounds, certificates; finalize the neurons that are done and drop them from the
         working set; balance rho. Returns True when the callback asks to stop."""
-        xp, s, be, beta, options = self.xp, self.s, self.be, self.beta, self.options
+        xp, s, be, beta, settings = self.xp, self.s, self.be, self.beta, self.settings
         self.iteration = iteration
         W_old, Dz_old, XZ, XD, XU = previous.W, previous.Dz, previous.XZ, previous.XD, previous.XU
         per_budget = partial(feasibility.per_budget, xp, coupled=self.together)
@@ -277,11 +279,11 @@ class Iteration:
         dual_scale = rho * xp.sqrt(per_budget(xp.maximum(squared_norms(xp, XD_new, 0),
                                                          beta**2 * squared_norms(xp, s.Dw, 0))))
         # Tightened tolerances (restoration rounds) stop at what the working precision can resolve.
-        relative = xp.maximum(s.tol_factor * options["rel_tol"], 50 * float(xp.finfo(self.dt).eps))
+        relative = xp.maximum(s.tol_factor * settings.rel_tol, 50 * float(xp.finfo(self.dt).eps))
         # The absolute terms in the residuals' units: Y's for the primal, the cost's (c = 1 / ||x_i||) for the dual.
-        absolute = s.tol_factor * options["abs_tol"]
+        absolute = s.tol_factor * settings.abs_tol
         converged = ((primal <= absolute * (self.y_scale * math.sqrt(P + N)) + relative * iterate_scale)
-                     & (dual <= absolute * (math.sqrt(N) / options["cost_unit"]) + relative * dual_scale))
+                     & (dual <= absolute * (math.sqrt(N) / settings.cost_unit) + relative * dual_scale))
         if self.rows:
             s.lower_bound = feasibility.rows_dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(),
                                                         self.relu, self.coupled, self.program.group_size)
@@ -289,8 +291,8 @@ class Iteration:
             s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
                                        self.coupled, widest=(k, widest_row, X_widest))
         objective = self._objective()
-        gap_allowed = options["gap_tol"] * max(1.0, iteration / options["gap_patience"])
-        certified = within_gap(objective, s.lower_bound, gap_allowed, options["absolute_gap"]) & (objective > 0)
+        gap_allowed = settings.gap_tol * max(1.0, iteration / settings.gap_patience)
+        certified = within_gap(objective, s.lower_bound, gap_allowed, self.absolute_gap) & (objective > 0)
         infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD,
                                         self.layer.x_norm, self._user_eps(), self._user_upper())
         flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
@@ -316,16 +318,16 @@ class Iteration:
         tightened = np.zeros(s.neurons.size, dtype=bool)
         if candidates.any() and self.rows:
             accepted, tightened = self._accept_together(converged, certified, certified | zero,
-                                                        iteration > options["gap_patience"], gap_allowed)
+                                                        iteration > settings.gap_patience, gap_allowed)
             done |= accepted
         elif candidates.any():
-            repair = None if self.coupled or not options["repair_misses"] else partial(
+            repair = None if self.coupled or not settings.repair_misses else partial(
                 self.repair, gap_allowed=gap_allowed)
             # "optimal" only within gap_allowed of the certified bound (or at l1 = 0, the least there is)
             accepted, tightened = accept_or_tighten(
                 be, s, converged & ~infeasible, certified & ~infeasible, certified | zero, self.layer.X64,
-                self.program, self.layer.unscale, self.relu, self.coupled, self.y_scale, options["violation_tol"],
-                self.finalize, options["restore_rounds"], repair, count_unproven=iteration > options["gap_patience"])
+                self.program, self.layer.unscale, self.relu, self.coupled, self.y_scale, settings.violation_tol,
+                self.finalize, settings.restore_rounds, repair, count_unproven=iteration > settings.gap_patience)
             done |= accepted
         s.repair_wait -= 1
         if self.accelerator is not None and tightened.any():  # a new budget: the memory's differences are stale
@@ -358,13 +360,13 @@ class Iteration:
         can stall above their tolerance while the gap is closed, and the repair ends it) and the layer's
         objective is proven within tolerance; else the neurons that miss are tightened (a layer converged by its
         residuals) or all iterate on. Returns the host masks (done, tightened)."""
-        be, s, options = self.be, self.s, self.options
+        be, s, settings = self.be, self.s, self.settings
         everyone = np.arange(s.neurons.size)
         nothing = np.zeros(s.neurons.size, dtype=bool)
         weights, response, excess, violation = feasibility.measure_candidates(
             be, s, everyone, self.layer.X64, self.program, self.layer.unscale, self.relu, self.coupled)
         excess, violation = be.to_host(self.xp.stack([excess, violation]))
-        missed = (excess > 1e-12 * self.y_scale) | (violation > options["violation_tol"] * self.y_scale)
+        missed = (excess > 1e-12 * self.y_scale) | (violation > settings.violation_tol * self.y_scale)
         if not missed.any():
             if proven.all():
                 self.finalize(everyone, "optimal")
@@ -374,7 +376,7 @@ class Iteration:
                 self.finalize(everyone, "inaccurate")
                 return ~nothing, nothing
             return nothing, nothing
-        if not self.coupled and options["repair_misses"] and self._repair_together(weights, response, missed,
+        if not self.coupled and settings.repair_misses and self._repair_together(weights, response, missed,
                                                                                    gap_allowed):
             return ~nothing, nothing
         if not converged.all():  # certified only: iterate on (its gap closes, or its residuals converge)
@@ -384,7 +386,7 @@ class Iteration:
             return ~nothing, nothing
         retrying = np.flatnonzero(missed)
         feasibility.tighten(be, s, retrying, excess[missed], violation[missed], self.relu, self.coupled,
-                            options["restore_rounds"])
+                            settings.restore_rounds)
         return nothing, missed
 
     def _repair_together(self, weights, response, missed: np.ndarray, gap_allowed: float) -> bool:
@@ -402,7 +404,7 @@ class Iteration:
         objective = (xp.sum(norms) if program.l1_weights is None
                      else xp.sum(rowgroups.firsts(xp, program.l1_weights[:, 0], size) * norms))
         bound = s.lower_bound[0]
-        accepted = be.scalars(xp.all(ok) & within_gap(objective, bound, gap_allowed, self.options["absolute_gap"]))[0]
+        accepted = be.scalars(xp.all(ok) & within_gap(objective, bound, gap_allowed, self.absolute_gap))[0]
         if not accepted:
             s.repair_wait[positions] = REPAIR_WAIT_CHECKS
             return False
@@ -438,9 +440,9 @@ class Iteration:
         """Residual balancing every RHO_UPDATE_CHECKS checks: the factor (per neuron) by which rho changes, when
         primal and dual residuals are out of balance by more than 5 (None between updates), within 1e-6 to 1e6
         times the layer's rho (1e-3 to 1e3 held a dead neuron whose optimum is its bias alone at the floor)."""
-        if not self.options["adaptive_rho"] or (self.checks + 1) % RHO_UPDATE_CHECKS:
+        if not self.settings.adaptive_rho or (self.checks + 1) % RHO_UPDATE_CHECKS:
             return None
-        xp, s, tiny = self.xp, self.s, float(np.finfo(np.dtype(self.options["dtype"])).tiny)
+        xp, s, tiny = self.xp, self.s, float(np.finfo(np.dtype(self.settings.dtype)).tiny)
         ratio = xp.sqrt((primal / xp.maximum(iterate_scale, tiny))
                         / xp.maximum(dual / xp.maximum(dual_scale, tiny), tiny))
         ratio = xp.where((ratio > 5) | (ratio < 0.2), xp.clip(ratio, 0.2, 5.0), 1.0)
@@ -476,7 +478,7 @@ class Iteration:
         weights stay within gap_allowed of their certified bound. Returns the host mask of the repaired ones."""
         N, P, _ = self.shape
         # B's copies (repair.py's _constraints) for a batch's gathered columns, at 64 violated samples each
-        batch = max(1, self.options["repair_bytes"] // (REPAIR_COPIES * 8 * N * 64))
+        batch = max(1, self.repair_bytes // (REPAIR_COPIES * 8 * N * 64))
         repaired = np.zeros(positions.size, dtype=bool)
         for first in range(0, positions.size, batch):
             part = slice(first, first + batch)
@@ -492,7 +494,7 @@ class Iteration:
         def rows(array):
             return array if isinstance(array, float) else xp.take(array, neurons, axis=0)
 
-        tau = 0.1 * self.options["violation_tol"] * self.y_scale
+        tau = 0.1 * self.settings.violation_tol * self.y_scale
         return repair_on_supports(be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y),
                                   rows(program.omega), rows(program.upper), xp.take(weights, pick, axis=1),
                                   (1 - 1e-4) * rows(program.eps), tau, self.layer.scale)
@@ -506,14 +508,14 @@ class Iteration:
             magnitude = xp.take(program.l1_weights, neurons, axis=1) * magnitude
         objective = xp.sum(magnitude, axis=0)
         bound = xp.take(s.lower_bound, be.asarray(positions), axis=0)
-        accepted = be.to_host(ok & within_gap(objective, bound, gap_allowed, self.options["absolute_gap"]))
+        accepted = be.to_host(ok & within_gap(objective, bound, gap_allowed, self.absolute_gap))
         if accepted.any():
             self.finalize(positions[accepted], "optimal",
                           xp.take(new_weights, be.asarray(np.flatnonzero(accepted)), axis=1))
             self.repaired += int(accepted.sum())
         s.failed_repairs[positions[~accepted]] += 1
         stuck = ~accepted & ~s.support_tried[positions] & (s.failed_repairs[positions] >= FAILED_REPAIRS) & (
-            self.iteration > self.options["gap_patience"]) & (s.neurons.size <= self.stragglers)
+            self.iteration > self.settings.gap_patience) & (s.neurons.size <= self.stragglers)
         if stuck.any():
             accepted[stuck] = self._solve_on_supports(positions[stuck], xp.take(weights, be.asarray(chosen[stuck]),
                                                                                    axis=1), gap_allowed)
@@ -530,7 +532,7 @@ class Iteration:
         solved = np.zeros(positions.size, dtype=bool)
         for j, (neuron, start) in enumerate(zip(self._host_programs(positions), be.to_host(weights).T, strict=True)):
             if self.relu and not support_ipm.affordable(start, self.shape[1], self.iteration,
-                                                        self.options["max_iter"]):
+                                                        self.settings.max_iter):
                 continue
             self.s.support_tried[positions[j]] = self.relu  # a linear layer's is cheap: tried again
             answer = support_ipm.solve_on_support(neuron, X, start, gap_allowed)
@@ -541,7 +543,7 @@ class Iteration:
             within = (np.linalg.norm((response - neuron["y"])[neuron["omega"]]) <= neuron["eps"]
                       and not np.any((response > neuron["upper"]) & ~neuron["omega"]))
             objective = float(neuron["cost"] @ np.abs(u))
-            if within and within_gap(objective, bound, gap_allowed, self.options["absolute_gap"]):
+            if within and within_gap(objective, bound, gap_allowed, self.absolute_gap):
                 self.finalize(positions[j:j + 1], "optimal", be.asarray(u[:, None]), np.array([bound]))
                 solved[j] = True
         self.solved_on_supports += int(solved.sum())
@@ -560,6 +562,6 @@ class Iteration:
         upper = np.zeros(Y.shape) + (program.upper if isinstance(program.upper, float) else rows(program.upper))
         cost = (np.ones((Y.shape[0], self.shape[0])) if program.l1_weights is None
                 else be.to_host(xp.take(program.l1_weights, neurons, axis=1)).T)
-        tau = 0.1 * self.options["violation_tol"] * self.y_scale
+        tau = 0.1 * self.settings.violation_tol * self.y_scale
         return [dict(y=Y[j], omega=omega[j], upper=upper[j], eps=float(eps[j]), cost=cost[j], tau=tau)
                 for j in range(positions.size)]

@@ -300,6 +300,8 @@ def test_progress_bars_run(capsys):
     (dict(max_epsilon=0.0), "max_epsilon must be"),
     (dict(relu_layers=["9"]), "relu_layers"),
     (dict(layers="fc"), "layers: 'fc' matches no"),
+    (dict(solver_options={"max_iters": 5}), "solver_options: .*'max_iters'"),
+    (dict(solver_options={"gap_tol": -1.0}), "solver_options: .*gap_tol"),
 ])
 def test_bad_options_name_the_argument(kwargs, message):
     model, x = mlp(), inputs(50)
