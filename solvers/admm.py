@@ -47,7 +47,7 @@ finishes most neurons 100-200 iterations earlier, with a lower l1. A neuron stil
 gap_patience iterations whose repairs keep failing may be solved on its support by the interior point and
 certified on the whole layer by the duals of that solve (support_ipm.py; info["solved_on_supports"] counts them):
 in a ReLU layer once, among the last neurons iterating, where its support is small enough to pay
-(iteration.STRAGGLERS, support_ipm.SUPPORT_COST).
+(acceptance.STRAGGLERS, support_ipm.SUPPORT_COST).
 
 The returned U is the sparse iterate W (or its repair), measured exactly in float64. The iteration aims inside
 the budget by the fit error its tolerance allows (eps - 2 rel_tol ||y_Omega||). If a converged neuron is not
@@ -66,10 +66,11 @@ import time
 import numpy as np
 
 from . import rowgroups
+from .acceptance import REPAIR_BATCH_BYTES
 from .arrays import Backend, backend, describe
 from .cutting_planes import nearly_dead, solve_nearly_dead
 from .factor import LayerInput, factored_side
-from .iteration import REPAIR_BATCH_BYTES, Iteration, Program
+from .iteration import Iteration, Program
 from .problem import LayerProblem, column_l1
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
 from .settings import AdmmSettings
@@ -396,8 +397,9 @@ def _solve_admm(problem: LayerProblem, settings: AdmmSettings, prepared: LayerIn
                           absolute_gap=ABSOLUTE_GAP * settings.objective_scale, repair_bytes=repair_bytes)
     iterations, run_info = iteration.run(settings.callback)
     info.update(run_info)
-    info["l1_lower_bound"] = iteration.bound_out if not (coupled or problem.rows) else float(iteration.bound_out[0])
-    result = _assemble(problem, iteration.U_out, iteration.status_out, iterations, start, info)
+    output = iteration.acceptance.output
+    info["l1_lower_bound"] = output.bound if not (coupled or problem.rows) else float(output.bound[0])
+    result = _assemble(problem, output.U, output.status, iterations, start, info)
     if settings.stopping == "step" and result.status == "optimal" and not within_budget(problem, result, 1e-9,
                                                                                         settings.violation_tol):
         result.status = "inaccurate"

@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import linprog
 
 from instances import random_problem
-from solvers import LayerProblem, iteration, samples, solve, support_ipm
+from solvers import LayerProblem, acceptance, samples, solve, support_ipm
 from solvers.arrays import backend
 from solvers.problem import column_l1
 from solvers.samples import SampleBlocks
@@ -86,8 +86,8 @@ def _refusing_every_repair(monkeypatch):
         failed = self.xp.zeros(len(chosen), dtype=self.xp.bool, device=self.be.device)
         return self.xp.take(weights, self.be.asarray(chosen), axis=1), failed
 
-    monkeypatch.setattr(iteration.Iteration, "_repaired", refused)
-    monkeypatch.setattr(iteration, "REPAIR_WAIT_CHECKS", 1)
+    monkeypatch.setattr(acceptance.Acceptance, "_repaired", refused)
+    monkeypatch.setattr(acceptance, "REPAIR_WAIT_CHECKS", 1)
     monkeypatch.setattr(support_ipm, "SUPPORT_COST", np.inf)  # every support affordable at once
 
 
@@ -177,7 +177,7 @@ def test_each_neuron_is_tried_on_its_support_once_and_only_when_few_are_left(mon
     STRAGGLERS = 4 iterate."""
     _refusing_every_repair(monkeypatch)
     tried, left = [], []
-    solve_on_supports = iteration.Iteration._solve_on_supports
+    solve_on_supports = acceptance.Acceptance._solve_on_supports
 
     def failing(neuron, X, weights, gap_allowed):
         tried.append(neuron["y"].tobytes())
@@ -188,7 +188,7 @@ def test_each_neuron_is_tried_on_its_support_once_and_only_when_few_are_left(mon
         return solve_on_supports(self, positions, weights, gap_allowed)
 
     monkeypatch.setattr(support_ipm, "solve_on_support", failing)
-    monkeypatch.setattr(iteration.Iteration, "_solve_on_supports", counted)
+    monkeypatch.setattr(acceptance.Acceptance, "_solve_on_supports", counted)
     solve(random_problem(9, N=30, P=300, M=12, per_neuron=True), dtype="float32", gap_patience=20, max_iter=3000)
     assert tried and len(tried) == len(set(tried))
-    assert max(left) <= iteration.STRAGGLERS
+    assert max(left) <= acceptance.STRAGGLERS

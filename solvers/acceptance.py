@@ -1,0 +1,251 @@
+"""Acceptance: which of the neurons a check proposes (converged by their residuals or certified by their gap)
+end, and with what weights and status. A neuron ends "optimal" only when its measured weights keep its budget and
+its objective is within the gap allowed of its certified bound (feasibility.within_gap); else it is repaired on
+its support (repair.py), solved there by the interior point (support_ipm.py, the few that stay), tightened for
+another round (feasibility.tighten), or left to iterate. `Acceptance` owns these decisions, their counters and
+the solve's output on the host; the iteration hands it its working set and reads back the masks it decides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from . import feasibility, rowgroups, support_ipm
+from .feasibility import accept_or_tighten, within_gap
+from .repair import repair_on_supports
+
+#: Checks a neuron waits after a failed repair before trying again.
+REPAIR_WAIT_CHECKS = 5
+#: A neuron past gap_patience iterations whose repairs failed (or missed the gap tolerance) this many times is
+#: solved on its support by the interior point (support_ipm.py) rather than left to the growing gap tolerance,
+#: once (a support solve that proves nothing is not tried again) and, for a relu layer, when support_ipm.affordable:
+#: its cost grows with the support and with the samples of Omega^c it needs as cuts (docs/solver.md). A linear
+#: layer's support program has no cuts (its fit is a cone of |S| + 1 entries): tried whenever a neuron is stuck,
+#: and again.
+FAILED_REPAIRS = 2
+#: ... and (relu) once no more than max(STRAGGLERS, STRAGGLER_FRACTION M) of the M neurons are still iterating
+#: (the last of them keep the layer iterating; before that the iteration runs on for the others whatever one costs).
+STRAGGLERS = 4
+STRAGGLER_FRACTION = 1 / 16
+#: Bytes that one batch of repairs may gather at most (each neuron's violated samples' columns of X, float64);
+#: the memory plan may allow less (repair_bytes).
+REPAIR_BATCH_BYTES = 2**27
+#: Arrays the size of a repair batch's gathered columns that exist at once (the gather, its float64 form, the
+#: masked B, its Gram's operands), measured with tracemalloc.
+REPAIR_COPIES = 5
+
+
+@dataclass
+class Output:
+    """The solve's answer on the host: each neuron's weights U (N, M), certified bound and status."""
+
+    U: np.ndarray
+    bound: np.ndarray
+    status: np.ndarray
+
+    @classmethod
+    def empty(cls, N: int, M: int) -> Output:
+        return cls(np.zeros((N, M)), np.full(M, np.nan), np.full(M, "max_iter", dtype=object))
+
+
+class Acceptance:
+    """The acceptance of one Iteration (module docstring): its working set `s`, layer input, device program and
+    settings; `decide` returns the host masks (done, tightened) of a check's candidates."""
+
+    def __init__(self, iteration):
+        for name in ("be", "xp", "s", "layer", "program", "settings", "shape", "relu", "coupled", "y_scale",
+                     "absolute_gap", "repair_bytes"):
+            setattr(self, name, getattr(iteration, name))
+        N, _, M = self.shape
+        # Without a ReLU the support's program has no cuts: a small cone program, tried at once (_repair_batch)
+        self.stragglers = max(STRAGGLERS, math.ceil(STRAGGLER_FRACTION * M)) if self.relu else M
+        self.output = Output.empty(N, M)
+        self.repaired = self.solved_on_supports = 0
+        self.iteration = 0
+
+    def decide(self, iteration: int, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray,
+               gap_allowed: float):
+        """The host masks (done, tightened) for the candidates (converged | certified): "optimal" only within
+        gap_allowed of the certified bound (or at l1 = 0, the least there is; `proven` marks both)."""
+        self.iteration = iteration
+        count_unproven = iteration > self.settings.gap_patience
+        if self.program.rows:
+            return self._accept_together(converged, certified, proven, count_unproven, gap_allowed)
+        repair = None if self.coupled or not self.settings.repair_misses else partial(
+            self.repair, gap_allowed=gap_allowed)
+        return accept_or_tighten(
+            self.be, self.s, converged, certified, proven, self.layer.X64, self.program, self.layer.unscale,
+            self.relu, self.coupled, self.y_scale, self.settings.violation_tol, self.finalize,
+            self.settings.restore_rounds, repair, count_unproven=count_unproven)
+
+    def _accept_together(self, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray,
+                         count_unproven: bool, gap_allowed: float):
+        """accept_or_tighten for neurons that end together (rows): all of them "optimal" when every one keeps its
+        budget (as it is, or repaired on its support, which keeps the zero rows zero: in float32 the residuals
+        can stall above their tolerance while the gap is closed, and the repair ends it) and the layer's
+        objective is proven within tolerance; else the neurons that miss are tightened (a layer converged by its
+        residuals) or all iterate on. Returns the host masks (done, tightened)."""
+        be, s, settings = self.be, self.s, self.settings
+        everyone = np.arange(s.neurons.size)
+        nothing = np.zeros(s.neurons.size, dtype=bool)
+        weights, response, excess, violation = feasibility.measure_candidates(
+            be, s, everyone, self.layer.X64, self.program, self.layer.unscale, self.relu, self.coupled)
+        excess, violation = be.to_host(self.xp.stack([excess, violation]))
+        missed = (excess > 1e-12 * self.y_scale) | (violation > settings.violation_tol * self.y_scale)
+        if not missed.any():
+            if proven.all():
+                self.finalize(everyone, "optimal")
+                return ~nothing, nothing
+            s.unproven_checks += int(count_unproven and converged.all())
+            if s.unproven_checks[0] >= feasibility.UNPROVEN_CHECKS:
+                self.finalize(everyone, "inaccurate")
+                return ~nothing, nothing
+            return nothing, nothing
+        if not self.coupled and settings.repair_misses and self._repair_together(weights, response, missed,
+                                                                                   gap_allowed):
+            return ~nothing, nothing
+        if not converged.all():  # certified only: iterate on (its gap closes, or its residuals converge)
+            return nothing, nothing
+        if (s.rounds_left[missed] == 0).any():
+            self.finalize(everyone, "inaccurate")
+            return ~nothing, nothing
+        retrying = np.flatnonzero(missed)
+        feasibility.tighten(be, s, retrying, excess[missed], violation[missed], self.relu, self.coupled,
+                            settings.restore_rounds)
+        return nothing, missed
+
+    def _repair_together(self, weights, response, missed: np.ndarray, gap_allowed: float) -> bool:
+        """Repair the neurons `missed` (host mask) on their supports (repair.py; per-neuron budgets) and
+        finalize every neuron "optimal" when all are repaired and the layer's objective, with the repaired
+        columns, is within gap_allowed of its certified bound. `weights` (N, M) and `response` (M, P) are the
+        measured iterates. Returns whether it finalized them."""
+        xp, be, s, program = self.xp, self.be, self.s, self.program
+        positions = np.flatnonzero(missed)
+        new, ok = self._repaired(positions, positions, weights, response)
+        old = xp.take(weights, be.asarray(positions), axis=1)
+        size = program.group_size
+        squares = xp.sum(weights**2, axis=1) - xp.sum(old**2, axis=1) + xp.sum(new**2, axis=1)
+        norms = xp.sqrt(xp.maximum(rowgroups.sums(xp, squares, size), 0.0))
+        objective = (xp.sum(norms) if program.l1_weights is None
+                     else xp.sum(rowgroups.firsts(xp, program.l1_weights[:, 0], size) * norms))
+        bound = s.lower_bound[0]
+        accepted = be.scalars(xp.all(ok) & within_gap(objective, bound, gap_allowed, self.absolute_gap))[0]
+        if not accepted:
+            s.repair_wait[positions] = REPAIR_WAIT_CHECKS
+            return False
+        self.finalize(np.flatnonzero(~missed), "optimal")
+        self.finalize(positions, "optimal", new)
+        self.repaired += int(positions.size)
+        return True
+
+    def finalize(self, positions: np.ndarray, status: str, weights=None, bounds=None) -> None:
+        """Write the working-set `positions` (host) to the output with `status`: their sparse iterates (or the
+        given float64 `weights`, N x k on the device) and their certified bounds (or the given host `bounds`), in
+        one transfer."""
+        xp, s = self.xp, self.s
+        index = self.be.asarray(positions)
+        if weights is None:
+            weights = xp.astype(xp.take(s.W, index, axis=1) * self.layer.unscale, xp.float64)
+        host = self.be.to_host(xp.concat([weights, xp.take(s.lower_bound, index, axis=0)[None, :]], axis=0))
+        neurons = s.neurons[positions]
+        self.output.U[:, neurons] = host[:-1]
+        self.output.bound[neurons] = host[-1] if bounds is None else bounds
+        self.output.status[neurons] = status
+
+    def repair(self, positions: np.ndarray, weights, response, chosen: np.ndarray, gap_allowed: float):
+        """Repair the candidates `chosen` (host indices into the measured `weights` (N, k) and `response` (k, P))
+        at working-set `positions` on their supports, in batches (repair.py); finalize those whose repaired
+        weights stay within gap_allowed of their certified bound. Returns the host mask of the repaired ones."""
+        N, P, _ = self.shape
+        # B's copies (repair.py's _constraints) for a batch's gathered columns, at 64 violated samples each
+        batch = max(1, self.repair_bytes // (REPAIR_COPIES * 8 * N * 64))
+        repaired = np.zeros(positions.size, dtype=bool)
+        for first in range(0, positions.size, batch):
+            part = slice(first, first + batch)
+            repaired[part] = self._repair_batch(positions[part], weights, response, chosen[part], gap_allowed)
+        return repaired
+
+    def _repaired(self, positions: np.ndarray, chosen: np.ndarray, weights, response):
+        """repair_on_supports (repair.py) for the working-set `positions` (host), whose measured iterates are the
+        columns `chosen` (host) of `weights` (N, k) and the rows `chosen` of `response` (k, P): (weights, ok)."""
+        xp, be, program = self.xp, self.be, self.program
+        pick, neurons = be.asarray(chosen), be.asarray(self.s.neurons[positions])
+
+        def rows(array):
+            return array if isinstance(array, float) else xp.take(array, neurons, axis=0)
+
+        tau = 0.1 * self.settings.violation_tol * self.y_scale
+        return repair_on_supports(be, self.layer.X, xp.take(response, pick, axis=0), rows(program.Y),
+                                  rows(program.omega), rows(program.upper), xp.take(weights, pick, axis=1),
+                                  (1 - 1e-4) * rows(program.eps), tau, self.layer.scale)
+
+    def _repair_batch(self, positions, weights, response, chosen, gap_allowed):
+        xp, be, s, program = self.xp, self.be, self.s, self.program
+        neurons = be.asarray(s.neurons[positions])
+        new_weights, ok = self._repaired(positions, chosen, weights, response)
+        magnitude = xp.abs(new_weights)
+        if program.l1_weights is not None:
+            magnitude = xp.take(program.l1_weights, neurons, axis=1) * magnitude
+        objective = xp.sum(magnitude, axis=0)
+        bound = xp.take(s.lower_bound, be.asarray(positions), axis=0)
+        accepted = be.to_host(ok & within_gap(objective, bound, gap_allowed, self.absolute_gap))
+        if accepted.any():
+            self.finalize(positions[accepted], "optimal",
+                          xp.take(new_weights, be.asarray(np.flatnonzero(accepted)), axis=1))
+            self.repaired += int(accepted.sum())
+        s.failed_repairs[positions[~accepted]] += 1
+        stuck = ~accepted & ~s.support_tried[positions] & (s.failed_repairs[positions] >= FAILED_REPAIRS) & (
+            self.iteration > self.settings.gap_patience) & (s.neurons.size <= self.stragglers)
+        if stuck.any():
+            accepted[stuck] = self._solve_on_supports(positions[stuck], xp.take(weights, be.asarray(chosen[stuck]),
+                                                                                   axis=1), gap_allowed)
+        s.repair_wait[positions[~accepted]] = REPAIR_WAIT_CHECKS
+        return accepted
+
+    def _solve_on_supports(self, positions: np.ndarray, weights, gap_allowed: float) -> np.ndarray:
+        """support_ipm.py for the working-set `positions` (host), whose measured iterates are `weights` (N, k,
+        float64 on the device): those proven within gap_allowed that keep the budget (measured exactly) are
+        finalized "optimal". Returns their host mask. A few transfers a neuron: this is for the few that stay."""
+        be = self.be
+        X = support_ipm.LayerX(self.layer.X64, be, be.to_host(self.layer.scale))
+        bounds = be.to_host(self.xp.take(self.s.lower_bound, be.asarray(positions), axis=0))
+        solved = np.zeros(positions.size, dtype=bool)
+        for j, (neuron, start) in enumerate(zip(self._host_programs(positions), be.to_host(weights).T, strict=True)):
+            if self.relu and not support_ipm.affordable(start, self.shape[1], self.iteration,
+                                                        self.settings.max_iter):
+                continue
+            self.s.support_tried[positions[j]] = self.relu  # a linear layer's is cheap: tried again
+            answer = support_ipm.solve_on_support(neuron, X, start, gap_allowed)
+            if answer is None:
+                continue
+            u, bound = answer[0], max(answer[1], float(bounds[j]))
+            response = X.response(u)
+            within = (np.linalg.norm((response - neuron["y"])[neuron["omega"]]) <= neuron["eps"]
+                      and not np.any((response > neuron["upper"]) & ~neuron["omega"]))
+            objective = float(neuron["cost"] @ np.abs(u))
+            if within and within_gap(objective, bound, gap_allowed, self.absolute_gap):
+                self.finalize(positions[j:j + 1], "optimal", be.asarray(u[:, None]), np.array([bound]))
+                solved[j] = True
+        self.solved_on_supports += int(solved.sum())
+        return solved
+
+    def _host_programs(self, positions: np.ndarray) -> list[dict]:
+        """The user's programs of the working-set `positions` on the host, as support_ipm.solve_on_support takes
+        them (float64; Omega^c margin tau as the repair's)."""
+        xp, be, program = self.xp, self.be, self.program
+        neurons = be.asarray(self.s.neurons[positions])
+
+        def rows(array):
+            return be.to_host(xp.take(array, neurons, axis=0))
+
+        Y, omega, eps = rows(program.Y), rows(program.omega), rows(program.eps)
+        upper = np.zeros(Y.shape) + (program.upper if isinstance(program.upper, float) else rows(program.upper))
+        cost = (np.ones((Y.shape[0], self.shape[0])) if program.l1_weights is None
+                else be.to_host(xp.take(program.l1_weights, neurons, axis=1)).T)
+        tau = 0.1 * self.settings.violation_tol * self.y_scale
+        return [dict(y=Y[j], omega=omega[j], upper=upper[j], eps=float(eps[j]), cost=cost[j], tau=tau)
+                for j in range(positions.size)]
