@@ -72,7 +72,7 @@ def sweeps(config: dict) -> list[dict]:
 def memory(config: dict) -> list[dict]:
     N, P, M = config["memory"]
     problem = synthetic_layer(N, P, M)
-    limit_for = partial(solvers.admm.memory_limit_for, problem, M // 5, "float32")
+    limit_for = partial(solvers.memory.memory_limit_for, problem, M // 5, "float32")
     limits = {"whole": None, "neuron chunks": limit_for(), "neuron chunks, X streamed": limit_for(streamed=True)}
     rows = []
     for name, limit in limits.items():

@@ -8,9 +8,10 @@
 
 import time
 
-from .admm import MemoryLimitError, solve_admm
+from .admm import solve_admm
 from .arrays import backend, device_to_host_transfers
 from .copies import distinct_rows, spread_result
+from .memory import MemoryLimitError
 from .problem import ACTIVATIONS, LayerProblem, relative_budget
 from .reference import solve_reference
 from .result import LayerResult, within_budget

@@ -7,7 +7,7 @@ import pytest
 
 from instances import random_problem
 from solvers import PUBLISHED_OPTIONS, LayerProblem, arrays, relative_budget, solve, within_budget
-from solvers.admm import MemoryLimitError, memory_limit_for
+from solvers.memory import MemoryLimitError, memory_limit_for
 
 
 @pytest.mark.parametrize("seed", range(6))

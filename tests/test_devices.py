@@ -7,7 +7,7 @@ import pytest
 
 from instances import random_problem
 from solvers import PUBLISHED_OPTIONS, LayerProblem, device_to_host_transfers, solve
-from solvers.admm import memory_limit_for
+from solvers.memory import memory_limit_for
 
 CASES = [  # (activation, per_neuron, cascade, dead_neurons)
     ("relu", True, False, 0),

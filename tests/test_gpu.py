@@ -5,7 +5,7 @@ import pytest
 
 from instances import random_problem
 from solvers import solve
-from solvers.admm import memory_limit_for
+from solvers.memory import memory_limit_for
 
 pytestmark = pytest.mark.gpu
 

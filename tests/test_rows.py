@@ -9,7 +9,7 @@ import pytest
 
 from instances import random_problem
 from solvers import LayerProblem, relative_budget, solve
-from solvers.admm import memory_limit_for
+from solvers.memory import memory_limit_for
 from solvers.reweight import reweighted_group_weights
 
 CASES = [  # (activation, per_neuron, cascade)
