@@ -14,11 +14,12 @@
 
 __version__ = "0.1.0"
 
+from .arguments import MODES  # noqa: E402
 from .compression import CompressInterrupted, History, compress  # noqa: E402
 from .finetune import ShuffledBatches, finetune  # noqa: E402
 from .io import load, save  # noqa: E402
 from .report import LayerReport, Report  # noqa: E402
-from .trim import MODES, TrimInterrupted, trim  # noqa: E402
+from .trim import TrimInterrupted, trim  # noqa: E402
 
 __all__ = ["MODES", "CompressInterrupted", "History", "LayerReport", "Report", "ShuffledBatches", "TrimInterrupted",
            "compress", "finetune", "load", "save", "trim", "__version__"]

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from . import __version__, save, trim
+from .arguments import BUDGETS, MODES, RELU_PROGRAMS, STRUCTURES
 from .compression import DEFAULT_FINETUNE, CompressInterrupted, compress
 from .finetune import ShuffledBatches
 from .io import FORMATS, write_atomically
 from .schedule import BlockError
-from .trim import BUDGETS, DEFAULT_EPSILON, MODES, RELU_PROGRAMS, STRUCTURES, TrimInterrupted
+from .trim import DEFAULT_EPSILON, TrimInterrupted
 
 
 def _layer_epsilon(text: str) -> tuple[str, float]:

@@ -47,9 +47,10 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
+from .arguments import STRUCTURES
 from .finetune import SCHEDULES, check_distill, check_mixing, finetune
 from .layers import select_layers
-from .trim import STRUCTURES, trim
+from .trim import trim
 
 DEFAULT_FINETUNE = {"epochs": 3, "lr": 1e-3, "schedule": "cosine"}
 #: Rejected rounds in a row from one model before the descent steps back to the model it was trimmed from.
