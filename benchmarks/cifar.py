@@ -10,9 +10,10 @@ settings are the FULL and QUICK configurations):
   the default trim's per-layer nonzeros, each layer on the already pruned network's inputs, and SparseGPT at a
   uniform per-layer sparsity. Every model is also scored after BatchNorm recalibration (`recalibrated`).
 - finetune: at every `finetune_sparsities`, the default trim then masked fine-tuning (distillation from the dense
-  model, random crops and flips, the epoch with the best validation accuracy kept) against gradual magnitude
-  pruning (Zhu and Gupta 2017: sparsity s (1 - (1 - t/T)^3) over the first PRUNING_SHARE of the epochs, each layer
-  toward the trim's nonzeros) with the same fine-tuning.
+  model, random crops and flips, finetune's `tuning` options: the BatchNorm put back while training and mixup; the
+  epoch with the best validation accuracy kept), without each ingredient of `tuning_variants` at the first
+  sparsity, against gradual magnitude pruning (Zhu and Gupta 2017: sparsity s (1 - (1 - t/T)^3) over the first
+  PRUNING_SHARE of the epochs, each layer toward the trim's nonzeros) with the same fine-tuning.
 - robustness: whole trims at every g in `g_grid` and every per-layer target sparsity in `target_grid`, in both
   modes, with `robustness_samples` samples per layer and the defaults otherwise: each layer's status, dense
   fallbacks, the slowest layer and the whole trim's seconds.
@@ -43,10 +44,10 @@ import nettrim
 from benchmarks.compression import magnitude_pruned
 from benchmarks.peers import pruned_sequentially, sparsegpt, wanda
 from benchmarks.results_files import benchmark_parser, machine, write_results
+from nettrim.arguments import MODES
 from nettrim.datasets import load_cifar10
 from nettrim.graph import fold_batchnorm, trace_layers
 from nettrim.layers import select_layers
-from nettrim.trim import MODES
 from nettrim.zoo import CifarResNet, cifar_resnet20
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -56,19 +57,30 @@ FULL = {"validation": 1000, "calibration": 500, "max_samples": 20_000, "robustne
         "g_grid": [0.01, 0.05, 0.2, 0.5], "target_grid": [0.5, 0.7, 0.9, 0.95],
         "sparsities": [0.5, 0.7, 0.8, 0.9], "variant_sparsity": 0.7,
         "variants": ["parallel", "refit off", "no reweighting", "uniform shares"],
-        "finetune_sparsities": [0.9, 0.95], "epochs": 12, "lr": 1e-3, "batch": 128}
+        "finetune_sparsities": [0.9, 0.95], "epochs": 30, "lr": 1e-3, "batch": 128,
+        "tuning": {"renormalize": True, "mixup": 1.0, "distill": 1.0},
+        "tuning_variants": ["no renormalization", "no mixup", "neither, distill 0.9"]}
 QUICK = {"validation": 40, "calibration": 16, "max_samples": 400, "robustness_samples": 400, "blocks": 1,
          "g_grid": [0.05], "target_grid": [], "sparsities": [0.7], "variant_sparsity": 0.7,
          "variants": ["parallel"], "finetune_sparsities": [0.9], "epochs": 1, "lr": 1e-3,
-         "batch": 32}
+         "batch": 32, "tuning": {"renormalize": True, "mixup": 1.0, "distill": 1.0}, "tuning_variants": ["no mixup"]}
 #: The default trim's variants at model sparsity s: one ingredient changed at a time.
 VARIANTS = {"parallel": lambda s: {"model_sparsity": s, "mode": "parallel"},
             "refit off": lambda s: {"model_sparsity": s, "refit": False},
             "no reweighting": lambda s: {"model_sparsity": s, "reweight": 0},
             "relu program": lambda s: {"model_sparsity": s, "relu_program": "relu"},
             "uniform shares": lambda s: {"target_sparsity": s}}
+#: The fine-tuning's variants at the first finetune_sparsities: config's tuning with ingredients removed.
+TUNING_VARIANTS = {"no renormalization": {"renormalize": False}, "no mixup": {"mixup": 0.0},
+                   "neither, distill 0.9": {"renormalize": False, "mixup": 0.0, "distill": 0.9}}
 PEERS = {"SparseGPT": sparsegpt, "Wanda": wanda}
 SECTIONS = ("oneshot", "finetune", "robustness")
+#: The settings each section reads: an earlier report's section is kept when these are unchanged.
+SECTION_SETTINGS = {
+    "oneshot": ("validation", "calibration", "max_samples", "sparsities", "variant_sparsity", "variants"),
+    "finetune": ("validation", "calibration", "max_samples", "finetune_sparsities", "epochs", "lr", "batch",
+                 "tuning", "tuning_variants"),
+    "robustness": ("validation", "calibration", "robustness_samples", "g_grid", "target_grid")}
 #: The least share of a channel's reference spread that recalibration rescales (`recalibrated`).
 SPREAD_KEPT = 1e-3
 #: The share of the fine-tuning epochs over which gradual magnitude pruning raises its sparsity.
@@ -272,24 +284,39 @@ def finetuning(model: nn.Module, data: dict, config: dict) -> list[dict]:
         start = time.perf_counter()
         trimmed, _ = nettrim.trim(model, data["calibration"], model_sparsity=target,
                                   max_samples=config["max_samples"], progress=False)
-        counts = nonzeros(trimmed)
-        tuned = _tuned(trimmed, data, config, teacher, lambda epoch, current: current)
-        rows.append(_row("Net-Trim + fine-tuning", target, time.perf_counter() - start, tuned, data, reference))
+        counts, seconds = nonzeros(trimmed), time.perf_counter() - start
+        variants = config["tuning_variants"] if target == config["finetune_sparsities"][0] else []
+        tuned_rows = []
+        for variant in [None, *variants]:
+            start = time.perf_counter()
+            tuning = {**config["tuning"], **TUNING_VARIANTS.get(variant, {})}
+            tuned = _tuned(trimmed, data, config, teacher, lambda epoch, current: current, tuning)
+            row = _row("Net-Trim + fine-tuning" + (f", {variant}" if variant else ""), target,
+                       seconds + time.perf_counter() - start, tuned, data, reference)
+            if tuned_rows:
+                row["paired"] = _paired(tuned_rows[0], row, data)
+            tuned_rows.append(row)
+        rows += tuned_rows
         start = time.perf_counter()
         gradual = _tuned(reference, data, config, teacher,
                          lambda epoch, current, counts=counts: magnitude_pruned(
-                             current, _gradual(counts, reference, epoch, config)))
+                             current, _gradual(counts, reference, epoch, config)), config["tuning"])
         rows.append(_row("gradual magnitude + fine-tuning", target, time.perf_counter() - start, gradual, data,
                          reference))
-        rows[-1]["paired"] = {suffix: paired(rows[-2][f"predictions{suffix}"], rows[-1][f"predictions{suffix}"],
-                                             data["test_labels"]) for suffix in ("", " recalibrated")}
+        rows[-1]["paired"] = _paired(tuned_rows[0], rows[-1], data)
     return rows
 
 
-def _tuned(model: nn.Module, data: dict, config: dict, teacher: nn.Module, prune) -> nn.Module:
-    """`model` fine-tuned for config's epochs (Adam, lr cosine-decayed epoch by epoch, distillation 0.9 from
-    `teacher`), prune(epoch, model) applied before every epoch; the epoch kept is the one with the best validation
-    accuracy among those at the final sparsity (prune changes nothing any more)."""
+def _paired(ours: dict, theirs: dict, data: dict) -> dict:
+    """paired() of two rows' test predictions, as scored and after recalibration."""
+    return {suffix: paired(ours[f"predictions{suffix}"], theirs[f"predictions{suffix}"], data["test_labels"])
+            for suffix in ("", " recalibrated")}
+
+
+def _tuned(model: nn.Module, data: dict, config: dict, teacher: nn.Module, prune, tuning: dict) -> nn.Module:
+    """`model` fine-tuned for config's epochs (Adam, lr cosine-decayed epoch by epoch, distillation from `teacher`,
+    finetune's `tuning` options), prune(epoch, model) applied before every epoch; the epoch kept is the
+    one with the best validation accuracy among those at the final sparsity (prune changes nothing any more)."""
     current = copy.deepcopy(model)
     loader = Augmented(data["tuning"], data["tuning_labels"], config["batch"])
     best, best_accuracy = None, -1.0
@@ -298,7 +325,7 @@ def _tuned(model: nn.Module, data: dict, config: dict, teacher: nn.Module, prune
         final = pruned is current or nonzeros(pruned) == nonzeros(prune(epoch + 1, pruned))
         current = pruned
         lr = config["lr"] * (1 + math.cos(math.pi * epoch / config["epochs"])) / 2
-        nettrim.finetune(current, loader, epochs=1, lr=lr, teacher=teacher, distill=0.9, progress=False)
+        nettrim.finetune(current, loader, epochs=1, lr=lr, teacher=teacher, progress=False, **tuning)
         with torch.no_grad():
             accuracy = float(np.mean(current.eval()(data["validation"]).argmax(1).numpy()
                                      == data["validation_labels"]))
@@ -371,14 +398,14 @@ def main(argv=None) -> dict:
 
 
 def _earlier_sections(out: Path, config: dict, sections: list[str]) -> dict:
-    """The sections not run now from an earlier report at `out` made with the same configuration (none if there
-    is none), so that one section can be re-run without the others."""
+    """The sections not run now from an earlier report at `out` whose SECTION_SETTINGS equal config's (none if
+    there is none), so that one section can be re-run without the others."""
     if not out.exists():
         return {}
     earlier = json.loads(out.read_text())
-    if earlier.get("config") != config:
-        return {}
-    return {section: earlier[section] for section in SECTIONS if section not in sections and section in earlier}
+    settings = earlier.get("config", {})
+    return {section: earlier[section] for section in SECTIONS if section not in sections and section in earlier
+            and all(settings.get(key) == config.get(key) for key in SECTION_SETTINGS[section])}
 
 
 def _saved(report: dict) -> dict:

@@ -1,9 +1,15 @@
 """Skip tests marked `gpu` unless an NVIDIA GPU is present (NETTRIM_REQUIRE_GPU=1 makes it an error); the CPU
-stand-ins for a GPU (strict_device, device)."""
+stand-ins for a GPU (strict_device, device). The tests are grouped as the code is (solvers/, nettrim/,
+end_to_end/); the problem and network builders they share (instances.py, networks.py, torchvision_models.py) and
+their saved programs (data/) are here."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.append(str(Path(__file__).parent))  # the shared builders, after the packages of the same names
 
 
 def _cuda_available() -> bool:

@@ -90,7 +90,7 @@ def test_a_feasible_program_with_features_far_below_the_bias_is_not_certified_in
     neurons): feature rows of norm 4e-8 to 3e-6 next to the bias row of ones, responses about 1e-6. The original
     weights keep every budget (fit / eps = 0.95), so the program is feasible; the certificate once counted the
     W block's dual change against X y and called it infeasible after 70 iterations."""
-    data = np.load(Path(__file__).parent / "data" / "se_fc2_cascade.npz")
+    data = np.load(Path(__file__).parents[1] / "data" / "se_fc2_cascade.npz")
     problem = LayerProblem(data["X"], data["Y"], data["eps"], "linear", original_weights=data["W"])
     assert problem.columns_within_budget(problem.original_weights).all()
     result = solve(problem, dtype="float64", max_iter=500)
@@ -158,7 +158,7 @@ def test_a_budget_above_the_layers_response_solves_optimal_at_the_references_obj
     Clarabel's (stored: CVXPY + Clarabel at its default accuracy, one minute) by no more than the gap tolerance it
     was accepted under (gap_tol grown past gap_patience: 2,400 iterations and 0.7% at most measured; the interior
     point on the supports, which these supports are too large to pay for, ended 1,150 iterations at 0.1%)."""
-    data = np.load(Path(__file__).parent / "data" / "budget_above_response.npz")
+    data = np.load(Path(__file__).parents[1] / "data" / "budget_above_response.npz")
     problem = LayerProblem(data["X"].astype(np.float64), data["Y"], data["eps"], "relu", upper=data["upper"],
                            original_weights=data["W"])
     assert np.all(data["eps"] > 1.7 * np.linalg.norm(data["Y"], axis=1))
@@ -178,7 +178,7 @@ def test_a_classifier_neuron_at_a_budget_of_two_thousandths_of_its_response_reac
     reweighted l1 costs) at eps = 0.0021 ||y||, a budget a sparsity search tried (benchmarks/cifar.py --quick
     under one BLAS thread): Clarabel solves it; the ADMM ends at max_iter with the fit twice the budget, in
     float32 and float64, cold or warm started. Kept as the instance to fix."""
-    data = np.load(Path(__file__).parent / "data" / "classifier_tiny_budget.npz")
+    data = np.load(Path(__file__).parents[1] / "data" / "classifier_tiny_budget.npz")
     problem = LayerProblem(data["X"], data["Y"], data["eps"], "linear", original_weights=data["W"],
                            l1_weights=data["l1_weights"])
     reference = solve(problem, "cvxpy", solver="CLARABEL")
@@ -193,7 +193,7 @@ def test_resnet20s_dead_neurons_in_cascade_end_optimal_at_their_linear_programs_
     and -8e-4 where max Y = 4.6. Their program is the linear program min ||u||_1 s.t. u^T x_j <= v_j, which the
     layer's rho does not suit: the ADMM ran 10,000 iterations and ended them at max_iter. Now the interior point
     solves them on their supports (a handful of weights) once they are the last ones iterating."""
-    data = np.load(Path(__file__).parent / "data" / "resnet20_dead_neurons.npz")
+    data = np.load(Path(__file__).parents[1] / "data" / "resnet20_dead_neurons.npz")
     problem = LayerProblem(data["X"], data["Y"], data["eps"], "relu", upper=data["upper"], original_weights=data["W"])
     dead = np.flatnonzero(~problem.omega.any(axis=1))
     assert dead.size == 2 and np.all(data["eps"][dead] == 0) and np.all(data["upper"][dead] < 0)

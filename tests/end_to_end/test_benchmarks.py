@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name):
@@ -350,14 +350,22 @@ def test_cifar_benchmark_quick_runs_every_section_on_a_stand_in(tmp_path):
     for row in saved["oneshot"][2:5]:  # the peers at exactly the default trim's per-layer nonzeros
         assert row["layer_nonzeros"] == default["layer_nonzeros"]
         assert set(row["paired"]) == {"", " recalibrated"}
-    assert [row["method"] for row in saved["finetune"]] == ["Net-Trim + fine-tuning",
-                                                             "gradual magnitude + fine-tuning"]
-    assert saved["finetune"][0]["layer_nonzeros"] == saved["finetune"][1]["layer_nonzeros"]
+    assert [row["method"] for row in saved["finetune"]] == [
+        "Net-Trim + fine-tuning", "Net-Trim + fine-tuning, no mixup", "gradual magnitude + fine-tuning"]
+    assert all(row["layer_nonzeros"] == saved["finetune"][0]["layer_nonzeros"] for row in saved["finetune"])
+    assert all(set(row["paired"]) == {"", " recalibrated"} for row in saved["finetune"][1:])
     assert "| Net-Trim | 70% |" in out.with_suffix(".md").read_text()
     # one section again: the others are kept from the earlier report made with the same settings
     again = _load("cifar").main(["--quick", "--out", str(out), "--data", str(tmp_path), "--weights", "none",
                                  "--sections", "robustness"])
     assert again["oneshot"] == saved["oneshot"] and again["finetune"] == saved["finetune"]
+    # a fine-tuning setting changed: the sections that do not read it are kept
+    changed = _load("cifar")
+    changed.QUICK = {**changed.QUICK, "tuning_variants": []}
+    third = changed.main(["--quick", "--out", str(out), "--data", str(tmp_path), "--weights", "none",
+                          "--sections", "finetune"])
+    assert third["oneshot"] == saved["oneshot"] and third["robustness"] == again["robustness"]
+    assert [row["method"] for row in third["finetune"]] == ["Net-Trim + fine-tuning", "gradual magnitude + fine-tuning"]
 
 
 def test_recalibration_restores_each_channels_mean_and_spread():
