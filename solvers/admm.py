@@ -75,10 +75,9 @@ from .problem import LayerProblem, column_l1
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
 from .settings import AdmmSettings
 
-#: The soft threshold 1/(rho beta) at a warm start from the trained weights, in units of their mean |weight|.
-#: Residual balancing moved most neurons of MNIST layer 1 (P = 10,000) from a threshold at 1 to 25 (193 of 288)
-#: or 5 (81); starting at 5 took 10 to 25% off the layers of LeNet-300-100 and LeNet-5. A start from `initial`
-#: (a previous round's solution, reweighting) keeps 1: at 5 the demo's second layer took 39 s instead of 21 s.
+#: The soft threshold 1/(rho beta) at a warm start from the trained weights, in units of their mean |weight|:
+#: where residual balancing moved most neurons of MNIST layer 1; a start from `initial` (a previous round's
+#: solution, reweighting) keeps 1, being already near its answer (docs/solver.md).
 THRESHOLD_OVER_MEAN_WEIGHT = 5.0
 #: A neuron's objective is proven when it is within gap_tol of its certified bound or within this fraction of
 #: objective_scale (a typical neuron's l1 before the solve), as solvers pair relative and absolute gap tolerances.
@@ -185,24 +184,20 @@ def iteration_constants(problem: LayerProblem, *, rho=None, beta=None, response_
     from the whole layer.
 
     beta balances the two consensus blocks: the mean nonzero eigenvalue trace(G)/min(N, P) of the (equilibrated)
-    Gram matrix G by default (G = Xs Xs^T has at most min(N, P) of them; trace(G)/N, measured best on MNIST layers,
-    when P >= N; on a wide layer, N = 25,089 and P = 1,000, trace(G)/N took 64 neurons 10,000 iterations and
-    trace(G)/P 960), 0.09 max diag G in the published form (its c0^2). rho sets the
-    soft threshold of weight i, c_i / (rho beta) with c_i = 1 / ||x_i|| (equilibrated), at c_i T with
-    T = THRESHOLD_OVER_MEAN_WEIGHT * mean|D W0| * cost_unit, where cost_unit, the median over X's rows of their
-    mean |x| over nonzero entries, converts the cost to the data's units: scaling X and Y by s scales D W0 and
-    cost_unit by s and c by 1 / s, so the iteration is the same whatever units the data are in (without
-    equilibration c = 1 and cost_unit = 1). cost_unit is 0.60 on MNIST pixels in [0, 1] and 0.91 on
-    LeNet-300-100's first hidden layer, near the thresholds of the measured start (the mean |x| over all of X's
-    nonzero entries, 0.68 and 0.97 there, took the demo's trim 34 s against 33 s before the units were taken
-    into account; the mean of X^2 or max|X| as the unit took 43 s). The median keeps the bias row of ones out of
-    it: beside features of norm 1e-8 (a deep random network's squeeze-and-excitation layers) that mean was the
-    bias's, and every threshold a million times too large. W0 is zero on the rows where X is zero
-    (_start_weights). From `initial` (a previous round's
-    solution) the factor is 1; without a warm start T = max|Y| cost_unit. response_scale = max|Y| scales the
-    primal tolerances, 1 / cost_unit the dual ones; objective_scale (_objective_scale) the absolute gap tolerance.
-    Solving any subset of the neurons with these as options
-    iterates every neuron exactly as the whole layer does (neuron blocks on several workers).
+    Gram matrix G by default (G = Xs Xs^T has at most min(N, P) of them: trace(G)/N when P >= N, trace(G)/P on a
+    wide layer), 0.09 max diag G in the published form (its c0^2). rho sets the soft threshold of weight i,
+    c_i / (rho beta) with c_i = 1 / ||x_i|| (equilibrated), at c_i T with T = THRESHOLD_OVER_MEAN_WEIGHT *
+    mean|D W0| * cost_unit, where cost_unit, the median over X's rows of their mean |x| over nonzero entries,
+    converts the cost to the data's units: scaling X and Y by s scales D W0 and cost_unit by s and c by 1 / s, so
+    the iteration is the same whatever units the data are in (without equilibration c = 1 and cost_unit = 1).
+    cost_unit is 0.60 on MNIST pixels in [0, 1] and 0.91 on LeNet-300-100's first hidden layer, near the
+    thresholds of the measured start. The median keeps the bias row of ones out of it: beside features of norm
+    1e-8 (a deep random network's squeeze-and-excitation layers) a mean would be the bias's, and every threshold a
+    million times too large. W0 is zero on the rows where X is zero (_start_weights). From `initial` (a previous
+    round's solution) the factor is 1; without a warm start T = max|Y| cost_unit. response_scale = max|Y| scales
+    the primal tolerances, 1 / cost_unit the dual ones; objective_scale (_objective_scale) the absolute gap
+    tolerance. Solving any subset of the neurons with these as options iterates every neuron exactly as the whole
+    layer does (neuron blocks on several workers).
     """
     row_norms = np.linalg.norm(problem.X, axis=1)
     scale = rowgroups.equilibration_scale(row_norms, _group_size(problem)) if equilibrate else np.ones_like(row_norms)
