@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -20,6 +21,57 @@ _DESCRIBED = {
 }
 
 
+class ResultInfo(TypedDict, total=False):
+    """LayerResult.info: what a backend adds beyond the result's fields (each key only where it applies).
+
+    l1_lower_bound:      a certified lower bound on the optimal objective (ADMM; per neuron, (M,), for
+                         per-neuron budgets, else the layer's float).
+    neuron_status:       {status: count} over the neurons (ADMM), screened and cut-plane neurons included.
+    neuron_statuses:     each neuron's status, an (M,) object array (ADMM).
+    history:             [(iteration, active, primal, dual, min rho, max rho)] per check (ADMM).
+    stopped_by_callback: a callback (or time_limit) stopped the solve (ADMM).
+    repaired:            neurons accepted after a repair on their support (ADMM, solvers/repair.py).
+    solved_on_supports:  neurons solved on their support by the interior point (ADMM, solvers/support_ipm.py).
+    screened_neurons:    neurons whose zero weights keep their budget, not iterated (ADMM).
+    cutting_planes:      nearly dead neurons solved by cutting planes (ADMM, solvers/cutting_planes.py).
+    beta, rho_initial:   the ADMM's layer constants (admm.iteration_constants).
+    device, dtype, tf32: where and in what precision the ADMM ran.
+    chunks, sample_blocks: the memory plan's chunks of neurons and blocks of samples (solvers/memory.py).
+    note:                a remark on a degenerate program (X = 0).
+    blocks:              per neuron block: neurons, status, iterations, seconds (solvers/blocks.py).
+    rounds:              per reweighting round: l1, nonzeros, status, iterations (solvers/reweight.py).
+    input_copies:        rows of X merged away as copies of others (solvers/copies.py).
+    compressed_samples:  [P, k]: a linear program solved over k sufficient samples (solvers/sufficient.py).
+    crossover:           neurons finished by CVXPY + Clarabel (solvers/crossover.py).
+    solver, statuses:    the reference backend's solver and each program's status (solvers/reference.py).
+    """
+
+    l1_lower_bound: float | np.ndarray
+    neuron_status: dict
+    neuron_statuses: np.ndarray
+    history: list
+    stopped_by_callback: bool
+    repaired: int
+    solved_on_supports: int
+    screened_neurons: int
+    cutting_planes: int
+    beta: float
+    rho_initial: float
+    device: str
+    dtype: str
+    tf32: bool
+    chunks: int
+    sample_blocks: int
+    note: str
+    blocks: list
+    rounds: list
+    input_copies: int
+    compressed_samples: list
+    crossover: int
+    solver: str
+    statuses: list
+
+
 @dataclass
 class LayerResult:
     """What a backend returns; every number describes the returned U (never another iterate).
@@ -34,10 +86,9 @@ class LayerResult:
     eps:             the budget, same form as fit.
     max_violation:   max over Omega^c of (U^T X - V)_+.
     response_error:  ||act(U^T X) - Y|| in fit's form (Proposition 1 bounds it by eps).
-    info:            backend details; the ADMM's info["l1_lower_bound"] is a certified lower bound on the
-                     optimal objective (per neuron, an (M,) array, for per-neuron budgets), so
-                     1 - sum(bound) / objective bounds how far U's l1 can be from the optimum;
-                     info["neuron_statuses"] (ADMM) is each neuron's status, an (M,) array.
+    info:            backend details (ResultInfo); the ADMM's info["l1_lower_bound"] is a certified lower bound on
+                     the optimal objective, so 1 - sum(bound) / objective bounds how far U's l1 can be from the
+                     optimum.
     """
 
     U: np.ndarray
@@ -51,7 +102,7 @@ class LayerResult:
     iterations: int
     seconds: float
     backend: str
-    info: dict = field(default_factory=dict)
+    info: ResultInfo = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
