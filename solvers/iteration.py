@@ -39,6 +39,17 @@ class Previous(NamedTuple):
     XU: object
 
 
+class Residuals(NamedTuple):
+    """A check's residuals (primal, dual), their scales, the mask within tolerance, and X Dz^T (device arrays)."""
+
+    primal: object
+    dual: object
+    iterate_scale: object
+    dual_scale: object
+    converged: object
+    XD: object
+
+
 @dataclass
 class Program:
     """The user's program on the device, for the neurons of this solve: Y (M, P) and omega in float64/bool,
@@ -232,24 +243,56 @@ class Iteration:
         return self.be.scalars(change)[0] < step_tol
 
     def check(self, iteration: int, previous, callback) -> bool:
-        """Residuals, dual bounds, certificates; finalize the neurons that are done and drop them from the
-        working set; balance rho. Returns True when the callback asks to stop."""
-        xp, s, be, beta, settings = self.xp, self.s, self.be, self.beta, self.settings
-        self.iteration = iteration
-        W_old, Dz_old, XZ, XD, XU = previous.W, previous.Dz, previous.XZ, previous.XD, previous.XU
+        """Residuals, then dual bounds and certificates, then acceptance.py's decisions (the neurons done leave the
+        working set), then rho. Returns True when the callback asks to stop."""
+        xp, s, be = self.xp, self.s, self.be
+        residuals = self._residuals(previous)
+        gap_allowed = self.settings.gap_tol * max(1.0, iteration / self.settings.gap_patience)
+        certified, zero, infeasible = self._certificates(previous, residuals.XD, gap_allowed)
+        flags, summary = self._to_host((residuals.converged, certified, zero, infeasible), xp.stack([
+            xp.max(residuals.primal), xp.max(residuals.dual), xp.min(s.rho), xp.max(s.rho)]))
+        converged, certified, zero, infeasible = flags
+        infeasible = self._believed(infeasible)
+        info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
+                "converged": float(converged.mean())}
+        self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,
+                             summary[3] / self.rho0))
+        if callback is not None and callback(iteration, info):
+            return True
+        done = infeasible.copy()
+        if infeasible.any():
+            self.finalize(np.flatnonzero(infeasible), "infeasible")
+            converged = converged & ~infeasible
+        tightened = np.zeros(s.neurons.size, dtype=bool)
+        if ((converged | certified) & ~infeasible).any():
+            accepted, tightened = self.acceptance.decide(iteration, converged, certified & ~infeasible,
+                                                         certified | zero, gap_allowed)
+            done |= accepted
+        s.repair_wait -= 1
+        if self.accelerator is not None and tightened.any():  # a new budget: the memory's differences are stale
+            self.accelerator.clear(be.asarray(tightened))
+        ratio = self._rho_ratio(residuals.primal, residuals.dual, residuals.iterate_scale, residuals.dual_scale)
+        if done.any():
+            self._keep(~done)
+            ratio = None if ratio is None else xp.take(ratio, be.asarray(np.flatnonzero(~done)), axis=0)
+        self.checks += 1
+        if ratio is not None and s.neurons.size:
+            self._rescale(ratio)
+        return False
+
+    def _residuals(self, previous: Previous) -> Residuals:
+        """Primal r = (U^T X - Z, sqrt(beta)(U - W)) and dual s = rho (X dZ^T + beta dW) residuals, their scales,
+        and whether they are within tolerance (Boyd et al. 2011, sec. 3.3), per neuron (per layer when coupled).
+        X Dz^T is a product of its own (not an update from G U): the dual bound needs it accurate. The next
+        iteration's right-hand side reuses both products (self.products)."""
+        xp, s, beta, settings = self.xp, self.s, self.beta, self.settings
         per_budget = partial(feasibility.per_budget, xp, coupled=self.together)
-        # Residuals: primal r = (U^T X - Z, sqrt(beta)(U - W)); dual s = rho (X dZ^T + beta dW). X Dz^T is a
-        # product of its own (not an update from G U): the dual bound needs it accurate. The next iteration's
-        # right-hand side reuses both products.
-        k, widest_row, X_widest = self.layer.widest
-        if s.X_widest is not None:
-            widest_row, X_widest = widest_row * s.on_omega, s.X_widest
         XZ_new, XD_new = self.layer.X.times_transposed(s.Z, s.Dz)
         self.products = (XZ_new, XD_new)
-        rho, N, P = s.rho, self.shape[0], self.shape[1]
+        rho, N, P, XU = s.rho, self.shape[0], self.shape[1], previous.XU
         primal = xp.sqrt(per_budget(squared_norms(xp, XU - s.Z, 1) + beta * squared_norms(xp, s.U - s.W, 0)))
         # rho outside the squares: rho is 1e23 on features of 1e-11 (rho is the same for every neuron when coupled)
-        dual = rho * xp.sqrt(per_budget(squared_norms(xp, XZ_new - XZ + beta * (s.W - W_old), 0)))
+        dual = rho * xp.sqrt(per_budget(squared_norms(xp, XZ_new - previous.XZ + beta * (s.W - previous.W), 0)))
         iterate_scale = xp.sqrt(per_budget(xp.maximum(
             squared_norms(xp, XU, 1) + beta * squared_norms(xp, s.U, 0),
             squared_norms(xp, s.Z, 1) + beta * squared_norms(xp, s.W, 0))))
@@ -262,53 +305,37 @@ class Iteration:
         absolute = s.tol_factor * settings.abs_tol
         converged = ((primal <= absolute * (self.y_scale * math.sqrt(P + N)) + relative * iterate_scale)
                      & (dual <= absolute * (math.sqrt(N) / settings.cost_unit) + relative * dual_scale))
+        return Residuals(primal, dual, iterate_scale, dual_scale, converged, XD_new)
+
+    def _certificates(self, previous: Previous, XD_new, gap_allowed: float):
+        """(certified, zero, infeasible) on the device: each neuron's objective within gap_allowed of its new
+        certified lower bound (kept in s.lower_bound), at zero, or proven infeasible by its dual increment."""
+        xp, s = self.xp, self.s
         if self.rows:
             s.lower_bound = feasibility.rows_dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(),
                                                         self.relu, self.coupled, self.program.group_size)
         else:
+            k, widest_row, X_widest = self.layer.widest
+            if s.X_widest is not None:
+                widest_row, X_widest = widest_row * s.on_omega, s.X_widest
             s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
                                        self.coupled, widest=(k, widest_row, X_widest))
         objective = self._objective()
-        gap_allowed = settings.gap_tol * max(1.0, iteration / settings.gap_patience)
         certified = within_gap(objective, s.lower_bound, gap_allowed, self.absolute_gap) & (objective > 0)
-        infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - Dz_old, XD_new - XD,
+        infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - previous.Dz, XD_new - previous.XD,
                                         self.layer.x_norm, self._user_eps(), self._user_upper())
-        flags, summary = self._to_host((converged, certified, objective == 0, infeasible),
-                                       xp.stack([xp.max(primal), xp.max(dual), xp.min(rho), xp.max(rho)]))
-        converged, certified, zero, infeasible = flags
+        return certified, objective == 0, infeasible
+
+    def _believed(self, infeasible: np.ndarray) -> np.ndarray:
+        """The host mask of certified infeasible neurons, less those whose original weights keep the budget (a
+        certificate for them is rounding); all of them in a rows layer when one is (its neurons are one program)."""
         if infeasible.any() and self._known_feasible is not None:
             if self.known_feasible is None:
                 self.known_feasible = self._known_feasible()
-            infeasible &= ~self.known_feasible[s.neurons]
-        if self.rows:  # one infeasible neuron makes the layer's program infeasible
+            infeasible &= ~self.known_feasible[self.s.neurons]
+        if self.rows:
             infeasible[:] = infeasible.any()
-        info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
-                "converged": float(converged.mean())}
-        self.history.append((iteration, info["active"], info["primal"], info["dual"], summary[2] / self.rho0,
-                             summary[3] / self.rho0))
-        if callback is not None and callback(iteration, info):
-            return True
-        done = infeasible.copy()
-        if infeasible.any():
-            self.finalize(np.flatnonzero(infeasible), "infeasible")
-            converged = converged & ~infeasible
-        candidates = (converged | certified) & ~infeasible
-        tightened = np.zeros(s.neurons.size, dtype=bool)
-        if candidates.any():
-            accepted, tightened = self.acceptance.decide(iteration, converged, certified & ~infeasible,
-                                                         certified | zero, gap_allowed)
-            done |= accepted
-        s.repair_wait -= 1
-        if self.accelerator is not None and tightened.any():  # a new budget: the memory's differences are stale
-            self.accelerator.clear(be.asarray(tightened))
-        ratio = self._rho_ratio(primal, dual, iterate_scale, dual_scale)
-        if done.any():
-            self._keep(~done)
-            ratio = None if ratio is None else xp.take(ratio, be.asarray(np.flatnonzero(~done)), axis=0)
-        self.checks += 1
-        if ratio is not None and s.neurons.size:
-            self._rescale(ratio)
-        return False
+        return infeasible
 
     def _objective(self):
         """Each neuron's objective sum_i c_i |W_im| (the layer's, repeated, when coupled), or the rows' group
