@@ -13,7 +13,9 @@ settings are the FULL and QUICK configurations):
   model, random crops and flips, finetune's `tuning` options: the BatchNorm put back while training and mixup; the
   epoch with the best validation accuracy kept), without each ingredient of `tuning_variants` at the first
   sparsity, against gradual magnitude pruning (Zhu and Gupta 2017: sparsity s (1 - (1 - t/T)^3) over the first
-  PRUNING_SHARE of the epochs, each layer toward the trim's nonzeros) with the same fine-tuning.
+  PRUNING_SHARE of the epochs, each layer toward the trim's nonzeros) with the same fine-tuning. The fine-tuning is
+  one finetune call (the BatchNorm put back lives through all epochs); gradual pruning's pruning epochs are a
+  call each, as the weights change between them, and the rest one call.
 - robustness: whole trims at every g in `g_grid` and every per-layer target sparsity in `target_grid`, in both
   modes, with `robustness_samples` samples per layer and the defaults otherwise: each layer's status, dense
   fallbacks, the slowest layer and the whole trim's seconds.
@@ -290,7 +292,7 @@ def finetuning(model: nn.Module, data: dict, config: dict) -> list[dict]:
         for variant in [None, *variants]:
             start = time.perf_counter()
             tuning = {**config["tuning"], **TUNING_VARIANTS.get(variant, {})}
-            tuned = _tuned(trimmed, data, config, teacher, lambda epoch, current: current, tuning)
+            tuned = _tuned(trimmed, data, config, teacher, tuning)
             row = _row("Net-Trim + fine-tuning" + (f", {variant}" if variant else ""), target,
                        seconds + time.perf_counter() - start, tuned, data, reference)
             if tuned_rows:
@@ -298,9 +300,7 @@ def finetuning(model: nn.Module, data: dict, config: dict) -> list[dict]:
             tuned_rows.append(row)
         rows += tuned_rows
         start = time.perf_counter()
-        gradual = _tuned(reference, data, config, teacher,
-                         lambda epoch, current, counts=counts: magnitude_pruned(
-                             current, _gradual(counts, reference, epoch, config)), config["tuning"])
+        gradual = _tuned(reference, data, config, teacher, config["tuning"], counts)
         rows.append(_row("gradual magnitude + fine-tuning", target, time.perf_counter() - start, gradual, data,
                          reference))
         rows[-1]["paired"] = _paired(tuned_rows[0], rows[-1], data)
@@ -313,31 +313,41 @@ def _paired(ours: dict, theirs: dict, data: dict) -> dict:
             for suffix in ("", " recalibrated")}
 
 
-def _tuned(model: nn.Module, data: dict, config: dict, teacher: nn.Module, prune, tuning: dict) -> nn.Module:
-    """`model` fine-tuned for config's epochs (Adam, lr cosine-decayed epoch by epoch, distillation from `teacher`,
-    finetune's `tuning` options), prune(epoch, model) applied before every epoch; the epoch kept is the
-    one with the best validation accuracy among those at the final sparsity (prune changes nothing any more)."""
-    current = copy.deepcopy(model)
+def _tuned(model: nn.Module, data: dict, config: dict, teacher: nn.Module, tuning: dict,
+           counts: dict[str, int] | None = None) -> nn.Module:
+    """`model` fine-tuned for config's epochs (Adam, lr cosine-decayed, distillation from `teacher`, finetune's
+    `tuning` options), keeping the epoch most accurate on the validation images. With `counts`, gradual magnitude
+    pruning toward them first: before each of the pruning epochs (_gradual), each epoch its own finetune call;
+    the epochs after them, as all epochs without counts, are one call (the BatchNorm put back lives through it)."""
+    current, epochs = copy.deepcopy(model), config["epochs"]
     loader = Augmented(data["tuning"], data["tuning_labels"], config["batch"])
-    best, best_accuracy = None, -1.0
-    for epoch in range(config["epochs"]):
-        pruned = prune(epoch, current)
-        final = pruned is current or nonzeros(pruned) == nonzeros(prune(epoch + 1, pruned))
-        current = pruned
-        lr = config["lr"] * (1 + math.cos(math.pi * epoch / config["epochs"])) / 2
-        nettrim.finetune(current, loader, epochs=1, lr=lr, teacher=teacher, progress=False, **tuning)
-        with torch.no_grad():
-            accuracy = float(np.mean(current.eval()(data["validation"]).argmax(1).numpy()
-                                     == data["validation_labels"]))
-        if final and accuracy > best_accuracy:
-            best, best_accuracy = copy.deepcopy(current), accuracy
-    return (best if best is not None else current).eval()
+    pruning = 0 if counts is None else _pruning_epochs(config)
+    for epoch in range(pruning):
+        current = magnitude_pruned(current, _gradual(counts, model, epoch, config))
+        nettrim.finetune(current, loader, epochs=1, lr=_cosine(config["lr"], epoch, epochs), teacher=teacher,
+                         progress=False, **tuning)
+    if pruning == epochs:
+        return current.eval()
+    validation = [(data["validation"], torch.as_tensor(data["validation_labels"]))]
+    return nettrim.finetune(current, loader, epochs=epochs - pruning, lr=_cosine(config["lr"], pruning, epochs),
+                            schedule="cosine", teacher=teacher, validation=validation, progress=False,
+                            **tuning).eval()
+
+
+def _cosine(lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate lr (1 + cos(pi epoch / epochs)) / 2 of a cosine decay at the start of `epoch`."""
+    return lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def _pruning_epochs(config: dict) -> int:
+    """The epochs over which gradual magnitude pruning raises its sparsity: PRUNING_SHARE of them, at least one."""
+    return max(1, round(PRUNING_SHARE * config["epochs"]))
 
 
 def _gradual(final: dict[str, int], reference: nn.Module, epoch: int, config: dict) -> dict[str, int]:
     """Each layer's nonzeros at `epoch`: from its dense count toward `final` along 1 - (1 - t/T)^3, T the pruning
     epochs (the last pruning epoch reaches `final`)."""
-    steps = max(1, round(PRUNING_SHARE * config["epochs"]))
+    steps = _pruning_epochs(config)
     progress = 1 - (1 - min(epoch + 1, steps) / steps) ** 3
     dense = {layer.name: layer.weight_matrix().size for layer in select_layers(reference)}
     return {name: round(dense[name] - progress * (dense[name] - count)) for name, count in final.items()}

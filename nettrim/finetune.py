@@ -69,7 +69,7 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
 
 def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, schedule: str = "constant",
              loss=None, teacher: nn.Module | None = None, distill: float = 0.9, renormalize: bool = False,
-             mixup: float = 0.0, progress: bool = True) -> nn.Module:
+             mixup: float = 0.0, validation=None, progress: bool = True) -> nn.Module:
     """Train `model` in place with Adam for `epochs` passes over `loader` (batches (x, y)), keeping its zeros.
 
     schedule: "constant" (lr throughout) or "cosine": lr_t = lr (1 + cos(pi t / T)) / 2 over the T batches
@@ -83,6 +83,10 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, sch
     probabilities lam_i onehot(y_i) + (1 - lam_i) onehot(y_perm(i)) (Zhang et al. 2018; loss gets them as y, as
     the default cross-entropy accepts them), the teacher's term on x' itself: with a teacher, every batch shows
     it new inputs to match (Beyer et al. 2022). y must be class indices. 0: off.
+    validation: batches (x, y) of class indices (a loader, or [(x, y)]) that choose the epoch to keep: after every
+    epoch the model's accuracy on them (argmax of its output against y, in eval mode) is measured, and the model
+    returned is the one after the most accurate epoch (the earliest of ties); with renormalize, its normalization
+    too. None: the last epoch's. An interrupted run keeps the weights it had when interrupted.
     Returns the model in the training mode it came in.
     """
     if not isinstance(epochs, int) or epochs < 0:
@@ -95,15 +99,21 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 1e-4, *, sch
         raise ValueError(f"teacher must be an nn.Module (the model to distill from) or None, got {teacher!r}")
     check_distill(distill)
     check_mixing(renormalize, mixup)
-    with renormalized(model) if renormalize else contextlib.nullcontext([]) as norms:
-        return _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup, norms, progress)
+    if validation is not None and not hasattr(validation, "__iter__"):
+        raise ValueError(f"validation must be batches (x, y) (a loader, or [(x, y)]) or None, got {validation!r}")
+    with renormalized(model) if renormalize else contextlib.nullcontext(nn.ModuleList()) as norms:
+        best = BestEpoch(validation, model, norms)
+        _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup, norms, best, progress)
+        return best.restored()
 
 
-def _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup, norms, progress) -> nn.Module:
-    """finetune's loop, its arguments checked; norms: extra parameters to train."""
+def _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup, norms, best, progress) -> None:
+    """finetune's loop, its arguments checked; norms: modules whose parameters train too; best.consider() after
+    every epoch."""
     objective = _objective(nn.functional.cross_entropy if loss is None else loss, teacher, distill)
     masks = zero_masks(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad] + list(norms), lr=lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad] + list(norms.parameters()),
+                                 lr=lr)
     mixing = (np.random.default_rng(0), torch.Generator().manual_seed(0), float(mixup)) if mixup else None
     per_batch = hasattr(loader, "__len__")
     steps = epochs * len(loader) if per_batch else epochs
@@ -137,11 +147,56 @@ def _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup,
                     decay.step()
             if decay is not None and not per_batch:
                 decay.step()
+            best.consider()
     finally:
         model.train(was_training)
         if teacher is not None:
             teacher.train(teacher_was_training)
-    return model
+
+
+class BestEpoch:
+    """The state (model and norms) after the epoch most accurate on `validation` (finetune's docstring); with
+    validation None, nothing is kept and restored() returns the model as it is."""
+
+    def __init__(self, validation, model: nn.Module, norms: nn.Module):
+        self.validation, self.model, self.norms = validation, model, norms
+        self.accuracy, self.state = -1.0, None
+
+    def consider(self) -> None:
+        """Measure the model's validation accuracy now; keep a copy of its state if it is the best so far."""
+        if self.validation is None:
+            return
+        accuracy = self.measured()
+        if accuracy > self.accuracy:
+            self.accuracy = accuracy
+            self.state = [{name: value.detach().clone() for name, value in module.state_dict().items()}
+                          for module in (self.model, self.norms)]
+
+    @torch.no_grad()
+    def measured(self) -> float:
+        """The share of validation's labels that the model's argmax (in eval mode) gets right."""
+        training, right, count = self.model.training, 0, 0
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        try:
+            for batch in self.validation:
+                if not isinstance(batch, tuple | list) or len(batch) < 2:
+                    raise ValueError("validation: each batch must be (x, y)")
+                guesses = self.model(batch[0].to(device)).argmax(-1)
+                right += int((guesses == batch[1].to(device)).sum())
+                count += len(guesses)
+        finally:
+            self.model.train(training)
+        if count == 0:
+            raise ValueError("validation: holds no examples")
+        return right / count
+
+    def restored(self) -> nn.Module:
+        """The model, its state (and its norms') set back to the best epoch's when one was kept."""
+        if self.state is not None:
+            for module, state in zip((self.model, self.norms), self.state, strict=True):
+                module.load_state_dict(state)
+        return self.model
 
 
 def check_mixing(renormalize, mixup) -> None:

@@ -73,8 +73,9 @@ class ChannelNorm(nn.Module):
 
 @contextlib.contextmanager
 def renormalized(model: nn.Module):
-    """Within the block, every nn.Conv2d of `model` is followed by a ChannelNorm (module docstring); yields their
-    parameters, for the optimizer. On leaving, each is folded into its convolution and removed."""
+    """Within the block, every nn.Conv2d of `model` is followed by a ChannelNorm (module docstring); yields them as
+    an nn.ModuleList (their parameters for the optimizer, their state to keep). On leaving, each is folded into its
+    convolution and removed."""
     norms, hooks = {}, []
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -86,7 +87,7 @@ def renormalized(model: nn.Module):
             hooks.append(module.register_forward_hook(
                 lambda conv, inputs, output: norms[conv].train(conv.training)(output)))
     try:
-        yield [parameter for norm in norms.values() for parameter in norm.parameters()]
+        yield nn.ModuleList(norms.values())
     finally:
         for hook in hooks:
             hook.remove()

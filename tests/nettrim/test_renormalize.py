@@ -45,8 +45,8 @@ def test_folding_gives_the_function_of_the_normalized_model_and_keeps_every_zero
     x, trimmed = trimmed_cnn
     model = copy.deepcopy(trimmed)
     zeros = {name: parameter == 0 for name, parameter in model.named_parameters()}
-    with renormalized(model) as parameters:
-        optimizer = torch.optim.SGD(parameters, lr=0.5)
+    with renormalized(model) as norms:
+        optimizer = torch.optim.SGD(norms.parameters(), lr=0.5)
         for _ in range(3):  # move gamma and beta away from their start, and the running averages
             optimizer.zero_grad()
             model.train()(x * 2 + 1).square().mean().backward()
@@ -121,3 +121,46 @@ def test_finetune_refuses_bad_mixup_and_renormalize(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nettrim.finetune(model, [(inputs(4), torch.zeros(4, dtype=torch.long))], **kwargs)
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+
+
+class Watching:
+    """Validation batches that record the accuracy `model` has each time they are read (finetune reads them
+    after every epoch, in eval mode)."""
+
+    def __init__(self, model, x, y):
+        self.model, self.batches, self.accuracies = model, [(x, y)], []
+
+    def __iter__(self):
+        with torch.no_grad():
+            self.accuracies.append(float((self.model(self.batches[0][0]).argmax(1) == self.batches[0][1]).float()
+                                         .mean()))
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_validation_keeps_the_most_accurate_epoch(trimmed_cnn, renormalize):
+    x, trimmed = trimmed_cnn
+    model = copy.deepcopy(trimmed)
+    with torch.no_grad():  # validation labels the model starts out right on; it then trains toward others
+        agreed = trimmed.eval()(x).argmax(1)
+    watching = Watching(model, x, agreed)
+    nettrim.finetune(model, labelled(x), epochs=6, lr=1e-2, renormalize=renormalize, validation=watching,
+                     progress=False)
+    assert len(watching.accuracies) == 6
+    assert max(watching.accuracies) > watching.accuracies[-1]  # the last epoch is not the one kept
+    with torch.no_grad():
+        kept = float((model.eval()(x).argmax(1) == agreed).float().mean())
+    assert kept == max(watching.accuracies)
+
+
+@pytest.mark.parametrize("validation, message", [(3, "validation must be batches"),
+                                                 ([], "validation: holds no examples"),
+                                                 ([torch.zeros(2)], "validation: each batch must be")])
+def test_bad_validation_is_refused_by_name_and_leaves_the_model(trimmed_cnn, validation, message):
+    x, trimmed = trimmed_cnn
+    model = copy.deepcopy(trimmed)
+    with pytest.raises(ValueError, match=message):
+        nettrim.finetune(model, labelled(x), epochs=1, lr=1e-2, validation=validation, progress=False)
+    if message.startswith("validation must"):
+        for name, parameter in model.named_parameters():
+            assert torch.equal(parameter, trimmed.get_parameter(name)), name
