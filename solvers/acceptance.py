@@ -1,8 +1,8 @@
 """Acceptance: which of the neurons a check proposes (converged by their residuals or certified by their gap)
 end, and with what weights and status. A neuron ends "optimal" only when its measured weights keep its budget and
-its objective is within the gap allowed of its certified bound (feasibility.within_gap); else it is repaired on
+its objective is within the gap allowed of its certified bound (certificates.within_gap); else it is repaired on
 its support (repair.py), solved there by the interior point (support_ipm.py, the few that stay), tightened for
-another round (feasibility.tighten), or left to iterate. `Acceptance` owns these decisions, their counters and
+another round (constraints.tighten), or left to iterate. `Acceptance` owns these decisions, their counters and
 the solve's output on the host; the iteration hands it its working set and reads back the masks it decides.
 """
 
@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
-from . import feasibility, rowgroups, support_ipm
-from .feasibility import accept_or_tighten, within_gap
+from . import constraints, rowgroups, support_ipm
+from .certificates import within_gap
 from .repair import repair_on_supports
 
+#: Checks a neuron converged within its budget, but whose l1 is not proven within the gap tolerance of the optimum,
+#: iterates on after gap_patience iterations before it is finalized "inaccurate" (the tolerance grows meanwhile;
+#: loose residual tolerances, whose aim inside the budget costs l1, stop such neurons early).
+UNPROVEN_CHECKS = 50
 #: Checks a neuron waits after a failed repair before trying again.
 REPAIR_WAIT_CHECKS = 5
 #: A neuron past gap_patience iterations whose repairs failed (or missed the gap tolerance) this many times is
@@ -75,12 +78,81 @@ class Acceptance:
         count_unproven = iteration > self.settings.gap_patience
         if self.program.rows:
             return self._accept_together(converged, certified, proven, count_unproven, gap_allowed)
-        repair = None if self.coupled or not self.settings.repair_misses else partial(
-            self.repair, gap_allowed=gap_allowed)
-        return accept_or_tighten(
-            self.be, self.s, converged, certified, proven, self.layer.X64, self.program, self.layer.unscale,
-            self.relu, self.coupled, self.y_scale, self.settings.violation_tol, self.finalize,
-            self.settings.restore_rounds, repair, count_unproven=count_unproven)
+        return self._accept_each(converged, certified, proven, count_unproven, gap_allowed)
+
+    def _accept_each(self, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray, count_unproven: bool,
+                     gap_allowed: float):
+        """The candidates' sparse iterates measured exactly: those within budget whose l1 is `proven` within
+        tolerance end "optimal"; returns the host masks of the working-set positions that are done and of those
+        whose internal budget changed.
+
+        Candidates that miss are first repaired on their supports (repair.py; per-neuron budgets, with
+        repair_misses): a repaired one ends with its repaired weights. A converged candidate that still misses gets
+        its internal budget and bound tightened by twice the measured excess (constraints.tighten), or, out of
+        restoration rounds, ends "inaccurate"; a certified-only one iterates on. A converged one within budget whose
+        gap is not proven small iterates on (_iterate_on). One device-to-host transfer, plus the repair's."""
+        s = self.s
+        positions = np.flatnonzero(converged | certified)
+        weights, response, excess, violation, missed = self._measured(positions)
+        if self.coupled:
+            missed = np.full(positions.size, bool(missed.any()))
+        done = np.zeros(s.neurons.size, dtype=bool)
+        if not self.coupled and self.settings.repair_misses and missed.any():
+            chosen = np.flatnonzero(missed & (s.repair_wait[positions] <= 0))
+            repaired = (self.repair(positions[chosen], weights, response, chosen, gap_allowed) if chosen.size
+                        else np.zeros(0, dtype=bool))
+            done[positions[chosen[repaired]]] = True
+            missed[chosen[repaired]] = False
+        within = ~missed & ~done[positions]
+        self._end(positions[within & proven[positions]], "optimal", done)
+        moved = self._iterate_on(positions[within & ~proven[positions] & converged[positions]], count_unproven, done)
+        failed = missed & converged[positions]  # the certified-only candidates that missed just iterate on
+        rounds = s.rounds_left[positions]
+        self._end(positions[failed & (rounds == 0)], "inaccurate", done)
+        retry = failed & (rounds > 0)
+        if retry.any():
+            constraints.tighten(self.be, s, positions[retry], excess[retry], violation[retry], self.program,
+                                self.settings.restore_rounds)
+        tightened = np.zeros(s.neurons.size, dtype=bool)
+        tightened[positions[retry]] = True
+        tightened[moved] = True
+        return done, tightened
+
+    def _iterate_on(self, unproven: np.ndarray, count_unproven: bool, done: np.ndarray) -> np.ndarray:
+        """Converged neurons within budget whose l1 is not proven within tolerance (working-set positions) iterate
+        on: first, when their budget was never tightened, at the user's budget instead of the margin inside it
+        that the iteration aims at (a tighter budget has a larger optimal l1, which no gap tolerance accepts:
+        admm.py); a tightened one back at the user's program; the others with a gap tolerance that grows with the
+        iterations, UNPROVEN_CHECKS checks at most once `count_unproven`, then they end "inaccurate" (marked in
+        `done`). Returns the positions whose internal budget changed."""
+        s, be = self.s, self.be
+        aiming_inside = unproven[s.inside_margin[unproven] & (s.rounds_left[unproven] == self.settings.restore_rounds)]
+        if aiming_inside.size:
+            constraints.aim_at_the_budget(be, s, aiming_inside, self.program)
+            unproven = np.setdiff1d(unproven, aiming_inside)
+        loosened = unproven[s.tight[unproven]] if not self.coupled else unproven[:0]
+        if loosened.size:  # a tightened program's optimum lies above the user's: iterate on the user's program
+            constraints.back_to_the_program(be, s, loosened, self.program)
+            unproven = np.setdiff1d(unproven, loosened)
+        s.unproven_checks[unproven] += count_unproven
+        self._end(unproven[s.unproven_checks[unproven] >= UNPROVEN_CHECKS], "inaccurate", done)
+        return np.concatenate([aiming_inside, loosened])
+
+    def _end(self, positions: np.ndarray, status: str, done: np.ndarray) -> None:
+        """Finalize the working-set `positions` (host) with their sparse iterates and `status`; mark them done."""
+        if positions.size:
+            self.finalize(positions, status)
+        done[positions] = True
+
+    def _measured(self, positions: np.ndarray):
+        """The sparse iterates of the working-set `positions` measured exactly (constraints.measure_candidates):
+        their weights (N, k) and response (k, P) on the device, and on the host (one transfer) each one's
+        budget excess, Omega^c violation and whether it misses (beyond rounding, or violation_tol)."""
+        weights, response, excess, violation = constraints.measure_candidates(
+            self.be, self.s, positions, self.layer.X64, self.program, self.layer.unscale)
+        excess, violation = self.be.to_host(self.xp.stack([excess, violation]))
+        missed = (excess > 1e-12 * self.y_scale) | (violation > self.settings.violation_tol * self.y_scale)
+        return weights, response, excess, violation, missed
 
     def _accept_together(self, converged: np.ndarray, certified: np.ndarray, proven: np.ndarray,
                          count_unproven: bool, gap_allowed: float):
@@ -92,16 +164,13 @@ class Acceptance:
         be, s, settings = self.be, self.s, self.settings
         everyone = np.arange(s.neurons.size)
         nothing = np.zeros(s.neurons.size, dtype=bool)
-        weights, response, excess, violation = feasibility.measure_candidates(
-            be, s, everyone, self.layer.X64, self.program, self.layer.unscale, self.relu, self.coupled)
-        excess, violation = be.to_host(self.xp.stack([excess, violation]))
-        missed = (excess > 1e-12 * self.y_scale) | (violation > settings.violation_tol * self.y_scale)
+        weights, response, excess, violation, missed = self._measured(everyone)
         if not missed.any():
             if proven.all():
                 self.finalize(everyone, "optimal")
                 return ~nothing, nothing
             s.unproven_checks += int(count_unproven and converged.all())
-            if s.unproven_checks[0] >= feasibility.UNPROVEN_CHECKS:
+            if s.unproven_checks[0] >= UNPROVEN_CHECKS:
                 self.finalize(everyone, "inaccurate")
                 return ~nothing, nothing
             return nothing, nothing
@@ -114,7 +183,7 @@ class Acceptance:
             self.finalize(everyone, "inaccurate")
             return ~nothing, nothing
         retrying = np.flatnonzero(missed)
-        feasibility.tighten(be, s, retrying, excess[missed], violation[missed], self.relu, self.coupled,
+        constraints.tighten(be, s, retrying, excess[missed], violation[missed], self.program,
                             settings.restore_rounds)
         return nothing, missed
 
@@ -214,7 +283,9 @@ class Acceptance:
         X = support_ipm.LayerX(self.layer.X64, be, be.to_host(self.layer.scale))
         bounds = be.to_host(self.xp.take(self.s.lower_bound, be.asarray(positions), axis=0))
         solved = np.zeros(positions.size, dtype=bool)
-        for j, (neuron, start) in enumerate(zip(self._host_programs(positions), be.to_host(weights).T, strict=True)):
+        programs = host_programs(be, self.program, self.s.neurons[positions], self.shape[0],
+                                 0.1 * self.settings.violation_tol * self.y_scale)  # tau: the repair's margin
+        for j, (neuron, start) in enumerate(zip(programs, be.to_host(weights).T, strict=True)):
             if self.relu and not support_ipm.affordable(start, self.shape[1], self.iteration,
                                                         self.settings.max_iter):
                 continue
@@ -233,19 +304,18 @@ class Acceptance:
         self.solved_on_supports += int(solved.sum())
         return solved
 
-    def _host_programs(self, positions: np.ndarray) -> list[dict]:
-        """The user's programs of the working-set `positions` on the host, as support_ipm.solve_on_support takes
-        them (float64; Omega^c margin tau as the repair's)."""
-        xp, be, program = self.xp, self.be, self.program
-        neurons = be.asarray(self.s.neurons[positions])
 
-        def rows(array):
-            return be.to_host(xp.take(array, neurons, axis=0))
+def host_programs(be, program, neurons: np.ndarray, inputs: int, tau: float) -> list[dict]:
+    """The user's programs of the `neurons` (host indices into the device `program`) on the host, as
+    support_ipm.solve_on_support takes them: float64, `inputs` weights each, Omega^c margin tau."""
+    xp, index = be.xp, be.asarray(neurons)
 
-        Y, omega, eps = rows(program.Y), rows(program.omega), rows(program.eps)
-        upper = np.zeros(Y.shape) + (program.upper if isinstance(program.upper, float) else rows(program.upper))
-        cost = (np.ones((Y.shape[0], self.shape[0])) if program.l1_weights is None
-                else be.to_host(xp.take(program.l1_weights, neurons, axis=1)).T)
-        tau = 0.1 * self.settings.violation_tol * self.y_scale
-        return [dict(y=Y[j], omega=omega[j], upper=upper[j], eps=float(eps[j]), cost=cost[j], tau=tau)
-                for j in range(positions.size)]
+    def rows(array):
+        return be.to_host(xp.take(array, index, axis=0))
+
+    Y, omega, eps = rows(program.Y), rows(program.omega), rows(program.eps)
+    upper = np.zeros(Y.shape) + (program.upper if isinstance(program.upper, float) else rows(program.upper))
+    cost = (np.ones((Y.shape[0], inputs)) if program.l1_weights is None
+            else be.to_host(xp.take(program.l1_weights, index, axis=1)).T)
+    return [dict(y=Y[j], omega=omega[j], upper=upper[j], eps=float(eps[j]), cost=cost[j], tau=tau)
+            for j in range(len(neurons))]

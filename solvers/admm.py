@@ -30,7 +30,7 @@ remaining iterations on the same benchmark.
 Stopping uses primal and dual residuals with absolute and relative tolerances (Boyd et al. 2011, sec. 3.3),
 per neuron, checked every `check_every` iterations (a check makes four X-products instead of one, five for a
 relu layer, and the next iteration reuses two of them for its right-hand side). At a check the scaled dual also
-gives each neuron a certified lower bound on its optimal l1 (feasibility.dual_bound, weak duality, with lam also
+gives each neuron a certified lower bound on its optimal l1 (certificates.dual_bound, weak duality, with lam also
 moved along the widest row of X), and a neuron whose sparse
 iterate keeps its budget exactly and whose objective is within gap_tol of that bound is final too, whatever
 its residuals: that is what the user asks for (on MNIST layer 1 the duality gap reaches 0.5% well before the
@@ -67,9 +67,10 @@ import numpy as np
 from . import rowgroups
 from .acceptance import REPAIR_BATCH_BYTES
 from .arrays import Backend, backend, describe
+from .constraints import Program
 from .cutting_planes import nearly_dead, solve_nearly_dead
 from .factor import LayerInput
-from .iteration import Iteration, Program
+from .iteration import Iteration
 from .memory import memory_plan
 from .problem import LayerProblem, column_l1
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
@@ -110,33 +111,47 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     start = time.perf_counter()
     be = backend(settings.device)
     with be.tensor_float32(settings.dtype, settings.tf32) as tf32:
-        fit_of_zero = np.linalg.norm(np.where(problem.omega, problem.Y, 0.0), axis=1)
-        upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
-                             else np.all((problem.upper >= 0) | problem.omega, axis=1))
-        active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
-        few = active & nearly_dead(problem) & (settings.stopping == "residuals")
+        active, few = _iterated(problem, settings)
         if (active.all() and not few.any()) or not problem.per_neuron:  # a layer budget: none is screened
             result = _solve_in_chunks(problem, settings, be)
             result.info.update(tf32=tf32, cutting_planes=0)
             return result
-        N, _, M = problem.shape
-        U = np.zeros((N, M))
-        lower_bound = np.zeros(M)  # a screened neuron's optimum is 0
-        cut = np.zeros(M, dtype=bool)
-        if few.any():  # nearly dead neurons: cutting planes, the ADMM for those they leave
-            index = np.flatnonzero(few)
-            U[:, index], lower_bound[index], cut[index] = solve_nearly_dead(problem.neurons(index),
-                                                                            settings.violation_tol)
-            active &= ~cut
-        result = None
-        if active.any():
-            if settings.initial is not None:
-                settings = settings.replace(initial=np.asarray(settings.initial)[:, active])
-            result = _solve_in_chunks(problem.neurons(active), settings, be)
-            U[:, active] = result.U
-            lower_bound[active] = result.info["l1_lower_bound"]
-            if problem.rows:  # the layer's bound, not the neurons'
-                lower_bound = result.info["l1_lower_bound"]
+        result = _solve_screened(problem, settings, be, active, few, start)
+    result.info["tf32"] = tf32
+    return result
+
+
+def _iterated(problem: LayerProblem, settings: AdmmSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Host masks over the neurons: those that zero weights do not already solve (||y_m||_Omega <= eps_m and
+    V >= 0 on Omega^c: solve_admm's docstring), and those of them nearly dead (cutting planes: nearly_dead)."""
+    fit_of_zero = np.linalg.norm(np.where(problem.omega, problem.Y, 0.0), axis=1)
+    upper_nonnegative = (np.ones(problem.shape[2], dtype=bool) if problem.upper is None
+                         else np.all((problem.upper >= 0) | problem.omega, axis=1))
+    active = ~((fit_of_zero <= problem.eps) & upper_nonnegative)
+    return active, active & nearly_dead(problem) & (settings.stopping == "residuals")
+
+
+def _solve_screened(problem: LayerProblem, settings: AdmmSettings, be: Backend, active: np.ndarray,
+                    few: np.ndarray, start: float) -> LayerResult:
+    """A per-neuron problem with screened neurons: zero weights for those not `active`, cutting planes for the
+    `few` nearly dead (the ADMM for those they leave), the ADMM for the others, as one result."""
+    N, _, M = problem.shape
+    U = np.zeros((N, M))
+    lower_bound = np.zeros(M)  # a screened neuron's optimum is 0
+    cut = np.zeros(M, dtype=bool)
+    if few.any():
+        index = np.flatnonzero(few)
+        U[:, index], lower_bound[index], cut[index] = solve_nearly_dead(problem.neurons(index), settings.violation_tol)
+        active = active & ~cut
+    result = None
+    if active.any():
+        if settings.initial is not None:
+            settings = settings.replace(initial=np.asarray(settings.initial)[:, active])
+        result = _solve_in_chunks(problem.neurons(active), settings, be)
+        U[:, active] = result.U
+        lower_bound[active] = result.info["l1_lower_bound"]
+        if problem.rows:  # the layer's bound, not the neurons'
+            lower_bound = result.info["l1_lower_bound"]
     statuses = np.full(M, "optimal", dtype=object)
     if result is not None:
         statuses[active] = result.info["neuron_statuses"]
@@ -145,7 +160,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     if result is None:
         final.message = ("every neuron keeps its budget with zero weights" if not cut.any()
                          else "every neuron solved by cutting planes or by zero weights")
-    final.info.update(screened_neurons=int((~active & ~cut).sum()), cutting_planes=int(cut.sum()), tf32=tf32,
+    final.info.update(screened_neurons=int((~active & ~cut).sum()), cutting_planes=int(cut.sum()),
                       l1_lower_bound=lower_bound)
     return final
 
@@ -246,6 +261,16 @@ def _typical_magnitude(X: np.ndarray) -> float:
     return float(np.median(means))
 
 
+def _device_program(problem: LayerProblem, be: Backend) -> Program:
+    """The user's program on the device (constraints.Program)."""
+    coupled = not problem.per_neuron
+    return Program(Y=be.asarray(problem.Y), omega=be.asarray(problem.omega),
+                   upper=be.asarray(problem.upper) if problem.upper is not None else 0.0,
+                   eps=float(problem.eps) if coupled else be.asarray(problem.eps),
+                   l1_weights=_cost_weights(problem, be), relu=problem.activation == "relu", coupled=coupled,
+                   rows=problem.rows, group_size=_group_size(problem))
+
+
 def _solve_admm(problem: LayerProblem, settings: AdmmSettings, prepared: LayerInput | None = None,
                 repair_bytes: int = REPAIR_BATCH_BYTES) -> LayerResult:
     """The ADMM of the module docstring on `settings` whose layer numbers are filled in (iteration_constants).
@@ -267,7 +292,7 @@ def _solve_admm(problem: LayerProblem, settings: AdmmSettings, prepared: LayerIn
     start = time.perf_counter()
     be = backend(settings.device)
     N, P, M = problem.shape
-    relu, coupled = problem.activation == "relu", not problem.per_neuron
+    coupled = not problem.per_neuron
     dt = np.dtype(settings.dtype)
     layer = prepared if prepared is not None else LayerInput.prepare(
         be, problem.X, dt, settings.equilibrate, float(settings.beta), side=settings.u_step,
@@ -281,11 +306,7 @@ def _solve_admm(problem: LayerProblem, settings: AdmmSettings, prepared: LayerIn
                               stopped_by_callback=False, repaired=0, solved_on_supports=0,
                               l1_lower_bound=np.zeros(M) if problem.per_neuron else 0.0))
     start_weights = _start_weights(problem, settings.initial)
-    program = Program(
-        Y=be.asarray(problem.Y), omega=be.asarray(problem.omega),
-        upper=be.asarray(problem.upper) if problem.upper is not None else 0.0,
-        eps=float(problem.eps) if coupled else be.asarray(problem.eps),
-        l1_weights=_cost_weights(problem, be), rows=problem.rows, group_size=_group_size(problem))
+    program = _device_program(problem, be)
     # Aim inside the budget by the fit error the tolerance allows (||W^T X - Z|| <~ rel_tol ||y_Omega||), so a
     # converged sparse iterate rarely needs a restoration round (the published rule aims at eps itself).
     margin = 2 * settings.rel_tol * np.linalg.norm(np.where(problem.omega, problem.Y, 0), axis=1)
@@ -293,7 +314,7 @@ def _solve_admm(problem: LayerProblem, settings: AdmmSettings, prepared: LayerIn
         margin = np.zeros_like(margin)
     iteration = Iteration(be, layer, program, (N, P, M),
                           be.asarray(start_weights) if settings.warm_start and start_weights is not None else None,
-                          relu=relu, coupled=coupled, original_eps=problem.eps, margin=margin,
+                          original_eps=problem.eps, margin=margin,
                           known_feasible=lambda: _known_feasible(problem), settings=settings,
                           absolute_gap=ABSOLUTE_GAP * settings.objective_scale, repair_bytes=repair_bytes)
     iterations, run_info = iteration.run(settings.callback)

@@ -51,7 +51,7 @@ class LayerInput:
     scale: object      # D, the row norms of X (ones without equilibration), float64
     unscale: object    # 1 / D as an (N, 1) column in the working precision
     x_norm: float      # ||Xs||_2
-    widest: tuple      # (k, xs_k (1 x P), Xs xs_k^T (N x 1)) for the row k of largest norm (feasibility.dual_bound)
+    widest: tuple      # (k, xs_k (1 x P), Xs xs_k^T (N x 1)) for the row k of largest norm (certificates.dual_bound)
 
     @classmethod
     def prepare(cls, be, X: np.ndarray, dt: np.dtype, equilibrate: bool, beta: float,

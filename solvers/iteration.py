@@ -11,17 +11,17 @@ the host; acceptance, repair and finalization each move a bounded number more, w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
-from . import feasibility, rowgroups
+from . import rowgroups
 from .acceptance import Acceptance
 from .anderson import memory_or_none
 from .arrays import squared_norms
-from .feasibility import certify_infeasible, dual_bound, within_gap
+from .certificates import certify_infeasible, dual_bound, per_budget, rows_dual_bound, within_gap
+from .constraints import Program, ceiling, project
 
 #: Checks between two residual-balancing updates of rho.
 RHO_UPDATE_CHECKS = 5
@@ -50,22 +50,6 @@ class Residuals(NamedTuple):
     XD: object
 
 
-@dataclass
-class Program:
-    """The user's program on the device, for the neurons of this solve: Y (M, P) and omega in float64/bool,
-    upper V (M, P) or the float 0.0, eps (M,) per neuron or the layer's float, l1 weights (N, M) or None
-    (with rows=True, each group's weight repeated over its rows: the objective sum_g c_g ||U_g,:||, groups of
-    group_size rows as in rowgroups.py)."""
-
-    Y: object
-    omega: object
-    upper: object
-    eps: object
-    l1_weights: object
-    rows: bool = False
-    group_size: int = 1
-
-
 class WorkingSet:
     """The neurons still iterating: `neurons` and the bookkeeping arrays on the host; the per-neuron arrays on
     the device (neurons along axis 0 of M x P arrays, axis 1 of N x M arrays, axis 0 of vectors)."""
@@ -76,13 +60,51 @@ class WorkingSet:
     HOST = ("neurons", "rounds_left", "repair_wait", "failed_repairs", "support_tried", "unproven_checks",
             "inside_margin", "tight")
     #: Optional per-neuron arrays (None or a float when the program has none): the relu layer's ceiling on Z
-    #: (feasibility.ceiling), eps (M, 1) per neuron, and X (x_k on Omega)^T (N, M), the dual bound's direction
-    #: through X (feasibility.dual_bound).
+    #: (constraints.ceiling), eps (M, 1) per neuron, and X (x_k on Omega)^T (N, M), the dual bound's direction
+    #: through X (certificates.dual_bound).
     OPTIONAL_ROWS = ("ceiling", "eps")
     OPTIONAL_COLUMNS = ("X_widest",)
 
     def __init__(self, **arrays):
         self.__dict__.update(arrays)
+
+    @classmethod
+    def start(cls, be, layer, program: Program, shape, start_weights, original_eps, margin, settings) -> WorkingSet:
+        """Every neuron of `program` (shape (N, P, M)), in the layer's scaled variables: U = W = the scaled start
+        weights (or 0), duals 0, rho the settings' rho, the internal budget the user's less `margin` (at least
+        half of it), the host counters at their start; Z is left to the caller (it is U^T X projected)."""
+        xp, dt = be.xp, be.dtype(settings.dtype)
+        N, P, M = shape
+        cost = layer.unscale if program.l1_weights is None else xp.astype(program.l1_weights, dt) * layer.unscale
+        U = (xp.zeros((N, M), dtype=dt, device=be.device) if start_weights is None
+             else xp.astype(start_weights * layer.scale[:, None], dt))
+        if program.coupled:
+            eps = max(original_eps - float(np.linalg.norm(margin)), 0.5 * original_eps)
+        else:
+            eps = be.asarray(np.maximum(original_eps - margin, 0.5 * original_eps)[:, None], np.dtype(settings.dtype))
+        restore = settings.restore_rounds if settings.restore else 0
+        s = cls(neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
+                failed_repairs=np.zeros(M, dtype=int), support_tried=np.zeros(M, dtype=bool),
+                unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool),
+                tight=np.zeros(M, dtype=bool), Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt),
+                original_eps=program.eps, ceiling=None, eps=eps, U=U, W=U, Z=None,
+                cost=xp.zeros((N, M), dtype=dt, device=be.device) + cost,
+                Dz=xp.zeros((M, P), dtype=dt, device=be.device), Dw=xp.zeros((N, M), dtype=dt, device=be.device),
+                rho=xp.full((M,), float(settings.rho), dtype=dt, device=be.device),
+                tol_factor=xp.ones(M, dtype=dt, device=be.device),
+                lower_bound=xp.full((M,), np.nan, dtype=xp.float64, device=be.device), X_widest=None)
+        if program.relu:
+            s.ceiling = ceiling(xp, s.on_omega, program.upper)
+        if program.relu and not program.rows:  # dual_bound's direction: the widest row on each neuron's Omega
+            s.X_widest = layer.X.times_transposed(layer.widest[1] * s.on_omega)[0]
+        return s
+
+    def user_budget(self, be, program: Program):
+        """The user's program of the neurons iterating: their eps (the layer's when coupled) and V (the float 0.0,
+        or their rows)."""
+        index = be.asarray(self.neurons)
+        eps = self.original_eps if program.coupled else be.xp.take(self.original_eps, index, axis=0)
+        return eps, program.upper_of(be.xp, index)
 
     def keep(self, xp, mask: np.ndarray, index) -> None:
         """Keep the positions of the host mask `mask` (`index`: the same positions as a device integer array)."""
@@ -98,64 +120,37 @@ class WorkingSet:
                     setattr(self, name, xp.take(getattr(self, name), index, axis=axis))
 
 
-def project(xp, A, s: WorkingSet, relu: bool, coupled: bool):
-    """Euclidean projection onto C = {Z: ||(Z - Y)_Omega|| <= eps (per row, or in total), Z_Omega^c <= V}:
-    Y + t (A - Y) on Omega, t = min(1, eps / ||(A - Y)_Omega||), and min(A, V) on Omega^c; for a relu layer
-    min(A, ceiling) - (1 - t) (A - Y)_Omega, the ceiling being V on Omega^c and +inf on Omega."""
-    # Float masks multiply: a selection by a boolean mask as irregular as Omega (np.where) costs NumPy several
-    # times more than the multiplication and the addition together.
-    residual = (A - s.Y) * s.on_omega if relu else A - s.Y
-    squares = squared_norms(xp, residual, axis=1)[:, None]
-    norms = xp.sqrt(xp.sum(squares, keepdims=True) if coupled else squares)
-    outside = norms > s.eps
-    shrink = xp.where(outside, s.eps / xp.where(outside, norms, 1.0), 1.0)
-    return xp.minimum(A, s.ceiling) - (1.0 - shrink) * residual if relu else s.Y + shrink * residual
+def to_host(be, flags, summary) -> tuple[np.ndarray, np.ndarray]:
+    """The per-neuron device flags (k each) as host bool arrays (len(flags), k) and the summary numbers, in one
+    transfer."""
+    xp = be.xp
+    stacked = xp.stack([xp.astype(flag, xp.float64) for flag in flags])
+    host = be.to_host(xp.concat([xp.reshape(stacked, (-1,)), xp.astype(summary, xp.float64)]))
+    k = stacked.shape[1]
+    return host[:len(flags) * k].reshape(len(flags), k) > 0.5, host[len(flags) * k:]
 
 
 class Iteration:
     """One ADMM solve of `program` on a prepared layer input (factor.LayerInput); `run()` returns (U, statuses,
     bounds, iterations, info) on the host."""
 
-    def __init__(self, be, layer, program: Program, shape, start_weights, *, relu, coupled, original_eps, margin,
+    def __init__(self, be, layer, program: Program, shape, start_weights, *, original_eps, margin,
                  settings, absolute_gap, repair_bytes, known_feasible=None):
         xp = self.xp = be.xp
         self.be, self.layer, self.program, self.settings = be, layer, program, settings
         self.absolute_gap, self.repair_bytes = absolute_gap, repair_bytes
-        self.relu, self.coupled, self.dt = relu, coupled, be.dtype(settings.dtype)
+        self.relu, self.coupled, self.dt = program.relu, program.coupled, be.dtype(settings.dtype)
         # The rows' group norm couples the neurons through the objective: they converge and end together.
         self.rows = program.rows
-        self.together = coupled or program.rows
-        N, P, M = self.shape = shape
+        self.together = program.coupled or program.rows
+        self.shape = shape
         self.beta, self.rho0 = float(settings.beta), float(settings.rho)
         self.y_scale = settings.response_scale
         # () -> (M,) bools, the neurons whose original weights keep the budget (a certificate of infeasibility
         # for them is false): a product with X, so computed at the first certificate only
         self._known_feasible, self.known_feasible = known_feasible, None
-        dt = self.dt
-        cost = layer.unscale if program.l1_weights is None else xp.astype(program.l1_weights, dt) * layer.unscale
-        U = (xp.zeros((N, M), dtype=dt, device=be.device) if start_weights is None
-             else xp.astype(start_weights * layer.scale[:, None], dt))
-        if coupled:
-            eps = max(original_eps - float(np.linalg.norm(margin)), 0.5 * original_eps)
-        else:
-            eps = be.asarray(np.maximum(original_eps - margin, 0.5 * original_eps)[:, None],
-                            np.dtype(settings.dtype))
-        restore = settings.restore_rounds if settings.restore else 0
-        s = self.s = WorkingSet(
-            neurons=np.arange(M), rounds_left=np.full(M, restore), repair_wait=np.zeros(M, dtype=int),
-            failed_repairs=np.zeros(M, dtype=int), support_tried=np.zeros(M, dtype=bool),
-            unproven_checks=np.zeros(M, dtype=int), inside_margin=np.ones(M, dtype=bool), tight=np.zeros(M, dtype=bool),
-            Y=xp.astype(program.Y, dt), on_omega=xp.astype(program.omega, dt), original_eps=program.eps,
-            ceiling=None, eps=eps,
-            U=U, W=U, Z=None, cost=xp.zeros((N, M), dtype=dt, device=be.device) + cost,
-            Dz=xp.zeros((M, P), dtype=dt, device=be.device), Dw=xp.zeros((N, M), dtype=dt, device=be.device),
-            rho=xp.full((M,), self.rho0, dtype=dt, device=be.device), tol_factor=xp.ones(M, dtype=dt, device=be.device),
-            lower_bound=xp.full((M,), np.nan, dtype=xp.float64, device=be.device), X_widest=None)
-        if relu:
-            s.ceiling = feasibility.ceiling(xp, s.on_omega, program.upper)
-        if relu and not program.rows:  # dual_bound's direction: the widest row on each neuron's Omega, made once
-            s.X_widest = layer.X.times_transposed(layer.widest[1] * s.on_omega)[0]
-        s.Z = project(xp, layer.X.left_times(U.T), s, relu, coupled)
+        s = self.s = WorkingSet.start(be, layer, program, shape, start_weights, original_eps, margin, settings)
+        s.Z = project(xp, layer.X.left_times(s.U.T), s, program)
         self.accelerator = (memory_or_none(be, settings.anderson, self.together)
                             if settings.stopping == "residuals" else None)
         if self.accelerator is not None:
@@ -213,7 +208,7 @@ class Iteration:
             moves = (XU - s.Z, U - s.W) if a == 1 else (a * (XU - s.Z), a * (U - s.W))
             # checks take the plain step, so their residual formulas stay exact
             zeta_z, zeta_w = self.accelerator.step_by(*moves, accelerate=not check)
-        Z_new = project(xp, zeta_z, s, self.relu, self.coupled)
+        Z_new = project(xp, zeta_z, s, self.program)
         W_new = self.shrink(zeta_w)
         previous = Previous(U=s.U, W=s.W, Dz=s.Dz, XZ=XZ, XD=XD, XU=XU)
         s.U, s.Z, s.W, s.Dz, s.Dw = U, Z_new, W_new, zeta_z - Z_new, zeta_w - W_new
@@ -249,7 +244,7 @@ class Iteration:
         residuals = self._residuals(previous)
         gap_allowed = self.settings.gap_tol * max(1.0, iteration / self.settings.gap_patience)
         certified, zero, infeasible = self._certificates(previous, residuals.XD, gap_allowed)
-        flags, summary = self._to_host((residuals.converged, certified, zero, infeasible), xp.stack([
+        flags, summary = to_host(be, (residuals.converged, certified, zero, infeasible), xp.stack([
             xp.max(residuals.primal), xp.max(residuals.dual), xp.min(s.rho), xp.max(s.rho)]))
         converged, certified, zero, infeasible = flags
         infeasible = self._believed(infeasible)
@@ -286,18 +281,18 @@ class Iteration:
         X Dz^T is a product of its own (not an update from G U): the dual bound needs it accurate. The next
         iteration's right-hand side reuses both products (self.products)."""
         xp, s, beta, settings = self.xp, self.s, self.beta, self.settings
-        per_budget = partial(feasibility.per_budget, xp, coupled=self.together)
+        total = partial(per_budget, xp, coupled=self.together)
         XZ_new, XD_new = self.layer.X.times_transposed(s.Z, s.Dz)
         self.products = (XZ_new, XD_new)
         rho, N, P, XU = s.rho, self.shape[0], self.shape[1], previous.XU
-        primal = xp.sqrt(per_budget(squared_norms(xp, XU - s.Z, 1) + beta * squared_norms(xp, s.U - s.W, 0)))
+        primal = xp.sqrt(total(squared_norms(xp, XU - s.Z, 1) + beta * squared_norms(xp, s.U - s.W, 0)))
         # rho outside the squares: rho is 1e23 on features of 1e-11 (rho is the same for every neuron when coupled)
-        dual = rho * xp.sqrt(per_budget(squared_norms(xp, XZ_new - previous.XZ + beta * (s.W - previous.W), 0)))
-        iterate_scale = xp.sqrt(per_budget(xp.maximum(
+        dual = rho * xp.sqrt(total(squared_norms(xp, XZ_new - previous.XZ + beta * (s.W - previous.W), 0)))
+        iterate_scale = xp.sqrt(total(xp.maximum(
             squared_norms(xp, XU, 1) + beta * squared_norms(xp, s.U, 0),
             squared_norms(xp, s.Z, 1) + beta * squared_norms(xp, s.W, 0))))
         # At the optimum X y_z^T + beta y_w = 0 (U carries no cost), so the dual scale is that of either term.
-        dual_scale = rho * xp.sqrt(per_budget(xp.maximum(squared_norms(xp, XD_new, 0),
+        dual_scale = rho * xp.sqrt(total(xp.maximum(squared_norms(xp, XD_new, 0),
                                                          beta**2 * squared_norms(xp, s.Dw, 0))))
         # Tightened tolerances (restoration rounds) stop at what the working precision can resolve.
         relative = xp.maximum(s.tol_factor * settings.rel_tol, 50 * float(xp.finfo(self.dt).eps))
@@ -311,19 +306,19 @@ class Iteration:
         """(certified, zero, infeasible) on the device: each neuron's objective within gap_allowed of its new
         certified lower bound (kept in s.lower_bound), at zero, or proven infeasible by its dual increment."""
         xp, s = self.xp, self.s
+        user_eps, user_upper = s.user_budget(self.be, self.program)
         if self.rows:
-            s.lower_bound = feasibility.rows_dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(),
-                                                        self.relu, self.coupled, self.program.group_size)
+            s.lower_bound = rows_dual_bound(xp, s, s.Dz, XD_new, user_eps, user_upper, self.program)
         else:
             k, widest_row, X_widest = self.layer.widest
             if s.X_widest is not None:
                 widest_row, X_widest = widest_row * s.on_omega, s.X_widest
-            s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, self._user_eps(), self._user_upper(), self.relu,
-                                       self.coupled, widest=(k, widest_row, X_widest))
+            s.lower_bound = dual_bound(xp, s, s.Dz, XD_new, user_eps, user_upper, self.program,
+                                       widest=(k, widest_row, X_widest))
         objective = self._objective()
         certified = within_gap(objective, s.lower_bound, gap_allowed, self.absolute_gap) & (objective > 0)
-        infeasible = certify_infeasible(xp, s, self.relu, self.coupled, s.Dz - previous.Dz, XD_new - previous.XD,
-                                        self.layer.x_norm, self._user_eps(), self._user_upper())
+        infeasible = certify_infeasible(xp, s, self.program, s.Dz - previous.Dz, XD_new - previous.XD,
+                                        self.layer.x_norm, user_eps, user_upper)
         return certified, objective == 0, infeasible
 
     def _believed(self, infeasible: np.ndarray) -> np.ndarray:
@@ -346,24 +341,7 @@ class Iteration:
             costs = rowgroups.firsts(xp, s.cost[:, 0], size)
             total = xp.sum(xp.astype(costs * rowgroups.norms(xp, s.W, size), xp.float64))
             return xp.zeros((s.neurons.size,), dtype=xp.float64, device=self.be.device) + total
-        return feasibility.per_budget(xp, xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64),
-                                      self.coupled)
-
-    def _to_host(self, flags, summary):
-        """The per-neuron flags (host bool arrays) and the summary numbers, in one transfer."""
-        xp = self.xp
-        stacked = xp.stack([xp.astype(flag, xp.float64) for flag in flags])
-        host = self.be.to_host(xp.concat([xp.reshape(stacked, (-1,)), xp.astype(summary, xp.float64)]))
-        k = self.s.neurons.size
-        return host[:len(flags) * k].reshape(len(flags), k) > 0.5, host[len(flags) * k:]
-
-    def _user_eps(self):
-        s = self.s
-        return s.original_eps if self.coupled else self.xp.take(s.original_eps, self.be.asarray(s.neurons), axis=0)
-
-    def _user_upper(self):
-        upper = self.program.upper
-        return upper if isinstance(upper, float) else self.xp.take(upper, self.be.asarray(self.s.neurons), axis=0)
+        return per_budget(xp, xp.astype(xp.sum(s.cost * xp.abs(s.W), axis=0), xp.float64), self.coupled)
 
     def _keep(self, mask: np.ndarray) -> None:
         s, index = self.s, self.be.asarray(np.flatnonzero(mask))

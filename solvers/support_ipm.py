@@ -14,7 +14,7 @@ radius e = sqrt(eps^2 - ||y_Omega||^2 + ||g||^2). A is a working set of Omega^c 
 violated ones. Clarabel (its own interface: CVXPY's canonicalization would cost as much as the solve) returns u and the
 duals mu of the cone and nu >= 0 of the cuts. lam = (mu r / e on Omega, nu on A, 0 elsewhere), r the fit's
 residual, is a dual point of the neuron's whole program (the multiplier of ||r|| <= eps is mu ||r|| / e, along
-r), so weak duality (feasibility.dual_bound) bounds the optimum by -t sigma_C(lam) with t = 1 / max_i
+r), so weak duality (certificates.dual_bound) bounds the optimum by -t sigma_C(lam) with t = 1 / max_i
 |(X lam)_i| / c_i over every row of X. Rows off S where |(X lam)_i| / c_i exceeds its level on S are the weights
 whose entry would lower the objective: up to GROW of the largest join S (the working sets of Lasso solvers) and
 the program is solved again, until the bound proves u within the gap tolerance. Clarabel's accuracy bears only
@@ -30,7 +30,7 @@ import clarabel
 import numpy as np
 import scipy.sparse as sparse
 
-from .feasibility import within_gap
+from .certificates import within_gap
 from .reference import HIGH_ACCURACY
 
 #: Omega^c samples in the first working set, at least FIRST and FIRST_PER_ROOT sqrt(P), and the most violated ones
@@ -216,7 +216,7 @@ def _clarabel(cone, B: np.ndarray, limits: np.ndarray, cost: np.ndarray):
 def _bound(neuron: dict, lam: np.ndarray, X_lam: np.ndarray):
     """(|X lam| / c per row, the weak-duality bound -t sigma_C(lam)) for lam >= 0 on Omega^c: t lam is a dual
     point for any t > 0 that keeps |X t lam| <= c, and -t sigma_C(lam) is largest at t = 1 / max_i |(X lam)_i| / c_i
-    (feasibility.dual_bound scales into the box only downward: there lam's size is the ADMM's)."""
+    (certificates.dual_bound scales into the box only downward: there lam's size is the ADMM's)."""
     cost, omega = neuron["cost"], neuron["omega"]
     box = np.abs(X_lam)
     over = np.where(cost > 0, box / np.where(cost > 0, cost, 1.0), np.where(box > 0, np.inf, 0.0))

@@ -344,11 +344,12 @@ def test_anderson_forgets_a_rescaled_neuron_only():
 
 @pytest.mark.parametrize("cascade", [False, True])
 def test_a_tightened_neuron_gets_the_users_program_back(cascade):
-    """A restoration round lowers a neuron's internal budget and its whole Omega^c bound (feasibility.tighten);
+    """A restoration round lowers a neuron's internal budget and its whole Omega^c bound (constraints.tighten);
     back_to_the_program gives the chosen neurons the user's budget and bound again, and only them."""
-    from solvers import feasibility
+    from solvers import constraints
     from solvers.arrays import backend
-    from solvers.iteration import Program, WorkingSet
+    from solvers.constraints import Program
+    from solvers.iteration import WorkingSet
 
     rng = np.random.default_rng(0)
     Y = np.maximum(rng.standard_normal((3, 20)), 0.0)
@@ -358,16 +359,16 @@ def test_a_tightened_neuron_gets_the_users_program_back(cascade):
     on_omega = omega.astype(float)
     s = WorkingSet(neurons=np.arange(3), rounds_left=np.full(3, 4), tight=np.zeros(3, dtype=bool),
                    inside_margin=np.ones(3, dtype=bool), Y=Y, on_omega=on_omega, tol_factor=np.ones(3),
-                   eps=np.array([[0.9], [1.8], [2.7]]), ceiling=feasibility.ceiling(np, on_omega, user_upper))
+                   eps=np.array([[0.9], [1.8], [2.7]]), ceiling=constraints.ceiling(np, on_omega, user_upper))
     user_ceiling = np.where(omega, np.inf, np.broadcast_to(user_upper, (3, 20)))
     np.testing.assert_array_equal(s.ceiling, user_ceiling)
-    feasibility.tighten(backend("cpu"), s, np.array([0, 2]), np.array([0.1, 0.2]), np.array([0.05, 0.01]),
-                        relu=True, coupled=False, rounds=4)
+    constraints.tighten(backend("cpu"), s, np.array([0, 2]), np.array([0.1, 0.2]), np.array([0.05, 0.01]),
+                        program, rounds=4)
     assert s.tight.tolist() == [True, False, True] and s.rounds_left.tolist() == [3, 4, 3]
     assert s.tol_factor.tolist() == [1.0, 1.0, 1.0]  # the tolerances from the third round on only
     tightened_ceiling = np.array(s.ceiling)
     np.testing.assert_array_equal(tightened_ceiling[2], user_ceiling[2] - 0.02)  # twice the violation; inf on Omega
-    feasibility.back_to_the_program(backend("cpu"), s, np.array([0]), program)
+    constraints.back_to_the_program(backend("cpu"), s, np.array([0]), program)
     assert s.tight.tolist() == [False, False, True] and not s.inside_margin[0]
     np.testing.assert_array_equal(s.eps[:, 0], [1.0, 1.8, 2.7 - 0.4])
     np.testing.assert_array_equal(s.ceiling[0], user_ceiling[0])
@@ -376,17 +377,19 @@ def test_a_tightened_neuron_gets_the_users_program_back(cascade):
 
 @pytest.mark.parametrize("coupled", [False, True])
 def test_the_third_restoration_round_tightens_the_tolerances_too(coupled):
-    """feasibility.tighten: from the third of 4 rounds on, the stopping tolerances of the neurons retried shrink
+    """constraints.tighten: from the third of 4 rounds on, the stopping tolerances of the neurons retried shrink
     by 0.3 (all the neurons' when they are coupled)."""
-    from solvers import feasibility
+    from solvers import constraints
     from solvers.arrays import backend
+    from solvers.constraints import Program
     from solvers.iteration import WorkingSet
 
     s = WorkingSet(neurons=np.arange(3), rounds_left=np.full(3, 4), tight=np.zeros(3, dtype=bool),
                    tol_factor=np.ones(3), eps=0.9 if coupled else np.ones((3, 1)), Y=np.zeros((3, 5)))
     retried = np.array([0])
+    program = Program(Y=s.Y, omega=np.ones((3, 5), dtype=bool), upper=0.0, eps=0.9 if coupled else np.ones(3),
+                      l1_weights=None, relu=False, coupled=coupled)
     for round_ in range(3):
-        feasibility.tighten(backend("cpu"), s, retried, np.array([0.01]), np.zeros(1), relu=False,
-                            coupled=coupled, rounds=4)
+        constraints.tighten(backend("cpu"), s, retried, np.array([0.01]), np.zeros(1), program, rounds=4)
         expected = 1.0 if round_ < 2 else 0.3
         np.testing.assert_allclose(s.tol_factor, [expected, expected if coupled else 1.0, expected if coupled else 1.0])

@@ -1,11 +1,11 @@
-"""solvers/feasibility.py: the gap rule, the support function of the constraint set, and Farkas certificates."""
+"""solvers/certificates.py: the gap rule, the support function of the constraint set, and Farkas certificates."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from solvers.feasibility import certify_infeasible, support_function, within_gap
+from solvers.certificates import certify_infeasible, support_function, within_gap
 
 
 def test_the_gap_rule_is_relative_plus_absolute():
@@ -29,7 +29,7 @@ def test_the_support_function_is_attained_at_a_point_of_the_set(relu):
     upper = rng.standard_normal((M, P)) if relu else 0.0
     lam = np.where(omega, rng.standard_normal((M, P)), rng.random((M, P)))  # >= 0 on Omega^c
     s = working_set(Y, omega)
-    sigma = support_function(np, s, lam, eps, upper, coupled=False)
+    sigma = support_function(np, s, lam, eps, upper, SimpleNamespace(relu=relu, coupled=False))
     on = lam * omega
     best = np.where(omega, Y + eps * on / np.linalg.norm(on, axis=1, keepdims=True), upper)
     np.testing.assert_allclose(np.sum(lam * best, axis=1), sigma, rtol=1e-12)
@@ -52,8 +52,8 @@ def test_a_response_outside_the_row_space_by_more_than_eps_is_certified_infeasib
     x_norm = np.linalg.norm(X, 2)
 
     def certified(eps):
-        return bool(certify_infeasible(np, s, False, False, increment, X @ increment.T, x_norm,
-                                       np.array([eps]), 0.0)[0])
+        flags = SimpleNamespace(relu=False, coupled=False)
+        return bool(certify_infeasible(np, s, flags, increment, X @ increment.T, x_norm, np.array([eps]), 0.0)[0])
 
     assert certified(0.9 * distance)
     assert not certified(1.1 * distance)  # feasible: the least-squares fit keeps this budget

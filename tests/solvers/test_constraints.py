@@ -1,12 +1,11 @@
-"""solvers/iteration.py: the Z-step's Euclidean projection onto the constraint set C."""
+"""solvers/constraints.py: the Z-step's Euclidean projection onto the constraint set C."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from solvers.feasibility import ceiling
-from solvers.iteration import project
+from solvers.constraints import ceiling, project
 
 
 @pytest.mark.parametrize(("relu", "coupled"), [(False, False), (True, False), (True, True)])
@@ -31,9 +30,10 @@ def test_the_projection_lands_in_the_set_and_no_point_of_the_set_is_closer(relu,
         return bool(np.all(norms(Z) <= 0.5 + slack) and below)
 
     A = Y + 2 * rng.standard_normal((M, P))
-    projected = project(np, A, s, relu, coupled)
+    flags = SimpleNamespace(relu=relu, coupled=coupled)
+    projected = project(np, A, s, flags)
     assert inside(projected) and not inside(A)
-    np.testing.assert_allclose(project(np, projected, s, relu, coupled), projected, atol=1e-12)
+    np.testing.assert_allclose(project(np, projected, s, flags), projected, atol=1e-12)
     for _ in range(200):
         direction = rng.standard_normal((M, P)) * omega
         scale = 0.5 * rng.random() / max(float(np.max(norms(Y + direction))), 1e-12) if coupled else (
