@@ -45,6 +45,19 @@ INHERITED_CAP = 0.5
 SMALL_PROGRAM_FEATURES = 32
 
 
+def cascade_budget(plan, index: int, layers: int, target: float | None, g: float) -> tuple[float, float | None]:
+    """(g, cascade_factor) of layer `index` of `layers` for layer_problem. Parallel mode and a cascade's first
+    layer: (g, None), the budget g ||Y|| alone. A later cascade layer inherits the error of the layers before it
+    (Aghasi et al. 2020, Theorem 3): without a target its budget is that error times gamma (kappa for the last
+    layer when given), (0, factor); with a target, the inherited error plus its searched g, (g, 1)."""
+    if plan.mode != "cascade" or index == 0:
+        return g, None
+    if target is not None:
+        return g, 1.0
+    last = plan.kappa is not None and index == layers - 1
+    return 0.0, plan.kappa if last else plan.gamma
+
+
 def layer_problem(layer: Layer, X, Y, W, activation, budget, g, cascade_factor,
                   input_group: int | None = None) -> LayerProblem | GroupedProblem:
     """The layer program with eps^2 = (g ||Y||)^2, plus factor ||(W^T X - Y)_Omega||^2 (at most

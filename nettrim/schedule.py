@@ -14,6 +14,7 @@ the other tasks are cancelled and nothing is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import multiprocessing
@@ -66,14 +67,18 @@ class SharedArray:
         return np.load(self.path, mmap_mode="r")
 
 
-def solve_block(X, Y, eps, activation, upper, weights, l1_weights, backend, options,
-                structure=("weights", None, 1)) -> LayerResult:
-    """A worker's task: the program of one block of neurons (X may be a SharedArray); `structure` is the
-    program's (structure, group_weights, group_size)."""
+def solve_block(X, piece: dict, backend: str, options: dict) -> LayerResult:
+    """A worker's task: the program of one block of neurons, LayerProblem(X, **piece) (X may be a SharedArray;
+    piece: the block's program but X, `without_input`)."""
     if isinstance(X, SharedArray):
         X = X.load()
-    problem = LayerProblem(X, Y, eps, activation, upper, weights, l1_weights, *structure)
-    return solvers.solve(problem, backend=backend, **options)
+    return solvers.solve(LayerProblem(X, **piece), backend=backend, **options)
+
+
+def without_input(problem: LayerProblem) -> dict:
+    """The fields of `problem` that LayerProblem takes, X apart (each task gets X as shared, once)."""
+    return {field.name: getattr(problem, field.name) for field in dataclasses.fields(problem)
+            if field.init and field.name != "X"}
 
 
 def _limit_threads(threads: int) -> None:
@@ -190,14 +195,8 @@ class Scheduler:
             task_options = dict(shared_options)
             if task_options.get("initial") is not None:
                 task_options["initial"] = np.asarray(task_options["initial"])[:, block]
-            eps = problem.eps[block] if problem.per_neuron else problem.eps
-            upper = None if problem.upper is None else problem.upper[block]
-            weights = None if problem.original_weights is None else problem.original_weights[:, block]
-            l1_weights = None if problem.l1_weights is None else problem.l1_weights[:, block]
-            future = self.executor.submit(solve_block, X, problem.Y[block], eps, problem.activation, upper,
-                                          weights, l1_weights, backend, task_options,
-                                          (problem.structure, problem.group_weights, problem.group_size))
-            futures[future] = index
+            piece = problem.neurons(block) if len(blocks) > 1 else problem  # one block: the coupled programs too
+            futures[self.executor.submit(solve_block, X, without_input(piece), backend, task_options)] = index
         with self._lock:
             self._outstanding.update(futures)
         results = self._gather(futures, blocks, label, progress)
@@ -340,4 +339,5 @@ def _solve_here(problem: LayerProblem, backend: str, options: dict, label: str, 
             bar.close()
 
 
-__all__ = ["BlockError", "Scheduler", "SharedArray", "available_cores", "check_scheduling", "solve_block"]
+__all__ = ["BlockError", "Scheduler", "SharedArray", "available_cores", "check_scheduling", "solve_block",
+           "without_input"]

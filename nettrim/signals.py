@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -198,3 +199,19 @@ def _forward_error(error: Exception, current: list, batch: torch.Tensor) -> Valu
                           f"(calibration batch {tuple(batch.shape)}): {error}")
     return ValueError(f"calibration: the model's forward pass failed on a batch of shape {tuple(batch.shape)}: "
                       f"{type(error).__name__}: {error}")
+
+
+@dataclass
+class TrimmedInput:
+    """A layer's input X in `model` as trimmed so far (a cascade's re-capture): the calibration batches through
+    the model, sampled as the original capture was (capture's positions, max_samples and seed)."""
+
+    model: nn.Module
+    batches: list[torch.Tensor]
+    positions: dict[str, int]
+    max_samples: int | None
+    seed: int
+
+    def __call__(self, layer: Layer) -> np.ndarray:
+        return capture(self.model, self.batches, [layer], self.positions, self.max_samples, self.seed,
+                       refuse_shared_layers=False)[layer.name]

@@ -28,30 +28,24 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, neurons
+from . import neurons
 from .allocation import allocate
-from .arguments import (
-    check_cascade_overrides,
-    check_limits,
-    check_options,
-    check_structure,
-    per_layer,
-    solver_options_for,
-    sparsity_aims,
-)
+from .arguments import check_cascade_overrides, per_layer
 from .checkpoint import Checkpoint, fingerprint
 from .graph import LayerGraph, fold_batchnorm, trace_layers
 from .layers import Layer, select_layers, untrimmed_layers
 from .passes import Trimming
+from .plan import TrimPlan
 from .refit import refit_layers
 from .report import Report
-from .schedule import Scheduler, check_scheduling
-from .signals import DEFAULT_BATCH_SIZE, calibration_batches, capture
+from .schedule import Scheduler
+from .signals import DEFAULT_BATCH_SIZE, TrimmedInput, calibration_batches, capture
 from .target import smallest_budget
 
 #: The batch sizes of the CPU latency that neuron trimming reports.
@@ -147,76 +141,88 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     every layer has been trimmed: an error leaves it as it was, and Ctrl-C raises TrimInterrupted, which
     holds the layers trimmed so far.
     """
+    arguments = {name: value for name, value in locals().items() if name not in ("model", "calibration")}
     start = time.perf_counter()
-    refit, relu_program, reweight = sparsity_aims(refit, relu_program, reweight, target_sparsity, model_sparsity)
-    check_options(mode, backend, budget, gamma, kappa, max_samples, reweight, max_epsilon)
-    check_structure(structure, inplace, gather_inputs)
-    check_limits(backend, max_iter, time_limit, model_sparsity, target_sparsity, checkpoint)
-    solve_options = solver_options_for(backend, device, solver_options, max_iter)
-    check_scheduling(executor, workers, block_size)
-    batches = calibration_batches(calibration, batch_size)
+    plan = TrimPlan.of(**arguments)
+    batches = calibration_batches(calibration, plan.batch_size)
     work = _working_copy(model)
-    selected = select_layers(work, layers, exclude)
-    graph = _layer_graph(work, selected, relu_layers)
-    budgets = per_layer("epsilon", epsilon, selected, DEFAULT_EPSILON, upper=1.0)
-    targets = (per_layer("target_sparsity", target_sparsity, selected, None, upper=1.0)
-               if target_sparsity is not None else dict.fromkeys(budgets))
-    fold_batchnorm(work, graph.batchnorm)
-    example = batches[0]
-    input_groups = neurons.input_group_sizes(work, selected, example) if structure == "neurons" else None
-
-    positions = {layer.name: index for index, layer in enumerate(selected)}
-    original = capture(work, batches, selected, positions, max_samples, seed)
-    by_name = {layer.name: layer for layer in selected}
-    order = [by_name[name] for name in original]  # execution order
-    original_weights = {layer.name: layer.weight_matrix() for layer in order} if refit else None
-    uncalled = _uncalled_layers(selected, original, layers)
-    if mode == "cascade":
-        check_cascade_overrides(epsilon, order)
-    report = Report(mode=mode, backend=backend, folded_batchnorm=dict(graph.batchnorm), reweight=reweight,
-                    not_trimmed={**untrimmed_layers(work), **uncalled}, structure=structure)
-    if report.not_trimmed:
-        warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=2)
-    trimming = Trimming(order, set(graph.relu), original,
-                        lambda layer: capture(work, batches, [layer], positions, max_samples, seed, False)[layer.name],
-                        mode, budget, gamma, kappa, backend, solve_options, reweight, targets, max_epsilon,
-                        time_limit, input_groups, refit=refit, relu_program=relu_program)
+    trimming, budgets, report, folded = _prepared(work, batches, plan)
     store = None
-    if checkpoint is not None:
-        settings = dict(mode=mode, budgets=budgets, targets=targets, budget=budget, gamma=gamma, kappa=kappa,
-                        reweight=reweight, max_epsilon=max_epsilon, max_samples=max_samples, seed=seed,
-                        batch_size=batch_size, backend=backend, solve_options=solve_options, time_limit=time_limit,
-                        relu=sorted(graph.relu), structure=structure, refit=refit, relu_program=relu_program,
-                        version=__version__)
-        store = Checkpoint(checkpoint, fingerprint(settings, [layer.weight_matrix() for layer in order],
-                                                   original[order[0].name]))
-        _resume(store, by_name, report, progress)
+    if plan.checkpoint is not None:
+        key = fingerprint(plan.fingerprinted(budgets, trimming.targets, trimming.relu),
+                          [trimming.weights[layer.name] for layer in trimming.order],
+                          trimming.original[trimming.order[0].name])
+        store = Checkpoint(plan.checkpoint, key)
+        _resume(store, trimming.order, report, plan.progress)
     try:
-        with Scheduler(executor, workers, block_size) as scheduler:
-            if model_sparsity is None:
-                trimming.run(report, budgets, scheduler, progress=progress, checkpoint=store,
-                             keep_signals=refit and not trimming.refit_in_loop)
-            else:
-                report = _reach_model_sparsity(trimming, report, budgets, scheduler, model_sparsity, progress)
-        if refit and not trimming.refit_in_loop:
-            errors = refit_layers(order, trimming.relu, original, original_weights, trimming.trimmed_input, progress)
-            for row in report.layers:
-                row.refit_error = errors[row.name]
+        with Scheduler(plan.executor, plan.workers, plan.block_size) as scheduler:
+            report = _trimmed(trimming, report, budgets, scheduler, store)
     except KeyboardInterrupt as interrupt:
         work.train(model.training)
         raise TrimInterrupted(work, report, store) from interrupt
+    _finish(model, work, trimming, report, folded, batches[0])
+    report.seconds = time.perf_counter() - start
+    return (model if plan.inplace else work), report
 
+
+def _prepared(work: nn.Module, batches: list[torch.Tensor], plan: TrimPlan) -> tuple[Trimming, dict, Report, dict]:
+    """The trim of `work` (a copy of the caller's model) under `plan`: its layers selected, BatchNorm folded, the
+    original signals captured. Returns the Trimming, each layer's g, the report to fill (the layers left as they
+    are named, with a warning) and the BatchNorms folded ({layer: batchnorm})."""
+    selected = select_layers(work, plan.layers, plan.exclude)
+    graph = _layer_graph(work, selected, plan.relu_layers)
+    budgets = per_layer("epsilon", plan.epsilon, selected, DEFAULT_EPSILON, upper=1.0)
+    targets = (per_layer("target_sparsity", plan.target_sparsity, selected, None, upper=1.0)
+               if plan.target_sparsity is not None else dict.fromkeys(budgets))
+    fold_batchnorm(work, graph.batchnorm)
+    input_groups = (neurons.input_group_sizes(work, selected, batches[0]) if plan.structure == "neurons" else None)
+    positions = {layer.name: index for index, layer in enumerate(selected)}
+    original = capture(work, batches, selected, positions, plan.max_samples, plan.seed)
+    by_name = {layer.name: layer for layer in selected}
+    order = [by_name[name] for name in original]  # execution order
+    uncalled = _uncalled_layers(selected, original, plan.layers)
+    if plan.mode == "cascade":
+        check_cascade_overrides(plan.epsilon, order)
+    report = Report(mode=plan.mode, backend=plan.backend, folded_batchnorm=dict(graph.batchnorm),
+                    reweight=plan.reweight, not_trimmed={**untrimmed_layers(work), **uncalled},
+                    structure=plan.structure)
+    if report.not_trimmed:
+        warnings.warn(f"nettrim leaves these layers as they are: {report.not_trimmed}", stacklevel=3)
+    trimmed_input = TrimmedInput(work, batches, positions, plan.max_samples, plan.seed)
+    weights = {layer.name: layer.weight_matrix() for layer in order}
+    trimming = Trimming(plan, order, set(graph.relu), original, weights, trimmed_input, targets, input_groups)
+    return trimming, budgets, report, graph.batchnorm
+
+
+def _trimmed(trimming: Trimming, report: Report, budgets: dict[str, float], scheduler: Scheduler,
+             store: Checkpoint | None) -> Report:
+    """Every layer trimmed (to the model's sparsity when the plan has one), then refitted once when the plan
+    refits after the trim (Trimming.refit_in_loop: otherwise as they are trimmed). Returns the filled report."""
+    plan = trimming.plan
+    if plan.model_sparsity is None:
+        trimming.run(report, budgets, scheduler, checkpoint=store, keep_signals=trimming.refit_after)
+    else:  # its allocation gives the layers targets, which can make the refit one in the loop
+        report = _reach_model_sparsity(trimming, report, budgets, scheduler)
+    if trimming.refit_after:
+        errors = refit_layers(trimming.order, trimming.relu, trimming.original, trimming.weights,
+                              trimming.trimmed_input, plan.progress)
+        for row in report.layers:
+            row.refit_error = errors[row.name]
+    return report
+
+
+def _finish(model: nn.Module, work: nn.Module, trimming: Trimming, report: Report, folded: dict[str, str],
+            example: torch.Tensor) -> None:
+    """A finished trim's last steps: the dense fallback warning, neuron removal (structure="neurons"), `work`
+    in the caller's training mode, and with inplace its weights copied into the caller's model."""
     fallbacks = report.dense_fallback_warning()
     if fallbacks:
-        warnings.warn(fallbacks, UserWarning, stacklevel=2)
-    if structure == "neurons":
-        _remove_neurons(model, work, order, report, example, gather_inputs)
+        warnings.warn(fallbacks, UserWarning, stacklevel=3)
+    if trimming.plan.structure == "neurons":
+        _remove_neurons(model, work, trimming.order, report, example, trimming.plan.gather_inputs)
     work.train(model.training)
-    if inplace:
-        _commit(model, work, order, graph.batchnorm)
-        work = model
-    report.seconds = time.perf_counter() - start
-    return work, report
+    if trimming.plan.inplace:
+        _commit(model, work, trimming.order, folded)
 
 
 def _remove_neurons(model: nn.Module, work: nn.Module, order: list[Layer], report: Report,
@@ -267,8 +273,9 @@ def _working_copy(model: nn.Module) -> nn.Module:
         raise ValueError(f"model: cannot be copied with copy.deepcopy ({error})") from error
 
 
-def _resume(store: Checkpoint, by_name: dict[str, Layer], report: Report, progress: bool) -> None:
+def _resume(store: Checkpoint, order: list[Layer], report: Report, progress: bool) -> None:
     """Set the weights of the layers the checkpoint holds and take their rows: the trim goes on after them."""
+    by_name = {layer.name: layer for layer in order}
     for row in store.rows:
         by_name[row.name].set_weight_matrix(store.weights(row.name))
         report.layers.append(row)
@@ -277,56 +284,40 @@ def _resume(store: Checkpoint, by_name: dict[str, Layer], report: Report, progre
               file=sys.stderr, flush=True)
 
 
-def _reach_model_sparsity(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler,
-                          target: float, progress: bool) -> Report:
-    """Trim to `target` model sparsity. Weights: each layer's share from nettrim/allocation.py, reached by the
+def _reach_model_sparsity(trimming: Trimming, template: Report, budgets: dict[str, float],
+                          scheduler: Scheduler) -> Report:
+    """Trim to the plan's model sparsity. Weights: each layer's share from nettrim/allocation.py, reached by the
     layer's own budget search, in one pass. Neurons: the smallest factor t on every layer's g whose trimmed model
     reaches it (bisection over whole trims, each warm started from the closest)."""
     if trimming.input_groups is None:
-        return _allocated_trim(trimming, template, budgets, scheduler, target, progress)
-    return _scaled_trims(trimming, template, budgets, scheduler, target, progress)
+        return _allocated_trim(trimming, template, scheduler)
+    return _scaled_trims(trimming, template, budgets, scheduler)
 
 
-def _allocated_trim(trimming: Trimming, report: Report, budgets: dict[str, float], scheduler: Scheduler,
-                    target: float, progress: bool) -> Report:
-    """One pass with per-layer target sparsities that add up to `target` (nettrim/allocation.py), each layer's
-    search starting from allocation's guess (`budgets` are not used)."""
-    weights = {layer.name: layer.weight_matrix() for layer in trimming.order}
-    allocation = allocate(trimming.order, weights, trimming.original, target)
-    shares = allocation.shares
-    trimming.targets = shares
-    trimming.run(report, allocation.budgets, scheduler, progress=progress,
-                 keep_signals=trimming.refit and not trimming.refit_in_loop)
+def _allocated_trim(trimming: Trimming, report: Report, scheduler: Scheduler) -> Report:
+    """One pass with per-layer target sparsities that add up to the model's (nettrim/allocation.py), each layer's
+    search starting from allocation's guess."""
+    target = trimming.plan.model_sparsity
+    allocation = allocate(trimming.order, trimming.weights, trimming.original, target)
+    trimming.targets = allocation.shares
+    trimming.run(report, allocation.budgets, scheduler, keep_signals=trimming.refit_after)
     reached = 1 - report.kept
-    report.model_sparsity = {"target": target, "reached": reached, "allocation": shares}
+    report.model_sparsity = {"target": target, "reached": reached, "allocation": allocation.shares}
     if reached < target - MODEL_SPARSITY_TOLERANCE:
         short = [row.name for row in report.layers if row.target_sparsity is not None
                  and 1 - row.kept < row.target_sparsity - MODEL_SPARSITY_TOLERANCE]
         warnings.warn(f"model_sparsity {target:g}: the trim reached {reached:.4f}; layers {short} stopped short of "
-                      f"their shares at g = max_epsilon = {trimming.max_epsilon:g}", UserWarning, stacklevel=3)
+                      f"their shares at g = max_epsilon = {trimming.plan.max_epsilon:g}", UserWarning, stacklevel=5)
     return report
 
 
-def _scaled_trims(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler,
-                  target: float, progress: bool) -> Report:
-    """The smallest factor t on every layer's g whose trimmed model reaches `target` sparsity (bisection over
+def _scaled_trims(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler) -> Report:
+    """The smallest factor t on every layer's g whose trimmed model reaches the model's sparsity (bisection over
     whole trims, each warm started from the closest); the model is left with that trim's weights."""
-    originals = {layer.name: layer.weight_matrix() for layer in trimming.order}
-    first = trimming.order[0].name
-    largest = budgets[first] if trimming.mode == "cascade" else max(budgets.values())
-
-    def trim_at(scale: float, closest):
-        for layer in trimming.order:
-            layer.set_weight_matrix(originals[layer.name])
-        report = replace(template, layers=[])
-        solutions = trimming.run(report, {name: scale * g for name, g in budgets.items()}, scheduler,
-                                 progress=progress, initial=None if closest is None else closest[1])
-        if progress:
-            print(f"nettrim: model sparsity {1 - report.kept:.4f} with every g scaled by {scale:.4g} "
-                  f"(target {target:g})", file=sys.stderr, flush=True)
-        return report, solutions
-
-    search = smallest_budget(target, trim_at, g_low=0.0, g_first=1.0, g_max=trimming.max_epsilon / largest,
+    plan, target = trimming.plan, trimming.plan.model_sparsity
+    largest = budgets[trimming.order[0].name] if plan.mode == "cascade" else max(budgets.values())
+    scaled = ScaledTrim(trimming, template, budgets, scheduler)
+    search = smallest_budget(target, scaled, g_low=0.0, g_first=1.0, g_max=plan.max_epsilon / largest,
                              steps=12, rel_width=1e-3, close_enough=MODEL_SPARSITY_TOLERANCE,
                              measure=lambda outcome: 1 - outcome[0].kept)
     report, solutions = search.outcome
@@ -337,8 +328,31 @@ def _scaled_trims(trimming: Trimming, template: Report, budgets: dict[str, float
                              "trims": [[scale, value] for scale, value in search.evaluations]}
     if not search.reached or reached - target > 0.01:
         warnings.warn(f"model_sparsity {target:g}: the trim reached {reached:.4f} (every g scaled by "
-                      f"{search.g:.4g}, max_epsilon = {trimming.max_epsilon:g})", UserWarning, stacklevel=3)
+                      f"{search.g:.4g}, max_epsilon = {plan.max_epsilon:g})", UserWarning, stacklevel=5)
     return report
+
+
+@dataclass
+class ScaledTrim:
+    """A whole trim from the original weights with every layer's g scaled by one factor, for the model sparsity
+    search of neuron trimming: called with (scale, closest), closest the (report, solutions) of the closest
+    scale tried (its weights warm start the solves), it returns the trim's (report, solutions)."""
+
+    trimming: Trimming
+    template: Report
+    budgets: dict[str, float]
+    scheduler: Scheduler
+
+    def __call__(self, scale: float, closest) -> tuple[Report, dict[str, np.ndarray]]:
+        for layer in self.trimming.order:
+            layer.set_weight_matrix(self.trimming.weights[layer.name])
+        report = replace(self.template, layers=[])
+        solutions = self.trimming.run(report, {name: scale * g for name, g in self.budgets.items()}, self.scheduler,
+                                      initial=None if closest is None else closest[1])
+        if self.trimming.plan.progress:
+            print(f"nettrim: model sparsity {1 - report.kept:.4f} with every g scaled by {scale:.4g} "
+                  f"(target {self.trimming.plan.model_sparsity:g})", file=sys.stderr, flush=True)
+        return report, solutions
 
 
 def _layer_graph(model: nn.Module, selected: list[Layer], relu_layers) -> LayerGraph:

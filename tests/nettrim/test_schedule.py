@@ -151,10 +151,11 @@ def test_a_worker_that_raises_names_the_layer_and_block(model_and_data, monkeypa
     before = {name: value.clone() for name, value in model.state_dict().items()}
     real = nettrim.schedule.solve_block
 
-    def fails_on_one_block(X, Y, *args):
+    def fails_on_one_block(X, piece, *args):
+        Y = piece["Y"]
         if Y.shape[0] == 8 and np.allclose(Y, fails_on_one_block.target):
             raise FloatingPointError("injected failure")
-        return real(X, Y, *args)
+        return real(X, piece, *args)
 
     with torch.no_grad():
         W = model[2].weight.double()
