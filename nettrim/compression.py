@@ -163,41 +163,64 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     selection["total"] = weight_count(model, **selection)
     original = copy.deepcopy(model)
     history = History(_scored(evaluate, original), sparsity(original, **selection), max_drop)
-    best = _Kept(original, history.original_sparsity, 0, epsilon)
     tuning = dict(epochs=epochs, lr=lr, schedule=schedule, loss=loss, renormalize=renormalize, mixup=mixup,
                   progress=progress)
     if distill:
         tuning.update(teacher=copy.deepcopy(model).requires_grad_(False), distill=distill)
+    descent = _Descent(calibration, train_data, evaluate, selection, tuning, history, epsilon, rounds, grow,
+                       max_epsilon, progress, _Kept(original, history.original_sparsity, 0, epsilon))
     try:
         for stage in stages:
-            options = _stage_options(trim_options, stage)
-            current, g, rejected = best, epsilon, 0  # the model the descent trims; its parents are the way back
-            for _ in range(rounds):
-                candidate, entry = _round(current.model, calibration, train_data, evaluate, g, selection, options,
-                                          tuning)
-                entry.source = current.round
-                entry.accepted = (entry.metric >= history.original_metric - max_drop
-                                  and entry.sparsity > current.sparsity)
-                history.rounds.append(entry)
-                if progress:
-                    print(f"compress: round {len(history.rounds)} ({stage}) from round {current.round}, g = {g:.4g}: "
-                          f"sparsity {entry.sparsity:.2%}, metric {entry.metric:.4g} "
-                          f"({'kept' if entry.accepted else 'dropped'})", flush=True)
-                if entry.accepted:
-                    current = _Kept(candidate, entry.sparsity, len(history.rounds), g, current)
-                    best = max(best, current, key=lambda kept: kept.sparsity)
-                    g, rejected = min(g * grow, max_epsilon), 0
-                    continue
-                rejected += 1
-                if entry.sparsity > current.sparsity and (rejected < RETRIES or current.parent is None):
-                    g /= 2
-                elif current.parent is not None:  # back to the model it was trimmed from (module docstring)
-                    current, g, rejected = current.parent, current.epsilon / 2, 0
-                else:
-                    break  # no sparser than the original model: smaller budgets would remove even less
+            descent.stage(stage, _stage_options(trim_options, stage))
     except KeyboardInterrupt as interrupt:
-        raise CompressInterrupted(best.model.train(model.training), history) from interrupt
-    return best.model.train(model.training), history
+        raise CompressInterrupted(descent.best.model.train(model.training), history) from interrupt
+    return descent.best.model.train(model.training), history
+
+
+@dataclasses.dataclass
+class _Descent:
+    """compress's rounds: what they share, and `best`, the sparsest model kept so far (module docstring)."""
+
+    calibration: object
+    train_data: Iterable
+    evaluate: Callable[[nn.Module], float]
+    selection: dict
+    tuning: dict
+    history: History
+    epsilon: float
+    rounds: int
+    grow: float
+    max_epsilon: float
+    progress: bool
+    best: _Kept
+
+    def stage(self, stage: str, options: dict) -> None:
+        """Up to `rounds` rounds with the stage's trim options, descending from the best model so far: g grows
+        after an accepted round and halves after a rejected one, back to the parent after RETRIES rejections."""
+        current, g, rejected = self.best, self.epsilon, 0  # the model the descent trims; its parents the way back
+        for _ in range(self.rounds):
+            candidate, entry = _round(current.model, self.calibration, self.train_data, self.evaluate, g,
+                                      self.selection, options, self.tuning)
+            entry.source = current.round
+            entry.accepted = (entry.metric >= self.history.original_metric - self.history.max_drop
+                              and entry.sparsity > current.sparsity)
+            self.history.rounds.append(entry)
+            if self.progress:
+                print(f"compress: round {len(self.history.rounds)} ({stage}) from round {current.round}, g = {g:.4g}: "
+                      f"sparsity {entry.sparsity:.2%}, metric {entry.metric:.4g} "
+                      f"({'kept' if entry.accepted else 'dropped'})", flush=True)
+            if entry.accepted:
+                current = _Kept(candidate, entry.sparsity, len(self.history.rounds), g, current)
+                self.best = max(self.best, current, key=lambda kept: kept.sparsity)
+                g, rejected = min(g * self.grow, self.max_epsilon), 0
+                continue
+            rejected += 1
+            if entry.sparsity > current.sparsity and (rejected < RETRIES or current.parent is None):
+                g /= 2
+            elif current.parent is not None:  # back to the model it was trimmed from (module docstring)
+                current, g, rejected = current.parent, current.epsilon / 2, 0
+            else:
+                return  # no sparser than the original model: smaller budgets would remove even less
 
 
 @dataclasses.dataclass
