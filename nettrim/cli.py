@@ -24,133 +24,70 @@ import torch
 from torch import nn
 
 from . import __version__, save, trim
-from .arguments import BUDGETS, MODES, RELU_PROGRAMS, STRUCTURES
-from .compression import DEFAULT_FINETUNE, CompressInterrupted, compress
+from .compression import CompressInterrupted, compress
 from .finetune import ShuffledBatches
+from .flags import MODEL_FLAGS, RUN_FLAGS, TUNING_FLAGS, add_flags
 from .io import FORMATS, write_atomically
 from .schedule import BlockError
-from .trim import DEFAULT_EPSILON, TrimInterrupted
-
-
-def _layer_epsilon(text: str) -> tuple[str, float]:
-    name, separator, value = text.rpartition("=")
-    if not separator or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=G (a layer name or regex and a relative budget), got {text!r}")
-    try:
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number after '=', got {value!r}") from None
-
-
-def _add_trim_options(parser: argparse.ArgumentParser, epsilon: float) -> None:
-    parser.add_argument("--epsilon", type=float, default=epsilon,
-                        help=f"relative budget g: eps = g ||Y||_F per layer (default {epsilon})")
-    parser.add_argument("--mode", choices=MODES, default="cascade")
-    parser.add_argument("--backend", choices=("admm", "cvxpy"), default="admm")
-    parser.add_argument("--device", default="cpu", help="where the ADMM runs: cpu, cuda or cuda:K (default cpu)")
-    parser.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
-    parser.add_argument("--reweight", type=int, default=None,
-                        help="rounds of reweighted l1 (sparser); default: 1 with a target sparsity, else 0")
-    parser.add_argument("--structure", choices=STRUCTURES, default="weights",
-                        help="weights: scattered zeros (default); neurons: remove whole neurons and channels, "
-                             "and write a smaller model")
-    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
-                        help="fit the kept weights again by least squares (the zeros stay; the report gives each "
-                             "layer's output error before and after); default: on with a target sparsity")
-    parser.add_argument("--relu-program", choices=RELU_PROGRAMS, default=None,
-                        help="for layers followed by a ReLU: Net-Trim's relu program, or the pre-activation kept "
-                             "within the budget; default: pre-activation with a target sparsity, else relu")
-    parser.add_argument("--gather-inputs", action="store_true",
-                        help="with --structure neurons: the first layer reads only the inputs it still uses")
-    parser.add_argument("--target-sparsity", type=float,
-                        help="fraction of zero weights each layer must reach (its budget is found by a search)")
-    parser.add_argument("--model-sparsity", type=float,
-                        help="fraction of zero weights for the whole model, shared among the layers by the "
-                             "weights' saliencies and reached by each layer's own budget search")
-    parser.add_argument("--max-epsilon", type=float, default=1.0, help="the largest g a target may use")
-    parser.add_argument("--max-iter", type=int, help="ADMM iterations per layer (default 10,000)")
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
-                        help="seconds per layer; neurons not converged by then keep their original weights")
-    parser.add_argument("--workers", type=int, help="solve on a local pool of this many worker processes")
-    parser.add_argument("--dask", metavar="ADDRESS",
-                        help="solve on the Dask cluster whose scheduler is at ADDRESS (pip install 'nettrim[dask]')")
-    parser.add_argument("--block-size", type=int, help="neurons per task with --workers or --dask")
-    parser.add_argument("--report", type=Path, help="write the report as JSON to this path")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+from .trim import TrimInterrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nettrim", description="Net-Trim: convex pruning of trained torch models")
     parser.add_argument("--version", action="version", version=f"nettrim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    trim_parser = commands.add_parser("trim", help="trim a saved model on calibration inputs")
-    trim_parser.add_argument("model", type=Path, help="a model saved with torch.save(model, path) or a TorchScript "
-                                                         "file (which needs --relu-layers)")
-    trim_parser.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
-    trim_parser.add_argument("--out", type=Path, required=True,
-                             help="where to write the trimmed model: *.safetensors (weights and report), or any "
-                                  "other suffix for the input's format (pickled module or TorchScript)")
-    trim_parser.add_argument("--format", choices=FORMATS, default="dense",
-                             help="with a .safetensors --out: the layers' weights dense, or in compressed sparse row "
-                                  "form where that is smaller (loaded back dense by nettrim.load)")
-    _add_trim_options(trim_parser, DEFAULT_EPSILON)
-    trim_parser.add_argument("--layer-epsilon", type=_layer_epsilon, action="append", default=[],
-                             metavar="NAME=G", help="per-layer g (name or regex); repeatable")
-    trim_parser.add_argument("--layers", nargs="+", help="names or regexes of the layers to trim (default all)")
-    trim_parser.add_argument("--exclude", nargs="+", help="names or regexes of layers to leave alone")
-    trim_parser.add_argument("--relu-layers", nargs="*",
-                             help="layers followed by a ReLU, for models torch.fx cannot trace (TorchScript); "
-                                  "give the flag alone if there are none")
-    trim_parser.add_argument("--budget", choices=BUDGETS, default="neuron")
-    trim_parser.add_argument("--gamma", type=float, default=1.1, help="cascade slack factor (>= 1)")
-    trim_parser.add_argument("--kappa", type=float, help="cascade factor for the last layer")
-    trim_parser.add_argument("--seed", type=int, default=0)
-    trim_parser.add_argument("--checkpoint", type=Path,
-                             help="folder where each trimmed layer is kept until the trim ends (default OUT.partial): "
-                                  "after Ctrl-C or a crash, the same command resumes after those layers")
-
-    squeeze = commands.add_parser("compress", help="alternate trims and masked fine-tuning while the validation "
-                                                   "accuracy stays within --max-drop")
-    squeeze.add_argument("model", type=Path, help="a model saved with torch.save(model, path)")
-    squeeze.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
-    squeeze.add_argument("--train", type=Path, required=True,
-                         help="labelled training data: a .pt file holding (inputs, labels), or an .npz with x and y")
-    squeeze.add_argument("--val", type=Path, required=True, help="labelled validation data, as --train")
-    squeeze.add_argument("--max-drop", type=float, required=True,
-                         help="the validation accuracy's allowed drop from the original model's (0.005: half a point)")
-    squeeze.add_argument("--out", type=Path, required=True, help="where to write the model: *.safetensors or *.pt")
-    squeeze.add_argument("--rounds", type=int, default=8, help="rounds of trim and fine-tuning (default 8)")
-    squeeze.add_argument("--epsilon", type=float, default=0.1, help="the first round's g (default 0.1)")
-    squeeze.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE["epochs"], help="fine-tuning epochs a round")
-    squeeze.add_argument("--lr", type=float, default=DEFAULT_FINETUNE["lr"], help="fine-tuning learning rate")
-    squeeze.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
-    squeeze.add_argument("--reweight", type=int, default=2, help="reweighting rounds in each trim (default 2)")
-    squeeze.add_argument("--refit", action="store_true",
-                         help="each trim fits its kept weights again by least squares (trim's --refit)")
-    squeeze.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
-                         help="fine-tune by distillation from the original model with this weight in [0, 1] on it "
-                              "(for class logits; 0.9 reached docs/compress.md's sparsest schedules; default 0: off)")
-    squeeze.add_argument("--renormalize", action="store_true",
-                         help="fine-tune with a batch normalization after every convolution, folded back at the end "
-                              "(for networks whose BatchNorm the trim folds away)")
-    squeeze.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
-                         help="fine-tune on mixed pairs of inputs, their weights drawn from Beta(ALPHA, ALPHA) "
-                              "(default 0: off)")
-    squeeze.add_argument("--structure", default="weights",
-                         help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model; "
-                              "stages separated by commas, e.g. neurons,weights: neurons first, then weights")
-    squeeze.add_argument("--max-samples", type=int, default=20_000, help="per-layer sample budget P")
-    squeeze.add_argument("--history", type=Path, help="write every round (g, sparsity, accuracy, seconds) as JSON")
-    squeeze.add_argument("--seed", type=int, default=0, help="seeds the calibration subsample and the batch order")
-    squeeze.add_argument("--quiet", action="store_true", help="no progress bars and no table")
-
+    _trim_command(commands.add_parser("trim", help="trim a saved model on calibration inputs"))
+    _compress_command(commands.add_parser("compress", help="alternate trims and masked fine-tuning while the "
+                                                           "validation accuracy stays within --max-drop"))
     demo = commands.add_parser("demo", help="train LeNet-300-100 on the bundled MNIST (cached), trim it, compare")
-    _add_trim_options(demo, 0.1)
+    add_flags(demo, RUN_FLAGS, epsilon={"default": 0.1})
+    _add_output_flags(demo)
     demo.add_argument("--samples", type=int, default=5000, help="calibration images (default 5000)")
     demo.add_argument("--epochs", type=int, default=10, help="training epochs of the cached model")
     demo.add_argument("--cache", type=Path, default=None, help="where the trained model is cached (default .cache/)")
     return parser
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report", type=Path, help="write the report as JSON to this path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+
+
+def _trim_command(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="a model saved with torch.save(model, path) or a TorchScript file "
+                                                 "(which needs --relu-layers)")
+    parser.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="where to write the trimmed model: *.safetensors (weights and report), or any other "
+                             "suffix for the input's format (pickled module or TorchScript)")
+    parser.add_argument("--format", choices=FORMATS, default="dense",
+                        help="with a .safetensors --out: the layers' weights dense, or in compressed sparse row form "
+                             "where that is smaller (loaded back dense by nettrim.load)")
+    add_flags(parser, RUN_FLAGS + MODEL_FLAGS)
+    _add_output_flags(parser)
+
+
+def _compress_command(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="a model saved with torch.save(model, path)")
+    parser.add_argument("--calib", type=Path, required=True, help="calibration inputs: a .pt tensor or .npy")
+    parser.add_argument("--train", type=Path, required=True,
+                        help="labelled training data: a .pt file holding (inputs, labels), or an .npz with x and y")
+    parser.add_argument("--val", type=Path, required=True, help="labelled validation data, as --train")
+    parser.add_argument("--max-drop", type=float, required=True,
+                        help="the validation accuracy's allowed drop from the original model's (0.005: half a point)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the model: *.safetensors or *.pt")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of trim and fine-tuning (default 8)")
+    add_flags(parser, TUNING_FLAGS, table=TUNING_FLAGS)
+    parser.add_argument("--structure", default="weights",
+                        help="weights: scattered zeros; neurons: remove whole neurons and channels, a smaller model; "
+                             "stages separated by commas, e.g. neurons,weights: neurons first, then weights")
+    add_flags(parser, ("--epsilon", "--reweight", "--refit", "--max-samples", "--seed"),
+               epsilon={"default": 0.1, "help": "the first round's g"},
+               reweight={"default": 2, "help": "reweighting rounds in each trim"},
+               seed={"help": "seeds the calibration subsample and the batch order"},
+               refit={"help": "each trim fits its kept weights again by least squares (trim's --refit; default off)"})
+    parser.add_argument("--history", type=Path, help="write every round (g, sparsity, accuracy, seconds) as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no table")
 
 
 def main(argv: list[str] | None = None) -> int:
