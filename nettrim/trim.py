@@ -149,9 +149,8 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
     trimming, budgets, report, folded = _prepared(work, batches, plan)
     store = None
     if plan.checkpoint is not None:
-        key = fingerprint(plan.fingerprinted(budgets, trimming.targets, trimming.relu),
-                          [trimming.weights[layer.name] for layer in trimming.order],
-                          trimming.original[trimming.order[0].name])
+        key = fingerprint(plan.fingerprinted(budgets, trimming.targets, trimming.relu), _model_state(work),
+                          [trimming.original[layer.name] for layer in trimming.order])
         store = Checkpoint(plan.checkpoint, key)
         _resume(store, trimming.order, report, plan.progress)
     try:
@@ -244,6 +243,12 @@ def _remove_neurons(model: nn.Module, work: nn.Module, order: list[Layer], repor
                                  for batch in LATENCY_BATCHES}
     if dropped:
         report.size["inputs_dropped"] = {order[0].name: dropped}
+
+
+def _model_state(model: nn.Module):
+    """(name, float64 values) of every parameter and buffer of `model`, by name, one at a time (for fingerprint)."""
+    for name, tensor in sorted(model.state_dict().items()):
+        yield name, tensor.detach().to("cpu", torch.float64).numpy()
 
 
 def _uncalled_layers(selected: list[Layer], original: dict, layers) -> dict[str, str]:

@@ -141,3 +141,73 @@ def test_the_cli_resumes_from_its_checkpoint_and_removes_it_when_done(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr and "1 of 3 layers already trimmed" in resumed.stderr
     assert out.exists() and not checkpoint.exists()
+
+
+def _another_model_outside_the_trimmed_layers(change: str):
+    """mlp() with a BatchNorm after the first ReLU; `change` alters, outside the trimmed layers' weights and the
+    first trimmed layer's input, the BatchNorm's statistics or an excluded layer's weights."""
+    def model(seed=0):
+        base = mlp(seed=seed)
+        return torch.nn.Sequential(base[0], base[1], torch.nn.BatchNorm1d(16).double().eval(), *base[2:]).eval()
+    original, changed = model(), model()
+    with torch.no_grad():
+        if change == "batchnorm":
+            changed[2].running_mean.add_(0.5)
+        else:
+            changed[3].weight.mul_(2.0)
+    return original, changed
+
+
+@pytest.mark.parametrize("change", ["batchnorm", "excluded layer"])
+def test_a_checkpoint_of_a_model_that_differs_outside_the_trimmed_weights_is_refused(tmp_path, change):
+    original, changed = _another_model_outside_the_trimmed_layers(change)
+    x = inputs(200)
+    exclude = ["3"] if change == "excluded layer" else None
+    nettrim.trim(original, x, progress=False, checkpoint=tmp_path / "ckpt", exclude=exclude)
+    with pytest.raises(ValueError, match="checkpoint: .* holds layers of another trim"):
+        nettrim.trim(changed, x, progress=False, checkpoint=tmp_path / "ckpt", exclude=exclude)
+
+
+def _checkpointed(tmp_path):
+    model, x = mlp(), inputs(200)
+    nettrim.trim(model, x, progress=False, checkpoint=tmp_path / "ckpt")
+    return model, x, tmp_path / "ckpt"
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("truncated state", r"state.json cannot be read \(JSONDecodeError"),
+    ("state without rows", r"state.json has no valid rows of layers"),
+    ("state of another shape", r"state.json is not a checkpoint's state"),
+    ("truncated layer", r"layer-[0-9a-f]+\.safetensors \(layer '\d'\) cannot be read")])
+def test_a_damaged_checkpoint_is_refused_by_name_before_any_layer_is_solved(tmp_path, monkeypatch, damage, message):
+    model, x, folder = _checkpointed(tmp_path)
+    state = folder / "state.json"
+    if damage == "truncated state":
+        state.write_text(state.read_text()[:40])
+    elif damage == "state without rows":
+        saved = json.loads(state.read_text())
+        saved["layers"] = [{"name": "0"}]
+        state.write_text(json.dumps(saved))
+    elif damage == "state of another shape":
+        state.write_text("[]")
+    else:
+        layer = sorted(folder.glob("layer-*.safetensors"))[0]
+        layer.write_bytes(layer.read_bytes()[:30])
+    calls = []
+    _interrupt_at(monkeypatch, "never", calls)
+    with pytest.raises(ValueError, match=f"checkpoint: .*{message}"):
+        nettrim.trim(model, x, progress=False, checkpoint=folder)
+    assert calls == []
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_any_layer_is_solved(tmp_path, monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    calls = []
+    _interrupt_at(monkeypatch, "never", calls)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    with pytest.raises(ValueError, match="checkpoint: .* cannot be written \\(PermissionError"):
+        nettrim.trim(mlp(), inputs(200), progress=False, checkpoint=tmp_path / "ckpt")
+    assert calls == []
