@@ -16,6 +16,7 @@ import pickle
 import shutil
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -92,6 +93,14 @@ def _compress_command(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # each shown once where it arises
+        warnings.showwarning = _one_line  # the library's warnings as the command's own lines, not Python's
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The command, its errors as one line each and its exit status (module docstring)."""
     try:
         return {"trim": _run_trim, "compress": _run_compress, "demo": _run_demo}[args.command](args)
     except (TrimInterrupted, CompressInterrupted) as interrupted:
@@ -100,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nettrim: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"nettrim: error: {error}", file=sys.stderr)
         return 2
     except BlockError as error:
         print(f"nettrim: error: {error}", file=sys.stderr)
         return 1
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the command: "nettrim: warning: <message>" on stderr."""
+    print(f"nettrim: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
 @contextlib.contextmanager

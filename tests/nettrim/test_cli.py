@@ -272,3 +272,26 @@ def test_compress_errors_exit_2_and_write_nothing(labelled, capsys, arguments, m
     assert cli.main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (folder / "small.pt").exists()
+
+
+def test_library_warnings_print_one_line_without_a_source_path(files, capsys):
+    folder, _, _ = files
+    code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--quiet",
+                     "--target-sparsity", "0.99", "--max-epsilon", "0.02", "--out", str(folder / "out.pt")])
+    err = capsys.readouterr().err
+    assert code == 0 and "nettrim: warning: layer '0': target sparsity 0.99 not reached" in err
+    assert ".py:" not in err and "UserWarning" not in err
+
+
+@pytest.mark.parametrize("damage", ["state", "layer"])
+def test_a_damaged_checkpoint_gives_one_line_that_names_it(files, capsys, damage):
+    folder, model, x = files
+    checkpoint = folder / "ckpt"
+    nettrim.trim(model, x, progress=False, checkpoint=checkpoint)
+    damaged = checkpoint / "state.json" if damage == "state" else sorted(checkpoint.glob("layer-*"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:30])
+    code = cli.main(["trim", str(folder / "model.pt"), "--calib", str(folder / "calib.pt"), "--quiet",
+                     "--checkpoint", str(checkpoint), "--out", str(folder / "out.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"nettrim: error: checkpoint: {damaged}")
+    assert not (folder / "out.pt").exists()
