@@ -171,6 +171,22 @@ def gather_read_inputs(model: nn.Module, layer: Layer, example: torch.Tensor) ->
     return int(weight.shape[1] - read.numel())
 
 
+def nonzeros(layer: Layer) -> tuple[int, int]:
+    """The nonzero (weights, biases) of a layer as its module now is."""
+    bias = layer.module.bias
+    return int(torch.count_nonzero(layer.module.weight)), 0 if bias is None else int(torch.count_nonzero(bias))
+
+
+def sparsity_after_removal(model: nn.Module, order: list[Layer], example: torch.Tensor, weights: int) -> float:
+    """1 - (nonzero weights of `order`'s layers once a copy of `model` has lost the neurons no layer reads,
+    remove_unread) / `weights`, the layers' original weight count: the model sparsity a neuron trim delivers (the
+    weights that read a removed neuron go with it, though they were not zero)."""
+    smaller = copy.deepcopy(model)
+    layers = [Layer(layer.name, smaller.get_submodule(layer.name)) for layer in order]
+    remove_unread(smaller, layers, example)
+    return 1.0 - sum(nonzeros(layer)[0] for layer in layers) / max(weights, 1)
+
+
 def widths(order: list[Layer]) -> dict[str, int]:
     """The output neurons (channels) of each layer."""
     return {layer.name: int(layer.module.weight.shape[0]) for layer in order}

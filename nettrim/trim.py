@@ -103,8 +103,9 @@ def trim(model: nn.Module, calibration, *, epsilon: float | Mapping[str, float] 
                  apart). structure="weights": each layer gets a share from one global threshold on its weights'
                  estimated error (optimal brain surgeon saliencies; nettrim/allocation.py) and reaches it by its
                  own budget search, in one pass. structure="neurons": every layer's g is scaled by one factor t,
-                 the smallest that reaches it, found by bisection over whole trims (within half a point above
-                 the target, or a warning).
+                 the smallest whose smaller model (the weights that read a removed neuron gone with it) reaches
+                 it, found by bisection over whole trims; whole neurons go at once, so it lands above the target
+                 by up to what the last neurons removed weigh (report.model_sparsity["reached"]), or warns.
     max_samples: per-layer sample budget P (seeded subsample; conv layers have one sample per position).
     max_iter, time_limit: per layer, the ADMM's iterations and seconds (a budget search and reweighting rounds
                  share the layer's time); neurons not converged by then keep their original weights.
@@ -227,14 +228,15 @@ def _finish(model: nn.Module, work: nn.Module, trimming: Trimming, report: Repor
 def _remove_neurons(model: nn.Module, work: nn.Module, order: list[Layer], report: Report,
                     example: torch.Tensor, gather_inputs: bool) -> None:
     """Neuron trimming's surgery on `work` (nettrim/neurons.py; with gather_inputs, the first layer's unread
-    inputs too), its widths in the report's rows, and the model's parameters, FLOPs and CPU latency before (the
-    caller's model, in eval mode) and after."""
+    inputs too), its widths and remaining nonzeros in the report's rows, and the model's parameters, FLOPs and CPU
+    latency before (the caller's model, in eval mode) and after."""
     original = _working_copy(model)
     before = neurons.widths(order)
     neurons.remove_unread(work, order, example)
-    after = neurons.widths(order)
-    for row in report.layers:
+    after, counts = neurons.widths(order), {layer.name: neurons.nonzeros(layer) for layer in order}
+    for row in report.layers:  # the nonzeros that remain: those reading a removed neuron went with it
         row.width_before, row.width_after = before[row.name], after[row.name]
+        row.nonzeros_after, row.bias_nonzeros_after = counts[row.name]
     dropped = neurons.gather_read_inputs(work, order[0], example) if gather_inputs else 0
     sizes = {"before": neurons.model_size(original, example), "after": neurons.model_size(work, example)}
     report.size = {key: {when: sizes[when][key] for when in sizes} for key in ("params", "flops")}
@@ -317,21 +319,21 @@ def _allocated_trim(trimming: Trimming, report: Report, scheduler: Scheduler) ->
 
 
 def _scaled_trims(trimming: Trimming, template: Report, budgets: dict[str, float], scheduler: Scheduler) -> Report:
-    """The smallest factor t on every layer's g whose trimmed model reaches the model's sparsity (bisection over
-    whole trims, each warm started from the closest); the model is left with that trim's weights."""
+    """The smallest factor t on every layer's g whose trimmed model, once its unread neurons are removed, reaches
+    the model's sparsity (bisection over whole trims, each warm started from the closest); the model is left with
+    that trim's weights."""
     plan, target = trimming.plan, trimming.plan.model_sparsity
     largest = budgets[trimming.order[0].name] if plan.mode == "cascade" else max(budgets.values())
     scaled = ScaledTrim(trimming, template, budgets, scheduler)
     search = smallest_budget(target, scaled, g_low=0.0, g_first=1.0, g_max=plan.max_epsilon / largest,
                              steps=12, rel_width=1e-3, close_enough=MODEL_SPARSITY_TOLERANCE,
-                             measure=lambda outcome: 1 - outcome[0].kept)
-    report, solutions = search.outcome
+                             measure=lambda outcome: outcome[2])
+    report, solutions, reached = search.outcome
     for layer in trimming.order:
         layer.set_weight_matrix(solutions[layer.name])
-    reached = 1 - report.kept
     report.model_sparsity = {"target": target, "reached": reached, "scale": search.g,
                              "trims": [[scale, value] for scale, value in search.evaluations]}
-    if not search.reached or reached - target > 0.01:
+    if not search.reached:  # above it by up to the weights of the neurons that go at the last step: reported
         warnings.warn(f"model_sparsity {target:g}: the trim reached {reached:.4f} (every g scaled by "
                       f"{search.g:.4g}, max_epsilon = {plan.max_epsilon:g})", UserWarning, stacklevel=5)
     return report
@@ -339,25 +341,29 @@ def _scaled_trims(trimming: Trimming, template: Report, budgets: dict[str, float
 
 @dataclass
 class ScaledTrim:
-    """A whole trim from the original weights with every layer's g scaled by one factor, for the model sparsity
-    search of neuron trimming: called with (scale, closest), closest the (report, solutions) of the closest
-    scale tried (its weights warm start the solves), it returns the trim's (report, solutions)."""
+    """A whole neuron trim from the original weights with every layer's g scaled by one factor, for the model
+    sparsity search: called with (scale, closest), closest the outcome of the closest scale tried (its weights
+    warm start the solves), it returns the trim's (report, solutions, sparsity once its unread neurons are
+    removed: neurons.sparsity_after_removal, on the first calibration batch)."""
 
     trimming: Trimming
     template: Report
     budgets: dict[str, float]
     scheduler: Scheduler
 
-    def __call__(self, scale: float, closest) -> tuple[Report, dict[str, np.ndarray]]:
-        for layer in self.trimming.order:
-            layer.set_weight_matrix(self.trimming.weights[layer.name])
+    def __call__(self, scale: float, closest) -> tuple[Report, dict[str, np.ndarray], float]:
+        trimming = self.trimming
+        for layer in trimming.order:
+            layer.set_weight_matrix(trimming.weights[layer.name])
         report = replace(self.template, layers=[])
-        solutions = self.trimming.run(report, {name: scale * g for name, g in self.budgets.items()}, self.scheduler,
-                                      initial=None if closest is None else closest[1])
-        if self.trimming.plan.progress:
-            print(f"nettrim: model sparsity {1 - report.kept:.4f} with every g scaled by {scale:.4g} "
-                  f"(target {self.trimming.plan.model_sparsity:g})", file=sys.stderr, flush=True)
-        return report, solutions
+        solutions = trimming.run(report, {name: scale * g for name, g in self.budgets.items()}, self.scheduler,
+                                 initial=None if closest is None else closest[1])
+        model, example = trimming.trimmed_input.model, trimming.trimmed_input.batches[0]
+        reached = neurons.sparsity_after_removal(model, trimming.order, example, report.weights)
+        if trimming.plan.progress:
+            print(f"nettrim: model sparsity {reached:.4f} with every g scaled by {scale:.4g} "
+                  f"(target {trimming.plan.model_sparsity:g})", file=sys.stderr, flush=True)
+        return report, solutions, reached
 
 
 def _layer_graph(model: nn.Module, selected: list[Layer], relu_layers) -> LayerGraph:

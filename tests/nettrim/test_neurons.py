@@ -171,3 +171,16 @@ def test_a_first_conv_gathers_the_channels_it_reads(tmp_path):
     torch.testing.assert_close(small(x), plain(x), rtol=1e-12, atol=1e-12)
     loaded, _ = nettrim.load(nettrim.save(small, tmp_path / "small.safetensors", report), small_cnn())
     torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
+
+
+def test_a_model_sparsity_of_a_neuron_trim_is_measured_once_the_neurons_are_removed():
+    """The weights that read a removed neuron go with it though they were not zero: the search, its report and
+    its rows count what the smaller model keeps, so it reaches the target instead of overshooting it."""
+    model, x = mlp(sizes=(12, 32, 16, 4)), inputs(300)
+    total = sum(module.weight.numel() for module in model if isinstance(module, nn.Linear))
+    trimmed, report = nettrim.trim(model, x, model_sparsity=0.5, structure="neurons", progress=False)
+    kept = sum(int((module.weight != 0).sum()) for module in trimmed.modules() if isinstance(module, nn.Linear))
+    assert 0.5 <= 1 - kept / total <= 0.5 + 0.01
+    assert report.nonzeros_after == kept and report.weights == total
+    assert report.model_sparsity["reached"] == pytest.approx(1 - kept / total)
+    assert sum(row.width_after for row in report.layers) < sum(row.width_before for row in report.layers)
