@@ -42,6 +42,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -152,7 +153,8 @@ def compress(model: nn.Module, calibration, train_data: Iterable, *, evaluate: C
     which raises CompressInterrupted holding the best model so far), in the caller's model's training mode;
     when no round is accepted it is an unchanged copy of the original.
     """
-    _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule, trim_options)
+    _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule, trim_options,
+                     train_data)
     check_distill(distill)
     check_mixing(renormalize, mixup)
     stages = _stages(structure)
@@ -243,7 +245,10 @@ def _round(current: nn.Module, calibration, train_data, evaluate, g: float, sele
     trimmed = time.perf_counter()
     finetune(candidate, train_data, **tuning)
     tuned = time.perf_counter()
-    metric = _scored(evaluate, candidate)
+    metric = _scored(evaluate, candidate, finite=False)
+    if not math.isfinite(metric):
+        warnings.warn(f"compress: evaluate returned {metric} for the model trimmed at g = {g:.4g}; that round is "
+                      "dropped", UserWarning, stacklevel=4)
     structure = trim_options["structure"]
     widths = {row.name: row.width_after for row in report.layers} if structure == "neurons" else None
     return candidate, Round(g, sparsity(candidate, **selection), metric, False, trimmed - start, tuned - trimmed,
@@ -269,14 +274,16 @@ def _stage_options(trim_options: dict, stage: str) -> dict:
     return options
 
 
-def _scored(evaluate, model: nn.Module) -> float:
+def _scored(evaluate, model: nn.Module, finite: bool = True) -> float:
+    """evaluate(model) in eval mode as a float; a ValueError when it is not a number (or, with `finite`, not a
+    finite one: the original model's metric is what every round is judged against)."""
     model.eval()
     metric = evaluate(model)
     try:
         metric = float(metric)
     except (TypeError, ValueError):
         raise ValueError(f"evaluate must return a number, got {type(metric).__name__}") from None
-    if not math.isfinite(metric):
+    if finite and not math.isfinite(metric):
         raise ValueError(f"evaluate returned {metric}, not a finite number")
     return metric
 
@@ -295,8 +302,8 @@ def weight_count(model: nn.Module, layers=None, exclude=None) -> int:
     return sum(layer.weight_matrix().size for layer in select_layers(model, layers, exclude))
 
 
-def _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule,
-                     trim_options) -> None:
+def _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epochs, lr, schedule, trim_options,
+                     train_data) -> None:
     if not callable(evaluate):
         raise ValueError(f"evaluate must be a function of the model returning a number, got {evaluate!r}")
     if not (isinstance(max_drop, int | float) and math.isfinite(max_drop) and max_drop >= 0):
@@ -313,6 +320,8 @@ def _check_arguments(evaluate, max_drop, epsilon, rounds, grow, max_epsilon, epo
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if epochs and hasattr(train_data, "__len__") and len(train_data) == 0:
+        raise ValueError("train_data: holds no batches (x, y); every round fine-tunes on it")
     for refused in ("inplace", "model_sparsity", "checkpoint"):
         if refused in trim_options:
             raise ValueError(f"{refused}: not an option of compress() (each round trims a copy of the current "

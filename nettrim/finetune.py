@@ -126,25 +126,14 @@ def _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup,
         teacher.eval()
     try:
         for epoch in range(epochs):
+            seen = 0
             for batch in tqdm(loader, desc=f"fine-tune {epoch + 1}/{epochs}", leave=False, disable=not progress):
-                if not isinstance(batch, tuple | list) or len(batch) < 2:
-                    raise ValueError("loader: each batch must be (x, y)")
-                x, y = batch[0].to(device), batch[1].to(device)
-                optimizer.zero_grad()
-                x, labelled = _mixed(x, mixing)
-                output = model(x)
-                objective(output, x, labelled(y, output.shape[-1])).backward()
-                for parameter, mask in masks.items():
-                    if parameter.grad is not None:
-                        parameter.grad.masked_fill_(mask, 0.0)
-                try:
-                    optimizer.step()
-                finally:  # even when interrupted mid-step, the zeros are zeros again
-                    with torch.no_grad():
-                        for parameter, mask in masks.items():
-                            parameter.masked_fill_(mask, 0.0)
+                _masked_step(model, batch, device, optimizer, objective, mixing, masks)
+                seen += 1
                 if decay is not None and per_batch:
                     decay.step()
+            if not seen:
+                raise ValueError("loader: yielded no batches (x, y); it must yield them on every pass")
             if decay is not None and not per_batch:
                 decay.step()
             best.consider()
@@ -152,6 +141,26 @@ def _trained(model, loader, epochs, lr, schedule, loss, teacher, distill, mixup,
         model.train(was_training)
         if teacher is not None:
             teacher.train(teacher_was_training)
+
+
+def _masked_step(model: nn.Module, batch, device, optimizer, objective, mixing, masks) -> None:
+    """One optimizer step on `batch` (x, y), mixed when `mixing`, its masked gradients and weights kept zero."""
+    if not isinstance(batch, tuple | list) or len(batch) < 2:
+        raise ValueError("loader: each batch must be (x, y)")
+    x, y = batch[0].to(device), batch[1].to(device)
+    optimizer.zero_grad()
+    x, labelled = _mixed(x, mixing)
+    output = model(x)
+    objective(output, x, labelled(y, output.shape[-1])).backward()
+    for parameter, mask in masks.items():
+        if parameter.grad is not None:
+            parameter.grad.masked_fill_(mask, 0.0)
+    try:
+        optimizer.step()
+    finally:  # even when interrupted mid-step, the zeros are zeros again
+        with torch.no_grad():
+            for parameter, mask in masks.items():
+                parameter.masked_fill_(mask, 0.0)
 
 
 class BestEpoch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -248,3 +249,27 @@ def test_compress_refuses_bad_arguments_by_name(task, kwargs, message):
     with pytest.raises(ValueError, match=message):
         compress(teacher, calibration, train, **arguments)
     assert all(torch.equal(value, original[key]) for key, value in teacher.state_dict().items())
+
+
+def test_a_round_whose_metric_is_nan_is_dropped_and_the_kept_rounds_stay(task):
+    teacher, train, validation, calibration = task
+    accuracy, calls = accuracy_on(validation), []
+
+    def evaluate(model):  # the original, then round 1, then NaN for round 2, then as before
+        calls.append(1)
+        return float("nan") if len(calls) == 3 else accuracy(model)
+    with pytest.warns(UserWarning, match="evaluate returned nan .* that round is dropped"):
+        model, history = compress(teacher, calibration, train, evaluate=evaluate, max_drop=0.05, rounds=3,
+                                  epochs=1, lr=1e-2, progress=False, max_samples=None)
+    assert history.rounds[0].accepted and not history.rounds[1].accepted
+    assert math.isnan(history.rounds[1].metric) and len(history.rounds) == 3
+    assert history.best is not None and sparsity(model) == history.best.sparsity > 0
+
+
+@pytest.mark.parametrize("train", [[], "generator"])
+def test_an_empty_training_loader_is_refused_by_name(task, train):
+    teacher, _, validation, calibration = task
+    train = (batch for batch in []) if train == "generator" else train
+    with pytest.raises(ValueError, match="train_data: holds no batches|loader: yielded no batches"):
+        compress(teacher, calibration, train, evaluate=accuracy_on(validation), max_drop=0.05, rounds=1, epochs=1,
+                 progress=False, max_samples=None)
