@@ -196,6 +196,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
     except SafetensorError as error:
         raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
     shapes.update(sparse)
+    report = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None
+    _check_architecture(model, report, shapes, path)
     for name, dim in json.loads(metadata.get("gathered_inputs", "{}")).items():
         layer = _saved_module(model, name)
         model.set_submodule(name, GatheredInputs(layer, torch.zeros(1, dtype=torch.int64), dim))  # resized next
@@ -210,5 +212,25 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
             model.load_state_dict(state, strict=True)
     except SafetensorError as error:
         raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
-    report = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None
     return model, report
+
+
+def _check_architecture(model: nn.Module, report: Report | None, shapes: dict[str, list[int]], path: Path) -> None:
+    """Refuse a `model` of another architecture than the file's (a ValueError naming the tensor or layer): with a
+    report of a weight trim, every saved tensor the model has must have its shape (nothing was resized); with one
+    of a neuron trim, every trimmed layer must have the width it had before the trim (width_before). A file
+    without a report is resized to its shapes, as it must be for a neuron trim."""
+    if report is None:
+        return
+    if report.structure != "neurons":
+        state = model.state_dict()
+        for key, shape in shapes.items():
+            if key in state and list(state[key].shape) != list(shape):
+                raise ValueError(f"model: {key} has shape {list(state[key].shape)} but {list(shape)} in {path}; load "
+                                 "the file into the architecture it was saved from")
+        return
+    for row in report.layers:
+        width = _saved_module(model, row.name).weight.shape[0]
+        if row.width_before is not None and width != row.width_before:
+            raise ValueError(f"model: layer {row.name!r} has {width} outputs, but {row.width_before} in the model "
+                             f"{path} was trimmed from; load the file into that architecture")

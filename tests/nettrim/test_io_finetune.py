@@ -153,3 +153,19 @@ def test_the_sparse_format_keeps_dense_weights_dense_and_loads_resized_models(tm
     torch.testing.assert_close(loaded(inputs(4)), smaller(inputs(4)), rtol=0, atol=0)
     with pytest.raises(ValueError, match="format must be one of"):
         nettrim.save(model, tmp_path / "x.safetensors", format="csr")
+
+
+@pytest.mark.parametrize("structure", ["weights", "neurons"])
+def test_loading_into_another_architecture_is_refused_by_name(tmp_path, structure):
+    """A file saved from a 12-16-10-4 model does not load into a 12-20-10-4 one: a weight trim resized nothing,
+    and a neuron trim was made from 16 neurons, not 20 (the file's architecture came back silently)."""
+    model, x = mlp(), inputs(200)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.2, structure=structure, progress=False)
+    nettrim.save(trimmed, tmp_path / "trimmed.safetensors", report)
+    loaded, _ = nettrim.load(tmp_path / "trimmed.safetensors", mlp(seed=5))  # the same architecture loads
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trimmed(x))
+    message = (r"model: 0\.(weight|bias) has shape" if structure == "weights"
+               else "model: layer '0' has 20 outputs, but 16")
+    with pytest.raises(ValueError, match=message):
+        nettrim.load(tmp_path / "trimmed.safetensors", mlp(sizes=(12, 20, 10, 4)))
