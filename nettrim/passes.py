@@ -138,7 +138,7 @@ class Trimming:
         else:
             search = smallest_budget(target, program.solve, g_low=SEARCH_FLOOR, g_first=g,
                                      g_max=self.plan.max_epsilon, close_enough=target_tolerance(target),
-                                     measure=program.sparsity)
+                                     measure=program.sparsity, stop=program.out_of_time)
             g, solved, note = search.g, search.outcome, _search_note(layer, search, program.sparsity, target)
         scheduler.release(program.X)
         row, U = layer_report(layer, solved, g, target, note), solved.U
@@ -215,6 +215,10 @@ class LayerPrograms:
         return solve_layer(self.layer, problem, self.scheduler, plan.backend, plan.solve_options, plan.reweight,
                            self.show, start, self.deadline)
 
+    def out_of_time(self) -> bool:
+        """Is the layer's time (the plan's time_limit) spent?"""
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
     def sparsity(self, solved: Solved) -> float:
         """The share of zeros in the solved weights, the bias row apart."""
         return sparsity(solved.U[:self.W.shape[0] - self.layer.has_bias])
@@ -222,8 +226,15 @@ class LayerPrograms:
 
 def _search_note(layer: Layer, search, measure, target: float) -> str:
     """The report's note on a layer's budget search; a warning when it did not reach the target."""
+    solves = len(search.evaluations)
     if search.reached:
-        return f"g = {search.g:.4g} for target sparsity {target:g} ({len(search.evaluations)} solves)"
-    note = f"target sparsity {target:g} not reached: {measure(search.outcome):.4f} at g = max_epsilon = {search.g:g}"
+        stopped = ", stopped by the time limit" if search.stopped else ""
+        return f"g = {search.g:.4g} for target sparsity {target:g} ({solves} solves{stopped})"
+    if search.stopped:
+        note = (f"target sparsity {target:g} not reached within the time limit: {measure(search.outcome):.4f} at "
+                f"g = {search.g:.4g} after {solves} solves")
+    else:
+        note = (f"target sparsity {target:g} not reached: {measure(search.outcome):.4f} at g = max_epsilon = "
+                f"{search.g:g}")
     warnings.warn(f"layer {layer.name!r}: {note}", UserWarning, stacklevel=6)
     return note

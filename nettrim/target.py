@@ -10,7 +10,9 @@ warm started from the solution at the nearest budget already tried:
   end; when the same end moved twice in a row, the next g is the bracket's geometric midpoint instead (the
   Illinois remedy for an interpolation that keeps landing on one side).
 
-When even g_max does not reach the target, the layer keeps the g_max solution and the search says so.
+When even g_max does not reach the target, the layer keeps the g_max solution and the search says so. A search
+told to `stop` (the layer's time is up) keeps the smallest g tried that reaches the target, or else the largest g
+tried, and says it stopped.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class BudgetSearch:
     outcome: object          # what solve_at returned for it
     reached: bool            # did it reach the target?
     evaluations: list        # (g, sparsity) in the order tried
+    stopped: bool = False    # did `stop` end it before its bracket was narrow enough?
+
+
+class _Stopped(Exception):
+    """The search's `stop` said so before a solve."""
 
 
 def sparsity(U: np.ndarray) -> float:
@@ -42,23 +49,37 @@ def sparsity(U: np.ndarray) -> float:
 
 def smallest_budget(target: float, solve_at, *, g_low: float, g_first: float, g_max: float, steps: int = 8,
                     rel_width: float = 0.02, close_enough: float | None = None,
-                    measure=lambda outcome: sparsity(outcome.U)) -> BudgetSearch:
+                    measure=lambda outcome: sparsity(outcome.U), stop=None) -> BudgetSearch:
     """The smallest g in [g_low, g_max] with measure(outcome) >= target (module docstring). solve_at(g, initial)
     returns an outcome (by default its `.U`, the trimmed weights, is measured); `initial` is the closest budget's
     outcome tried so far (None at first). The search stops after `steps` solves inside the bracket, when the
     bracket is narrower than rel_width * g, or (close_enough given) when the g kept measures at most close_enough
-    above the target."""
+    above the target; or when stop() is true before a solve after the first (module docstring)."""
     tried: dict[float, object] = {}
     measured: dict[float, float] = {}
     order = []
 
     def reaches(g: float) -> bool:
+        if tried and stop is not None and stop():
+            raise _Stopped
         closest = min(tried, key=lambda h: abs(h - g)) if tried else None
         outcome = solve_at(g, None if closest is None else tried[closest])
         tried[g], measured[g] = outcome, measure(outcome)
         order.append((g, measured[g]))
         return measured[g] >= target
 
+    try:
+        return _searched(reaches, tried, measured, order, target, g_low, g_first, g_max, steps, rel_width,
+                         close_enough)
+    except _Stopped:
+        reaching = [g for g in tried if measured[g] >= target]
+        g = min(reaching) if reaching else max(tried)
+        return BudgetSearch(g, tried[g], bool(reaching), order, stopped=True)
+
+
+def _searched(reaches, tried, measured, order, target, g_low, g_first, g_max, steps, rel_width,
+              close_enough) -> BudgetSearch:
+    """smallest_budget's bracket and its narrowing, on `reaches` (which fills tried, measured and order)."""
     low, high = _bracket(reaches, min(max(g_first, g_low), g_max), g_low, g_max)
     if high is None:
         return BudgetSearch(low, tried[low], False, order)

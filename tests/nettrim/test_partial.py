@@ -211,3 +211,13 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_any_layer_
     with pytest.raises(ValueError, match="checkpoint: .* cannot be written \\(PermissionError"):
         nettrim.trim(mlp(), inputs(200), progress=False, checkpoint=tmp_path / "ckpt")
     assert calls == []
+
+
+def test_a_budget_search_out_of_time_stops_after_its_solve_and_says_the_limit_stopped_it():
+    """time_limit is the layer's, budget search included: past it no further solve starts, and the layer's note
+    and warning blame the limit, not the target."""
+    with pytest.warns(UserWarning) as warned:  # the neurons the limit stopped keep their weights: warned too
+        _, report = nettrim.trim(mlp(), inputs(200), target_sparsity=0.95, time_limit=1e-6, progress=False)
+    assert any("target sparsity 0.95 not reached within the time limit" in str(w.message) for w in warned)
+    for row in report.layers:
+        assert "after 1 solves" in row.message or "stopped by the time limit" in row.message, row.message

@@ -50,3 +50,14 @@ def test_a_target_reached_at_g_low_keeps_g_low():
     calls = []
     search = smallest_budget(0.4, _solver(lambda g: 0.6, calls), g_low=0.1, g_first=0.32, g_max=1.0)
     assert search.reached and search.g == 0.1 and [g for g, _ in calls] == [0.32, 0.16, 0.1]
+
+
+@pytest.mark.parametrize(("first", "kept", "reached"), [(0.05, 0.1, False), (0.3, 0.3, True)])
+def test_a_search_told_to_stop_keeps_what_it_has_and_says_it_stopped(first, kept, reached):
+    """After two solves: below the target, the largest g tried (not reached); above it, the smallest that reaches."""
+    calls = []
+    search = smallest_budget(0.5, _solver(lambda g: g / 0.4, calls), g_low=0.0, g_first=first, g_max=1.0,
+                             stop=lambda: len(calls) >= 2)
+    assert len(calls) == 2 and search.stopped and search.reached == reached
+    assert search.g == pytest.approx(kept if reached else max(g for g, _ in calls))
+    assert smallest_budget(0.5, _solver(lambda g: g / 0.4, []), g_low=0.0, g_first=first, g_max=1.0).stopped is False
