@@ -34,13 +34,17 @@ class BasicBlock(nn.Module):
 
     def __init__(self, inputs: int, outputs: int, stride: int):
         super().__init__()
+        self._convolutions(inputs, outputs, stride)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def _convolutions(self, inputs: int, outputs: int, stride: int) -> None:
+        """conv1 (stride `stride`), bn1, conv2, bn2: the block's two 3 x 3 convolutions and their BatchNorms."""
         self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(outputs)
         self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(outputs)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or inputs != outputs:
-            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
 
     def forward(self, x):
         return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
@@ -138,19 +142,13 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.before, self.after))
 
 
-class CifarBlock(nn.Module):
-    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)) with 3 x 3 convs and the option-A shortcut."""
+class CifarBlock(BasicBlock):
+    """BasicBlock with the option-A shortcut (ZeroPadShortcut) instead of a 1 x 1 conv."""
 
     def __init__(self, inputs: int, outputs: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
-        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(outputs)
+        nn.Module.__init__(self)
+        self._convolutions(inputs, outputs, stride)
         self.shortcut = ZeroPadShortcut(inputs, outputs, stride) if stride != 1 or inputs != outputs else nn.Identity()
-
-    def forward(self, x):
-        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
