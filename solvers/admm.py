@@ -67,6 +67,7 @@ import numpy as np
 from . import rowgroups
 from .acceptance import REPAIR_BATCH_BYTES
 from .arrays import Backend, backend, describe
+from .certificates import within_gap
 from .constraints import Program
 from .cutting_planes import nearly_dead, solve_nearly_dead
 from .factor import LayerInput
@@ -114,11 +115,39 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
         active, few = _iterated(problem, settings)
         if (active.all() and not few.any()) or not problem.per_neuron:  # a layer budget: none is screened
             result = _solve_in_chunks(problem, settings, be)
-            result.info.update(tf32=tf32, cutting_planes=0)
-            return result
-        result = _solve_screened(problem, settings, be, active, few, start)
+            result.info.update(cutting_planes=0)
+        else:
+            result = _solve_screened(problem, settings, be, active, few, start)
     result.info["tf32"] = tf32
-    return result
+    return _within_the_users_gap(problem, result, settings)
+
+
+def _within_the_users_gap(problem: LayerProblem, result: LayerResult, settings: AdmmSettings) -> LayerResult:
+    """`result` with its "optimal" neurons whose objective (measured in float64 on the returned U) is not within
+    gap_tol of their certified lower bound (feasibility's rule, with the absolute gap) relabelled "suboptimal":
+    after gap_patience iterations a neuron is accepted under a tolerance that grows with the iterations, and
+    "optimal" says only the user's gap_tol. A layer budget or the rows' objective compares the layer's totals."""
+    statuses, bound = result.info.get("neuron_statuses"), result.info.get("l1_lower_bound")
+    if statuses is None or bound is None:
+        return result
+    absolute_gap = ABSOLUTE_GAP * settings.objective_scale
+    if problem.per_neuron and not problem.rows:
+        objective = column_l1(result.U, problem.l1_weights)
+        loose = ~within_gap(objective, np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=-np.inf),
+                            settings.gap_tol, absolute_gap)
+    else:
+        total = float(np.sum(bound)) if np.ndim(bound) == 0 else float(np.max(bound))
+        loose = np.full(statuses.shape, not within_gap(problem.objective(result.U), total, settings.gap_tol,
+                                                       absolute_gap))
+    relabel = (statuses == "optimal") & loose
+    if not relabel.any():
+        return result
+    statuses = np.where(relabel, "suboptimal", statuses).astype(object)
+    counts = {status: int(np.sum(statuses == status)) for status in SEVERITY}
+    overall, message = summarize_statuses(counts, problem.per_neuron)
+    return make_result(problem, result.U, status=overall, message=message, iterations=result.iterations,
+                       seconds=result.seconds, backend=result.backend,
+                       info=dict(result.info, neuron_statuses=statuses, neuron_status=counts))
 
 
 def _iterated(problem: LayerProblem, settings: AdmmSettings) -> tuple[np.ndarray, np.ndarray]:

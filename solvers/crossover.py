@@ -1,4 +1,4 @@
-"""Crossover: the neurons the ADMM leaves "inaccurate" finished by the interior-point reference.
+"""Crossover: the neurons the ADMM leaves "inaccurate" or "suboptimal" finished by the interior-point reference.
 
 The ADMM converges slowly in its tail on some programs, and a neuron that converged by its residuals can sit
 1 to 2% above the optimum, more than the gap tolerance. Measured on squeezenet1_1's expand layers (random
@@ -28,18 +28,18 @@ VIOLATION_TOL = 1e-5
 
 
 def finish_inaccurate(problem: LayerProblem, result: LayerResult, max_entries: int = MAX_ENTRIES) -> LayerResult:
-    """`result` (the ADMM's) with its "inaccurate" neurons solved again by the reference (CVXPY + Clarabel at its
-    high accuracy, 1e-9, which aims inside the budget; at its default, 1e-8, fits ended up to 2.5e-8 of eps over
-    the budget). Where Clarabel ends optimal within the budget, the neuron is "optimal" (info["crossover"] counts
-    them) and keeps the cheaper of the two answers that keep the budget: the ADMM's weights, when they keep it
-    at no more l1 than Clarabel's optimum, are proven by it. A layer budget or the rows' objective couples the
-    neurons: then the whole layer is solved again. Without per-neuron statuses, or beyond max_entries, `result`
-    is returned as it is."""
+    """`result` (the ADMM's) with its "inaccurate" and "suboptimal" neurons solved again by the reference
+    (CVXPY + Clarabel at its high accuracy, 1e-9, which aims inside the budget; at its default, 1e-8, fits ended
+    up to 2.5e-8 of eps over the budget). Where Clarabel ends optimal within the budget, the neuron is "optimal"
+    (info["crossover"] counts them) and keeps the cheaper of the two answers that keep the budget: the ADMM's
+    weights, when they keep it at no more l1 than Clarabel's optimum, are proven by it. A layer budget or the
+    rows' objective couples the neurons: then the whole layer is solved again. Without per-neuron statuses, or
+    beyond max_entries, `result` is returned as it is."""
     statuses = result.info.get("neuron_statuses")
     if statuses is None:
         return result
     coupled = not problem.per_neuron or problem.rows
-    redo = np.flatnonzero(statuses == "inaccurate")
+    redo = np.flatnonzero((statuses == "inaccurate") | (statuses == "suboptimal"))
     if coupled and redo.size:
         redo = np.arange(problem.shape[2])
     N, P, _ = problem.shape

@@ -9,15 +9,17 @@ import numpy as np
 
 from .problem import LayerProblem
 
-STATUSES = ("optimal", "max_iter", "infeasible", "inaccurate")
+STATUSES = ("optimal", "max_iter", "infeasible", "inaccurate", "suboptimal")
 #: The statuses from worst to best: a layer's status is the worst of its neurons'.
-SEVERITY = ("infeasible", "max_iter", "inaccurate", "optimal")
+SEVERITY = ("infeasible", "max_iter", "inaccurate", "suboptimal", "optimal")
 _DESCRIBED = {
     "optimal": "converged and within budget",
     "max_iter": "stopped before converging (max_iter, time_limit or callback)",
     "inaccurate": "converged but missed the budget after the restoration rounds, or kept it with an l1 not proven "
                   "within the gap tolerance of the optimum",
     "infeasible": "certified infeasible: the budget cannot be met",
+    "suboptimal": "converged and within budget, with an l1 proven only within the gap tolerance widened after "
+                  "gap_patience iterations, not within gap_tol (info['l1_lower_bound'] holds the bound)",
 }
 
 

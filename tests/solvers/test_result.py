@@ -26,3 +26,28 @@ def problem(per_neuron=True, relu=True, copies=False):
 def test_every_info_key_is_documented(program, options):
     result = solvers.solve(program, **options)
     assert set(result.info) <= set(ResultInfo.__annotations__), set(result.info) - set(ResultInfo.__annotations__)
+
+
+def test_optimal_means_within_the_users_gap_tol_and_the_widened_acceptances_say_suboptimal():
+    """Past gap_patience a neuron is accepted under a tolerance that grows with the iterations: those whose l1 is
+    not within gap_tol of their certified bound are "suboptimal", counted as such, and no "optimal" one is."""
+    import solvers
+    from solvers import LayerProblem
+    from solvers.problem import column_l1
+
+    counts = {"optimal": 0, "suboptimal": 0}
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((60, 400))
+        W = rng.standard_normal((60, 12)) * (rng.random((60, 12)) < 0.3)
+        Y = np.maximum(W.T @ X, 0)
+        problem = LayerProblem(X, Y, 0.05 * np.linalg.norm(Y, axis=1), activation="relu", original_weights=W)
+        result = solvers.solve(problem, gap_patience=50, gap_tol=1e-4)
+        statuses, bound, l1 = result.info["neuron_statuses"], result.info["l1_lower_bound"], column_l1(result.U)
+        optimal = statuses == "optimal"
+        absolute = 1e-6 * column_l1(W).max()  # at least admm.ABSOLUTE_GAP times the layer's objective scale
+        assert np.all(l1[optimal] - bound[optimal] <= 1e-4 * l1[optimal] + absolute)
+        assert result.info["neuron_status"]["suboptimal"] == int(np.sum(statuses == "suboptimal"))
+        for status in counts:
+            counts[status] += int(np.sum(statuses == status))
+    assert counts["suboptimal"] > 0 and counts["optimal"] > 0
