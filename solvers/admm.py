@@ -126,19 +126,20 @@ def _within_the_users_gap(problem: LayerProblem, result: LayerResult, settings: 
     """`result` with its "optimal" neurons whose objective (measured in float64 on the returned U) is not within
     gap_tol of their certified lower bound (feasibility's rule, with the absolute gap) relabelled "suboptimal":
     after gap_patience iterations a neuron is accepted under a tolerance that grows with the iterations, and
-    "optimal" says only the user's gap_tol. A layer budget or the rows' objective compares the layer's totals."""
+    "optimal" says only the user's gap_tol. A layer budget or the rows' objective compares the layer's totals.
+    The published stopping rule (stopping="step") certifies nothing, and a neuron without a bound is left as it
+    is."""
     statuses, bound = result.info.get("neuron_statuses"), result.info.get("l1_lower_bound")
-    if statuses is None or bound is None:
+    if statuses is None or bound is None or settings.stopping == "step":  # the published rule claims no gap
         return result
     absolute_gap = ABSOLUTE_GAP * settings.objective_scale
+    bound = np.asarray(bound, dtype=np.float64)
     if problem.per_neuron and not problem.rows:
-        objective = column_l1(result.U, problem.l1_weights)
-        loose = ~within_gap(objective, np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=-np.inf),
-                            settings.gap_tol, absolute_gap)
+        loose = ~within_gap(column_l1(result.U, problem.l1_weights), bound, settings.gap_tol, absolute_gap)
     else:
-        total = float(np.sum(bound)) if np.ndim(bound) == 0 else float(np.max(bound))
-        loose = np.full(statuses.shape, not within_gap(problem.objective(result.U), total, settings.gap_tol,
-                                                       absolute_gap))
+        loose = np.full(statuses.shape, not within_gap(problem.objective(result.U), float(np.max(bound)),
+                                                       settings.gap_tol, absolute_gap))
+    loose &= ~np.isnan(bound) if bound.shape == statuses.shape else ~np.isnan(bound).any()  # no bound: no claim
     relabel = (statuses == "optimal") & loose
     if not relabel.any():
         return result

@@ -41,17 +41,20 @@ def test_the_answer_does_not_depend_on_the_units(dtype, cascade):
 
 @pytest.mark.parametrize("per_neuron", [True, False])
 def test_no_result_is_optimal_beyond_the_gap_it_was_accepted_under(per_neuron):
-    """An "optimal" layer's l1 is proven within the gap tolerance of the optimum, for every neuron: gap_tol, grown to
-    gap_tol * iterations / gap_patience at most after gap_patience iterations, whatever stopped the iteration
-    (loose residual tolerances included)."""
+    """An "optimal" neuron's l1 is proven within gap_tol of the optimum; a "suboptimal" one within the tolerance it
+    was accepted under, gap_tol * iterations / gap_patience at most after gap_patience iterations, whatever stopped
+    the iteration (loose residual tolerances included)."""
     for seed, g in [(0, 0.02), (1, 0.1), (2, 0.3)]:
         problem = random_problem(40 + seed, N=30, P=300, M=8, per_neuron=per_neuron, g=g, cascade=seed == 1)
         for options in [{}, {"gap_tol": 1e-3, "gap_patience": 100}, {"rel_tol": 1e-2}]:
             result = solve(problem, dtype="float32", **options)
-            if result.status != "optimal":
+            if result.status not in ("optimal", "suboptimal"):
                 assert result.status in ("inaccurate", "max_iter"), result.message
                 continue
-            allowed = options.get("gap_tol", 5e-3) * max(1.0, result.iterations / options.get("gap_patience", 500))
+            gap_tol = options.get("gap_tol", 5e-3)
+            widened = gap_tol * max(1.0, result.iterations / options.get("gap_patience", 500))
+            statuses = result.info["neuron_statuses"] if per_neuron else np.array([result.status])
+            allowed = np.where(statuses == "optimal", gap_tol, widened)
             objective = np.abs(result.U).sum(axis=0) if per_neuron else result.objective
             gap = objective - result.info["l1_lower_bound"]
             assert np.all(gap <= allowed * objective * (1 + 1e-5) + 1e-12), (options, gap / objective)
@@ -128,7 +131,8 @@ def _vanishing_signals(seed: int, activation: str, N: int = 60, P: int = 8, M: i
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vanishing_signals_beside_the_bias_end_optimal_at_the_references_objective(activation, seed):
     """Features 1e8 times smaller than the bias row, whose weight is then the cheapest by as much: Clarabel
-    (on unit rows, zero rows left out) is "optimal"; the ADMM ends every neuron "optimal" within its budget, its
+    (on unit rows, zero rows left out) is "optimal"; the ADMM ends every neuron within its budget, "optimal" (or
+    "suboptimal" where it was accepted past gap_patience beyond gap_tol), its
     certified bound below the reference's l1 and its own l1 above the reference's by no more than the gap
     tolerance it may have been accepted under: gap_tol (0.5%), grown in proportion to the iterations past
     gap_patience (admm.solve's docstring; on an Intel Xeon seed 1 took 750 iterations and one neuron ended 0.64%
@@ -139,7 +143,7 @@ def test_vanishing_signals_beside_the_bias_end_optimal_at_the_references_objecti
     assert reference.status == "optimal"
     assert problem.columns_within_budget(reference.U, 1e-6, 1e-6).all()
     result = solve(problem)
-    assert result.info["neuron_status"]["optimal"] == problem.shape[2]
+    assert result.info["neuron_status"]["optimal"] + result.info["neuron_status"]["suboptimal"] == problem.shape[2]
     assert problem.columns_within_budget(result.U, 1e-3, 1e-5).all()
     optimum, l1, bound = np.abs(reference.U).sum(axis=0), np.abs(result.U).sum(axis=0), result.info["l1_lower_bound"]
     np.testing.assert_array_less(bound, optimum * (1 + 1e-6) + 1e-12)
@@ -154,7 +158,8 @@ def test_a_budget_above_the_layers_response_solves_optimal_at_the_references_obj
     cascade rule budgeted them at a per-layer target of 0.7: eps = 1.8 to 2.6 ||y_m||, the error they inherited
     (the rule that emptied the network; now capped). Zero output keeps the ball, but the Omega^c bound V = W^T Xhat
     is negative on every sample, so the program is a degenerate, nearly polyhedral one; whole layers of such
-    neurons took 2,700 to 10,000 iterations. The ADMM ends every neuron "optimal", within budget, its l1 above
+    neurons took 2,700 to 10,000 iterations. The ADMM ends every neuron within budget ("optimal", or "suboptimal"
+    where accepted past gap_patience beyond gap_tol), its l1 above
     Clarabel's (stored: CVXPY + Clarabel at its default accuracy, one minute) by no more than the gap tolerance it
     was accepted under (gap_tol grown past gap_patience: 2,400 iterations and 0.7% at most measured; the interior
     point on the supports, which these supports are too large to pay for, ended 1,150 iterations at 0.1%)."""
@@ -163,7 +168,7 @@ def test_a_budget_above_the_layers_response_solves_optimal_at_the_references_obj
                            original_weights=data["W"])
     assert np.all(data["eps"] > 1.7 * np.linalg.norm(data["Y"], axis=1))
     result = solve(problem)
-    assert result.status == "optimal", result.status
+    assert result.status in ("optimal", "suboptimal"), result.status
     assert np.all(np.asarray(result.fit) <= data["eps"] * (1 + 1e-3))
     assert result.max_violation <= 1e-5 * np.abs(data["Y"]).max()
     tolerance = 5e-3 * max(1.0, result.iterations / 500)  # the defaults gap_tol = 5e-3, gap_patience = 500
@@ -192,13 +197,14 @@ def test_resnet20s_dead_neurons_in_cascade_end_optimal_at_their_linear_programs_
     neurons are dead on the calibration data (Y = 0, eps = 0) with V, the original pre-activations, between -3e-3
     and -8e-4 where max Y = 4.6. Their program is the linear program min ||u||_1 s.t. u^T x_j <= v_j, which the
     layer's rho does not suit: the ADMM ran 10,000 iterations and ended them at max_iter. Now the interior point
-    solves them on their supports (a handful of weights) once they are the last ones iterating."""
+    solves them on their supports (a handful of weights) once they are the last ones iterating ("suboptimal" where
+    one is accepted past gap_patience beyond gap_tol)."""
     data = np.load(Path(__file__).parents[1] / "data" / "resnet20_dead_neurons.npz")
     problem = LayerProblem(data["X"], data["Y"], data["eps"], "relu", upper=data["upper"], original_weights=data["W"])
     dead = np.flatnonzero(~problem.omega.any(axis=1))
     assert dead.size == 2 and np.all(data["eps"][dead] == 0) and np.all(data["upper"][dead] < 0)
     result = solve(problem, dtype="float32")
-    assert list(result.info["neuron_statuses"]) == ["optimal"] * problem.shape[2]
+    assert set(result.info["neuron_statuses"]) <= {"optimal", "suboptimal"}
     assert problem.columns_within_budget(result.U).all()
     tolerance = 5e-3 * max(1.0, result.iterations / 500)  # the gap tolerance grown past gap_patience
     N = problem.shape[0]
