@@ -52,6 +52,7 @@ class Checkpoint:
     def __init__(self, folder: str | Path, key: str):
         self.folder, self.key = Path(folder), key
         self.rows: list[LayerReport] = []
+        self._read: dict[str, np.ndarray] = {}  # the layers' weights read (and so checked) when it was opened
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"checkpoint: {self.folder} is a file; give a folder (created if missing)")
         self._check_writable()
@@ -64,7 +65,13 @@ class Checkpoint:
             self.rows = self._rows(state, saved)
 
     def weights(self, name: str) -> np.ndarray:
-        """The trimmed weight matrix U of a layer done; a file that cannot be read is refused by name."""
+        """The trimmed weight matrix U of a layer done (read once: handed over from the opening's check)."""
+        if name in self._read:
+            return self._read.pop(name)
+        return self._load(name)
+
+    def _load(self, name: str) -> np.ndarray:
+        """A layer's weight file, or a ValueError naming it when it cannot be read."""
         path = self._file(name)
         try:
             return load_file(path)["U"]
@@ -113,8 +120,7 @@ class Checkpoint:
         except (KeyError, TypeError) as error:
             raise ValueError(f"checkpoint: {state} has no valid rows of layers ({type(error).__name__}: {error}); "
                              f"delete {self.folder} to start the trim again") from None
-        for row in rows:
-            self.weights(row.name)
+        self._read = {row.name: self._load(row.name) for row in rows}
         return rows
 
     def _file(self, name: str) -> Path:
