@@ -1,13 +1,15 @@
 """The neurons the ADMM leaves "inaccurate" are finished by interior point (solvers/crossover.py), and a dead
 neuron with a tiny optimum is proven by the absolute gap tolerance (admm.ABSOLUTE_GAP)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import nettrim
 from instances import random_problem
 from networks import inputs, mlp
-from solvers import LayerProblem, solve
+from solvers import LayerProblem, crossover, solve
 from solvers.admm import ABSOLUTE_GAP
 from solvers.crossover import finish_inaccurate, pulled_inside
 from solvers.problem import column_l1
@@ -64,6 +66,29 @@ def test_an_answer_over_the_budget_is_pulled_exactly_inside_toward_the_original_
     pulled = pulled_inside(problem, over)
     assert problem.columns_within_budget(pulled, 0.0, 1e-5).all()
     np.testing.assert_allclose(column_l1(pulled), column_l1(optimum), rtol=1e-5)
+
+
+def test_a_linear_program_is_finished_on_its_sufficient_statistics(monkeypatch):
+    """A linear program with many more samples than inputs goes to the reference over k <= N samples
+    (sufficient.py), with the optimum of the program on all P samples, measured on them."""
+    exact = random_problem(9, N=20, P=2_000, M=4, activation="linear", per_neuron=True, g=0.1)
+    noise = 0.3 * np.random.default_rng(9).standard_normal(exact.Y.shape)  # a part no weights reach
+    eps = np.sqrt(np.sum(noise**2, axis=1) + exact.eps**2)
+    problem = dataclasses.replace(exact, Y=exact.Y + noise, eps=eps)
+    result = _marked_inaccurate(problem, [0, 3])
+    samples = []
+    reference = crossover.solve_reference
+
+    def counted(program, **options):
+        samples.append(program.shape[1])
+        return reference(program, **options)
+
+    monkeypatch.setattr(crossover, "solve_reference", counted)
+    finished = finish_inaccurate(problem, result)
+    assert samples == [20] and finished.info["crossover"] == 2
+    on_every_sample = reference(problem.neurons([0, 3]))
+    np.testing.assert_allclose(column_l1(finished.U[:, [0, 3]]), column_l1(on_every_sample.U), rtol=1e-6)
+    assert problem.columns_within_budget(finished.U, 0.0, 0.0).all()
 
 
 def test_a_crossover_beyond_max_entries_leaves_the_result_as_it_is():
