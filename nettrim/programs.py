@@ -30,6 +30,7 @@ import solvers
 from solvers import LayerProblem, rowgroups
 from solvers.crossover import finish_inaccurate
 from solvers.grouped import GroupedProblem
+from solvers.memo import per_array
 from solvers.problem import column_l1
 from solvers.result import merge_results
 
@@ -78,7 +79,7 @@ def _program(X, Y, W, activation, budget, g, cascade_factor, input_group: int | 
     if cascade_factor is not None:
         # The error a layer inherits is its budget in the theorem; capped, so that a large inherited error never
         # licenses emptying the layer (the cap gives way only as far as W itself needs to stay feasible).
-        response = W.T @ X
+        response = response_of(W, X)
         omega = Y > 0 if activation == "relu" else np.ones(Y.shape, dtype=bool)
         inherited = np.linalg.norm(np.where(omega, response - Y, 0.0), axis=1 if per_neuron else None)
         cap = np.maximum(np.asarray(solvers.relative_budget(Y, INHERITED_CAP, per_neuron=per_neuron)), inherited)
@@ -87,6 +88,12 @@ def _program(X, Y, W, activation, budget, g, cascade_factor, input_group: int | 
     rows = {} if input_group is None else {"structure": "rows", "group_size": input_group}
     return LayerProblem(X, Y, eps if per_neuron else float(eps), activation=activation, upper=upper,
                         original_weights=W, **rows)
+
+
+@per_array
+def response_of(W: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """W^T X, kept while W and X live (a budget search's programs share them: solvers/memo.py)."""
+    return W.T @ X
 
 
 @dataclass
@@ -131,14 +138,16 @@ def solve_layer(layer: Layer, problem: LayerProblem | GroupedProblem, scheduler:
         raise ValueError(f"layer {layer.name!r} ({N} inputs, P = {P} samples) does not fit in memory: "
                          f"{error or type(error).__name__}{advice}") from error
     W = problem.original_weights
-    missed = ~problem.columns_within_budget(result.U, FIT_RTOL, VIOLATION_TOL)
+    missed = ~problem.result_within_budget(result, FIT_RTOL, VIOLATION_TOL)
     if problem.per_neuron:
         denser = np.count_nonzero(result.U, axis=0) > np.count_nonzero(W, axis=0)
     else:  # one budget for the layer: W replaces U whole or not at all
         denser = np.full(len(missed), np.count_nonzero(result.U) > np.count_nonzero(W))
-    sparser = ~missed & denser & problem.columns_within_budget(W, FIT_RTOL, VIOLATION_TOL)
+    sparser = ~missed & denser
     if problem.rows:  # never for the rows' objective, whose aim is zero rows: the original's columns fill them
         sparser[:] = False
+    if sparser.any():
+        sparser &= problem.columns_within_budget(W, FIT_RTOL, VIOLATION_TOL)
     fallback = missed | sparser
     U = np.where(fallback[None, :], W, result.U) if fallback.any() else result.U  # W keeps the budget
     return Solved(problem, result, U, missed, sparser)

@@ -92,6 +92,7 @@ class GroupedProblem:
 
         return {"objective": float(sum(measure["objective"] for measure in measures)), "fit": side_by_side("fit"),
                 "max_violation": max(measure["max_violation"] for measure in measures),
+                "violations": side_by_side("violations"),
                 "response_error": side_by_side("response_error")}
 
     def columns_within_budget(self, U, fit_rtol: float = 1e-3, violation_tol: float = 1e-5) -> np.ndarray:

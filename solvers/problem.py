@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import rowgroups
+from .memo import per_array
 
 ACTIVATIONS = ("relu", "linear")
 STRUCTURES = ("weights", "rows")
@@ -38,9 +39,15 @@ def _as_finite_matrix(name: str, value, ndim: int = 2) -> np.ndarray:
     array = np.asarray(value, dtype=np.float64)
     if array.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
+    if not _finite(array):
         raise ValueError(f"{name} contains NaN or Inf")
     return array
+
+
+@per_array
+def _finite(array: np.ndarray) -> bool:
+    """Are all of array's entries finite? (Kept while it lives: a budget search builds many programs on one X.)"""
+    return bool(np.all(np.isfinite(array)))
 
 
 def relative_budget(Y, g: float, per_neuron: bool = False):
@@ -233,20 +240,34 @@ class LayerProblem:
         """(M,) bools: does column u_m keep fit_m <= eps_m (1 + fit_rtol) and its Omega^c excess <= violation_tol
         y_scale (response_scale() unless given: a layer's neurons may be measured on the layer's scale)? With a
         scalar eps the test is the layer's, the same for every column."""
-        U = np.asarray(U, dtype=np.float64)
-        response = U.T @ self.X
+        residual, violations = self._residual_and_violations(np.asarray(U, dtype=np.float64).T @ self.X)
+        fit = np.linalg.norm(residual, axis=1 if self.per_neuron else None)
+        return self._within(fit, violations, fit_rtol, violation_tol, y_scale)
+
+    def result_within_budget(self, result, fit_rtol: float = 1e-3, violation_tol: float = 1e-5) -> np.ndarray:
+        """columns_within_budget(result.U, ...) from the fit and violations make_result measured on its U (without
+        them, measured again)."""
+        if result.violations is None:
+            return self.columns_within_budget(result.U, fit_rtol, violation_tol)
+        return self._within(result.fit, result.violations, fit_rtol, violation_tol, None)
+
+    def _within(self, fit, violations: np.ndarray, fit_rtol: float, violation_tol: float,
+                y_scale: float | None) -> np.ndarray:
+        """columns_within_budget's test on measured fit (per neuron, or the layer's) and (M,) Omega^c excesses."""
         y_scale = max(self.response_scale() if y_scale is None else y_scale, 1e-300)
-        residual = np.where(self.omega, response - self.Y, 0.0)
-        if self.activation == "relu":
-            excess = np.where(self.omega, 0.0, response - self.upper_bound()).max(axis=1)
-        else:
-            excess = np.zeros(self.shape[2])
         slack = 1e-12 * y_scale
         if self.per_neuron:
-            fit_ok = np.linalg.norm(residual, axis=1) <= self.eps * (1 + fit_rtol) + slack
-            return fit_ok & (excess <= violation_tol * y_scale)
-        ok = np.linalg.norm(residual) <= self.eps * (1 + fit_rtol) + slack and excess.max() <= violation_tol * y_scale
+            return (np.asarray(fit) <= self.eps * (1 + fit_rtol) + slack) & (violations <= violation_tol * y_scale)
+        ok = fit <= self.eps * (1 + fit_rtol) + slack and violations.max() <= violation_tol * y_scale
         return np.full(self.shape[2], bool(ok))
+
+    def _residual_and_violations(self, response: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(U^T X - Y on Omega and 0 elsewhere, (M,) max over Omega^c of (U^T X - V)_+) from response = U^T X."""
+        residual = np.where(self.omega, response - self.Y, 0.0)
+        if self.activation != "relu":
+            return residual, np.zeros(self.shape[2])
+        excess = np.where(self.omega, 0.0, response - self.upper_bound())
+        return residual, np.maximum(excess.max(axis=1), 0.0)
 
     def budget_total(self) -> float:
         """The layer's Frobenius budget: eps, or sqrt(sum eps_m^2) for per-neuron budgets."""
@@ -266,21 +287,18 @@ class LayerProblem:
         objective:       ||U||_1, or sum C_ij |U_ij| with l1 weights C; sum_g c_g ||U_g,:|| for rows
         fit:             ||(U^T X - Y)_Omega||_F (per neuron, a length-M array, when eps is per neuron)
         max_violation:   max over Omega^c of (U^T X - V)_+ (0 for a linear layer)
+        violations:      (M,) the same for each column
         response_error:  ||act(U^T X) - Y|| in the same form as fit: Proposition 1 bounds it by eps
         """
         U = np.asarray(U, dtype=np.float64)
         response = U.T @ self.X
-        residual = np.where(self.omega, response - self.Y, 0.0)
-        if self.activation == "relu":
-            violation = np.where(self.omega, 0.0, np.maximum(response - self.upper_bound(), 0.0))
-            output_error = np.maximum(response, 0.0) - self.Y
-        else:
-            violation = np.zeros(1)
-            output_error = residual
+        residual, violations = self._residual_and_violations(response)
+        output_error = np.maximum(response, 0.0) - self.Y if self.activation == "relu" else residual
         axis = 1 if self.per_neuron else None
         return {
             "objective": self.objective(U),
             "fit": np.linalg.norm(residual, axis=axis),
-            "max_violation": float(violation.max()),
+            "max_violation": float(violations.max(initial=0.0)),
+            "violations": violations,
             "response_error": np.linalg.norm(output_error, axis=axis),
         }

@@ -105,6 +105,7 @@ class LayerResult:
     seconds: float
     backend: str
     info: ResultInfo = field(default_factory=dict)
+    violations: np.ndarray | None = None  # (M,) each column's max over Omega^c of (U^T X - V)_+
 
     @property
     def success(self) -> bool:
@@ -151,7 +152,7 @@ def make_result(problem: LayerProblem, U: np.ndarray, *, status: str, message: s
         U=U, status=status, message=message, objective=measures["objective"], fit=shaped(measures["fit"]),
         eps=problem.eps, max_violation=measures["max_violation"],
         response_error=shaped(measures["response_error"]), iterations=iterations, seconds=seconds,
-        backend=backend, info=info or {},
+        backend=backend, info=info or {}, violations=measures["violations"],
     )
 
 

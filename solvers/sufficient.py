@@ -22,6 +22,7 @@ certificate of infeasibility, and such neurons (or a layer whose summed r exceed
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,18 @@ def row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(eigenvalues[kept]), vectors[:, kept]
 
 
+@per_array
+def zero_rows(X: np.ndarray) -> np.ndarray:
+    """(N,) bools: the rows of X that are 0 on every sample (kept while X lives)."""
+    return ~np.any(X != 0, axis=1)
+
+
+@per_array
+def moments(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """X Y^T (N, M), kept while X and Y live (a budget search's programs share both)."""
+    return X @ Y.T
+
+
 def compress(problem: LayerProblem) -> tuple[LayerProblem, Statistics] | None:
     """The program over (Xs, Ys, eps_s) of the module docstring, or None when X's rank is not below P /
     MIN_REDUCTION (nothing to gain)."""
@@ -73,8 +86,8 @@ def compress(problem: LayerProblem) -> tuple[LayerProblem, Statistics] | None:
     if not singular.size or MIN_REDUCTION * singular.size > X.shape[1]:
         return None
     Xs = vectors * singular
-    Xs[~np.any(X != 0, axis=1)] = 0.0  # an input that is always 0 stays exactly 0 (not eigh's rounding)
-    Ys = ((X @ Y.T).T @ vectors) / singular
+    Xs[zero_rows(X)] = 0.0  # an input that is always 0 stays exactly 0 (not eigh's rounding)
+    Ys = (moments(X, Y).T @ vectors) / singular
     energy = np.sum(Y * Y, axis=1)
     unreachable = np.maximum(energy - np.sum(Ys * Ys, axis=1), 0.0)
     if problem.per_neuron:
@@ -106,7 +119,9 @@ def expand_result(problem: LayerProblem, statistics: Statistics, result: LayerRe
     neuron (or, with a layer budget, the layer) called "optimal" that misses the original budget is "inaccurate"."""
     info = dict(result.info, compressed_samples=[statistics.samples, statistics.rank])
     status, message = result.status, result.message
-    missed = ~problem.columns_within_budget(result.U, 0.0, 0.0)
+    measured = make_result(problem, result.U, status=status, message=message, iterations=result.iterations,
+                           seconds=result.seconds, backend=result.backend, info=info)
+    missed = ~problem.result_within_budget(measured, 0.0, 0.0)
     statuses = info.get("neuron_statuses")
     if statuses is not None:
         statuses = np.where(missed & (statuses == "optimal"), "inaccurate", statuses)
@@ -118,5 +133,4 @@ def expand_result(problem: LayerProblem, statistics: Statistics, result: LayerRe
         status, message = "infeasible", "the budget is below the part of Y that no weights reach (certified)"
     elif status == "optimal" and missed.any():
         status, message = "inaccurate", f"{message}; the weights miss the budget on the original samples"
-    return make_result(problem, result.U, status=status, message=message, iterations=result.iterations,
-                       seconds=result.seconds, backend=result.backend, info=info)
+    return dataclasses.replace(measured, status=status, message=message, info=info)

@@ -25,6 +25,25 @@ def test_computed_once_per_live_array_and_again_after_a_change():
     assert total(np.zeros((3, 4))) == 0.0 and len(calls) == 4  # a dead array's result is not reused
 
 
+def test_a_result_of_several_arrays_is_kept_for_that_combination():
+    calls = []
+
+    @memo.per_array
+    def product(X, Y):
+        calls.append(1)
+        return X @ Y.T
+
+    X, Y = np.arange(6.0).reshape(2, 3), np.ones((4, 3))
+    np.testing.assert_array_equal(product(X, Y), product(X, Y))
+    assert len(calls) == 1
+    assert product(X, 2 * Y)[0, 0] == 6.0 and len(calls) == 2  # another Y
+    Y[0, 0] = 5.0  # a sampled entry of one of them changed in place
+    assert product(X, Y)[0, 0] == 3.0 and len(calls) == 3
+    del Y
+    gc.collect()
+    assert product(X, np.zeros((1, 3)))[0, 0] == 0.0 and len(calls) == 4
+
+
 def test_a_budget_search_computes_the_row_space_and_the_equal_rows_once(monkeypatch):
     """Programs that share X (a budget search) share its row space (sufficient.py) and its distinct rows."""
     from solvers import LayerProblem, copies, solve, sufficient
