@@ -114,14 +114,19 @@ class Layer:
                 bias.copy_(U[features])
 
     def features(self, inputs: torch.Tensor, choose=None) -> torch.Tensor:
-        """The samples the layer multiplies by its weight, one per row: (samples, in features), no bias column.
+        """The samples the layer multiplies by its weight, one per row: (samples, in features), no bias column;
+        columns(inputs, choose) transposed."""
+        return self.columns(inputs, choose).T
+
+    def columns(self, inputs: torch.Tensor, choose=None) -> torch.Tensor:
+        """The samples the layer multiplies by its weight, one per column: (in features, samples), no bias row.
         With `choose` (a function of the number of samples returning the indices of those to keep, or None for
-        all), only the chosen rows, in the order of F.unfold's patches image by image: a conv gathers just those
-        patches from its padded input and never unfolds the others."""
+        all), only the chosen samples, in the order of F.unfold's patches image by image: a conv gathers just those
+        patches from its padded input, straight into this layout, and never unfolds the others."""
         if self.kind == "linear":
             rows = inputs.reshape(-1, self.module.in_features)
             chosen = None if choose is None else choose(len(rows))
-            return rows if chosen is None else rows[chosen.to(rows.device)]
+            return (rows if chosen is None else rows[chosen.to(rows.device)]).T
         padded = self._padded(inputs)
         kernel, dilation, stride = (tuple(value) if self.kind == "conv2d" else (1, *value) for value in
                                     (self.module.kernel_size, self.module.dilation, self.module.stride))
@@ -129,8 +134,8 @@ class Layer:
                        for size, d, k, s in zip(padded.shape[2:], dilation, kernel, stride, strict=True)]
         chosen = None if choose is None else choose(len(padded) * math.prod(output_size))
         if chosen is None:
-            patches = F.unfold(padded, kernel, dilation=dilation, stride=stride)
-            return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+            patches = F.unfold(padded, kernel, dilation=dilation, stride=stride)  # (images, features, positions)
+            return patches.transpose(0, 1).reshape(patches.shape[1], -1)
         return _gather_patches(padded, chosen.to(padded.device), output_size, kernel, dilation, stride)
 
     def _padded(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -144,8 +149,9 @@ class Layer:
 
 def _gather_patches(padded: torch.Tensor, chosen: torch.Tensor, output_size: tuple[int, int], kernel, dilation,
                     stride) -> torch.Tensor:
-    """The rows `chosen` of F.unfold(padded, ...).transpose(1, 2).reshape(-1, C kh kw), by indexing: rows are
-    image-major, then output positions row by row; features channel-major, then kernel row, then kernel column."""
+    """The columns `chosen` of F.unfold(padded, ...) with its images side by side, (C kh kw, chosen), by indexing:
+    samples are image-major, then output positions row by row; features channel-major, then kernel row, then
+    kernel column."""
     height, width = output_size
     (kh, kw), (dy, dx), (sy, sx) = kernel, dilation, stride
     image, position = chosen // (height * width), chosen % (height * width)
@@ -153,9 +159,9 @@ def _gather_patches(padded: torch.Tensor, chosen: torch.Tensor, output_size: tup
     channel = arange(padded.shape[1], device=chosen.device).repeat_interleave(kh * kw)
     ky = arange(kh, device=chosen.device).repeat_interleave(kw).repeat(padded.shape[1])
     kx = arange(kw, device=chosen.device).repeat(padded.shape[1] * kh)
-    rows = (position // width * sy)[:, None] + (ky * dy)[None, :]
-    columns = (position % width * sx)[:, None] + (kx * dx)[None, :]
-    return padded[image[:, None], channel[None, :], rows, columns]
+    rows = (ky * dy)[:, None] + (position // width * sy)[None, :]
+    columns = (kx * dx)[:, None] + (position % width * sx)[None, :]
+    return padded[image[None, :], channel[:, None], rows, columns]
 
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}

@@ -60,9 +60,21 @@ class _Sampler:
             return None
         return torch.from_numpy(np.sort(self.rng.choice(count, self.max_samples, replace=False)))
 
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        chosen = self.choose(len(rows))
-        return rows if chosen is None else rows[chosen.to(rows.device)]
+    def take(self, parts: list[torch.Tensor], bias: bool) -> np.ndarray:
+        """X (features + bias, samples) in float64: the chosen samples (columns) of the batches' `parts` side by
+        side, copied once from each part without stacking the others, and a last row of ones when `bias`."""
+        chosen = self.choose(sum(part.shape[1] for part in parts))
+        if chosen is not None:
+            starts = np.cumsum([0] + [part.shape[1] for part in parts])
+            bounds = np.searchsorted(chosen.numpy(), starts)
+            parts = [part[:, chosen[low:high] - start] for part, start, low, high in
+                     zip(parts, starts[:-1], bounds[:-1], bounds[1:], strict=True)]
+        features = parts[0].shape[0]
+        X = np.empty((features + bias, sum(part.shape[1] for part in parts)))
+        torch.cat(parts, dim=1, out=torch.from_numpy(X[:features]))  # converted to float64 as it is copied
+        if bias:
+            X[-1] = 1.0
+        return X
 
 
 class _Stop(Exception):
@@ -102,8 +114,7 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
             calls[layer.name] = calls.get(layer.name, 0) + 1
             if calls[layer.name] > 1:  # refused once the batch is through
                 return
-        rows = layer.features(inputs, samplers[layer.name].choose).to("cpu", torch.float64)
-        collected.setdefault(layer.name, []).append(rows)
+        collected.setdefault(layer.name, []).append(layer.columns(inputs, samplers[layer.name].choose).to("cpu"))
         remaining.discard(layer.name)
         if not remaining and not scripted and not first_batch:  # no exception crosses TorchScript cleanly
             raise _Stop
@@ -127,10 +138,7 @@ def capture(model: nn.Module, batches: list[torch.Tensor], layers: list[Layer], 
     signals = {}
     for name, parts in collected.items():
         layer = next(layer for layer in layers if layer.name == name)
-        rows = samplers[name].take(torch.cat(parts))
-        if layer.has_bias:
-            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
-        X = rows.T.contiguous().numpy()
+        X = samplers[name].take(parts, layer.has_bias)
         if not np.all(np.isfinite(X)):
             raise ValueError(f"calibration: layer {name!r} receives NaN or Inf in its input signals")
         signals[name] = X
