@@ -72,6 +72,7 @@ from .constraints import Program
 from .cutting_planes import nearly_dead, solve_nearly_dead
 from .factor import LayerInput
 from .iteration import Iteration
+from .memo import per_array
 from .memory import memory_plan
 from .problem import LayerProblem, column_l1
 from .result import SEVERITY, LayerResult, make_result, merge_results, summarize_statuses, within_budget
@@ -108,7 +109,7 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
     """
     settings = AdmmSettings.of(options).with_deadline()
     settings.check_for(problem)  # before screening, so bad options are refused even when nothing is iterated
-    settings = settings.replace(**iteration_constants(problem, **options))
+    settings = _float32_or_wider(problem, settings.replace(**iteration_constants(problem, **options)))
     start = time.perf_counter()
     be = backend(settings.device)
     with be.tensor_float32(settings.dtype, settings.tf32) as tf32:
@@ -120,6 +121,33 @@ def solve_admm(problem: LayerProblem, **options) -> LayerResult:
             result = _solve_screened(problem, settings, be, active, few, start)
     result.info["tf32"] = tf32
     return _within_the_users_gap(problem, result, settings)
+
+
+#: float32 iterates hold squared norms of responses, inputs and weights: a program whose response scale (max|Y|),
+#: typical input (cost_unit) or their ratio (the weights' scale) leaves [1 / FLOAT32_RANGE, FLOAT32_RANGE] is
+#: iterated in float64 (at max|Y| = 1e19, or inputs of 1e-20 beside a bias row, float32 squares overflowed and
+#: the ADMM ended "inaccurate", at 1e20 with NaN weights; float64 solved each at its optimum).
+FLOAT32_RANGE = 2.0**40
+
+
+def _float32_or_wider(problem: LayerProblem, settings: AdmmSettings) -> AdmmSettings:
+    """`settings`, with dtype float64 instead of float32 where the data's scales leave float32's safe range
+    (FLOAT32_RANGE; info["dtype"] says which ran). The scales are the layer's (iteration_constants), so every
+    block of a layer's neurons decides alike."""
+    if np.dtype(settings.dtype) != np.float32:
+        return settings
+    inputs = largest_magnitude(problem.X)
+    scales = np.array([settings.response_scale, inputs, settings.cost_unit,
+                       settings.response_scale / settings.cost_unit, settings.response_scale / inputs])
+    if np.all((scales <= FLOAT32_RANGE) & (scales >= 1 / FLOAT32_RANGE)):
+        return settings
+    return settings.replace(dtype="float64")
+
+
+@per_array
+def largest_magnitude(X: np.ndarray) -> float:
+    """max |X| (kept while X lives: memo.py)."""
+    return float(np.max(np.abs(X)))
 
 
 def _within_the_users_gap(problem: LayerProblem, result: LayerResult, settings: AdmmSettings) -> LayerResult:

@@ -39,6 +39,23 @@ def test_the_answer_does_not_depend_on_the_units(dtype, cascade):
         assert abs(result.nonzeros - unit.nonzeros) <= 0.02 * unit.nonzeros, s
 
 
+@pytest.mark.parametrize(("inputs", "responses"), [(1.0, 1e20), (1.0, 1e19), (1e20, 1e20), (1e-20, 1.0),
+                                                   (1e-20, 1e-20), (1.0, 1e-20), (1e20, 1.0)])
+def test_float32_beyond_its_range_is_solved_in_float64(inputs, responses):
+    """X scaled by `inputs` and Y, eps by `responses` (so the weights by responses / inputs): float32 squares of
+    such data overflow or vanish (the ADMM ended "inaccurate", or max_iter with NaN weights), so the program is
+    iterated in float64, at the unit program's optimum; data in range stay float32."""
+    problem = random_problem(0, N=20, P=200, M=4, per_neuron=True, g=0.1)
+    unit = solve(problem, dtype="float32")
+    assert unit.info["dtype"] == "float32"
+    scaled = LayerProblem(problem.X * inputs, problem.Y * responses, problem.eps * responses, problem.activation,
+                          original_weights=problem.original_weights * responses / inputs)
+    result = solve(scaled, dtype="float32")
+    assert result.status == "optimal" and result.info["dtype"] == "float64", result.message
+    assert np.all(np.isfinite(result.U)) and scaled.columns_within_budget(result.U, 1e-9, 1e-5).all()
+    assert result.objective * inputs / responses == pytest.approx(unit.objective, rel=1e-3)
+
+
 @pytest.mark.parametrize("per_neuron", [True, False])
 def test_no_result_is_optimal_beyond_the_gap_it_was_accepted_under(per_neuron):
     """An "optimal" neuron's l1 is proven within gap_tol of the optimum; a "suboptimal" one within the tolerance it
