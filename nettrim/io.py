@@ -93,16 +93,32 @@ def _smallest_unsigned(indices: torch.Tensor, largest: int) -> torch.Tensor:
     return torch.from_numpy(indices.numpy().astype(dtype))
 
 
-def dense_state(handle, shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """The state dict of a file opened with safe_open: its dense tensors, and its CSR weights made dense."""
+def dense_state(handle, shapes: dict[str, list[int]], path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a file opened with safe_open: its dense tensors, and its CSR weights made dense (a
+    ValueError naming the weight and the file where its parts and its shape in the metadata disagree)."""
     state = {key: handle.get_tensor(key) for key in handle.keys() if "::csr_" not in key}
+    stored = set(handle.keys())
     for key, shape in shapes.items():
+        if not all(f"{key}::csr_{part}" in stored for part in CSR_PARTS):
+            raise ValueError(f"path: {path} has damaged nettrim metadata: 'sparse' names {key!r}, whose compressed "
+                             "parts the file does not hold")
         values, columns, rows = (handle.get_tensor(f"{key}::csr_{part}") for part in CSR_PARTS)
+        if not _csr_fits(values, columns, rows.to(torch.int64), shape):
+            raise ValueError(f"path: {path}: the compressed parts of {key!r} do not make a matrix of the shape "
+                             f"{shape} its metadata gives (an edited or damaged file)")
         matrix = values.new_zeros((shape[0], math.prod(shape[1:])))
         row_of_each = torch.repeat_interleave(torch.arange(shape[0]), torch.diff(rows.to(torch.int64)))
         matrix[row_of_each, columns.to(torch.int64)] = values
         state[key] = matrix.reshape(shape)
     return state
+
+
+def _csr_fits(values: torch.Tensor, columns: torch.Tensor, rows: torch.Tensor, shape: list[int]) -> bool:
+    """Do CSR parts make a matrix of `shape` (rows x the product of the rest)? One offset per row and one more,
+    from 0 and never decreasing, to one value and one column index per entry, each index within the columns."""
+    return (rows.ndim == values.ndim == columns.ndim == 1 and len(rows) == shape[0] + 1 and int(rows[0]) == 0
+            and bool(torch.all(torch.diff(rows) >= 0)) and int(rows[-1]) == len(values) == len(columns)
+            and (not len(columns) or int(columns.max()) < math.prod(shape[1:])))
 
 
 #: The size attributes of the modules whose widths neuron trimming changes.
@@ -176,7 +192,9 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
     """Weights saved by `save` (either format), loaded into a copy of `model`: the trimmed architecture or the
     original one (modules saved as nn.Identity, i.e. folded BatchNorms, are replaced, layers that gained a bias from the
     folding get one, and modules that neuron trimming made smaller are resized to the saved widths). `model`
-    itself is not modified. Returns (loaded model, report or None).
+    itself is not modified. Returns (loaded model, report or None). A file whose metadata was edited or damaged (an
+    entry that is not the JSON it must be, compressed parts that do not make their weight's shape, a width its
+    weights do not have) is refused with a ValueError naming the entry and the file.
     """
     path = Path(path)
     if not path.exists():
@@ -184,24 +202,25 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
     metadata = read_metadata(path)
     if "nettrim_version" not in metadata:
         raise ValueError(f"path: {path} was not written by nettrim.save (no nettrim metadata)")
+    fields = _parsed(metadata, path)
     model = copy.deepcopy(model)
-    for name in json.loads(metadata.get("identity_modules", "[]")):
+    for name in fields["identity_modules"]:
         _saved_module(model, name)
         model.set_submodule(name, nn.Identity())
-    sparse = json.loads(metadata.get("sparse", "{}"))
+    sparse = fields["sparse"]
     try:
         with safe_open(str(path), framework="pt") as handle:
-            state = dense_state(handle, sparse) if sparse else None
+            state = dense_state(handle, sparse, path) if sparse else None
             shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys() if "::csr_" not in key}
     except SafetensorError as error:
         raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
     shapes.update(sparse)
-    report = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None
+    report = fields["report"]
     _check_architecture(model, report, shapes, path)
-    for name, dim in json.loads(metadata.get("gathered_inputs", "{}")).items():
+    for name, dim in fields["gathered_inputs"].items():
         layer = _saved_module(model, name)
         model.set_submodule(name, GatheredInputs(layer, torch.zeros(1, dtype=torch.int64), dim))  # resized next
-    resize(model, json.loads(metadata.get("widths", "{}")), shapes)
+    resize(model, fields["widths"], shapes)
     for name, module in model.named_modules():
         if layer_kind(module) and module.bias is None and f"{name}.bias" in shapes:
             module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
@@ -212,7 +231,76 @@ def load(path: str | os.PathLike, model: nn.Module) -> tuple[nn.Module, Report |
             model.load_state_dict(state, strict=True)
     except SafetensorError as error:
         raise ValueError(f"path: {path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+    _check_widths(model, fields["widths"], path)
     return model, report
+
+
+#: The JSON metadata `load` reads: its type, and its value when the file has none.
+FIELDS = {"identity_modules": (list, []), "sparse": (dict, {}), "widths": (dict, {}), "gathered_inputs": (dict, {})}
+
+
+def _parsed(metadata: dict[str, str], path: Path) -> dict:
+    """The file's nettrim metadata, parsed and checked (FIELDS, and the report); a damaged entry is a ValueError
+    that names it and the file."""
+    def damaged(field: str, what: str) -> ValueError:
+        return ValueError(f"path: {path} has damaged nettrim metadata: {field!r} {what}")
+
+    fields = {}
+    for field, (kind, default) in FIELDS.items():
+        try:
+            fields[field] = json.loads(metadata[field]) if field in metadata else default
+        except json.JSONDecodeError as error:
+            raise damaged(field, f"is not JSON ({error})") from None
+        if not isinstance(fields[field], kind):
+            raise damaged(field, f"is not a JSON {'list' if kind is list else 'object'}")
+    if not all(isinstance(name, str) for name in fields["identity_modules"]):
+        raise damaged("identity_modules", "has a name that is not a string")
+    if not all(_sizes(shape) and len(shape) >= 2 for shape in fields["sparse"].values()):
+        raise damaged("sparse", "has a shape that is not a list of at least two positive ints")
+    for name, attributes in fields["widths"].items():
+        known = {attribute for names in SIZE_ATTRIBUTES.values() for attribute in names}
+        if not isinstance(attributes, dict) or not set(attributes) <= known or not _sizes(attributes.values()):
+            raise damaged("widths", f"of {name!r} is not {{size attribute: positive int}} ({sorted(known)})")
+    if not _sizes(fields["gathered_inputs"].values()):
+        raise damaged("gathered_inputs", "has a dimension that is not a positive int")
+    try:
+        fields["report"] = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise damaged("report", f"cannot be read ({type(error).__name__}: {error})") from None
+    return fields
+
+
+def _sizes(values) -> bool:
+    """Are `values` all positive ints (not bools)?"""
+    values = list(values)
+    return all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in values)
+
+
+def _check_widths(model: nn.Module, sizes: dict[str, dict[str, int]], path: Path) -> None:
+    """Every saved width must be the one the loaded weights have (an edited entry would leave a module that says
+    one size and computes with another): a ValueError naming the module and the file."""
+    for name, attributes in sizes.items():
+        actual = _tensor_widths(model.get_submodule(name))
+        for attribute, value in attributes.items():
+            if actual.get(attribute, value) != value:
+                raise ValueError(f"path: {path} has damaged nettrim metadata: 'widths' gives {name!r} "
+                                 f"{attribute} = {value}, but its saved weights have {actual[attribute]}")
+
+
+def _tensor_widths(module: nn.Module) -> dict[str, int]:
+    """The sizes (SIZE_ATTRIBUTES' names) that a Linear, conv or BatchNorm module's tensors have."""
+    if isinstance(module, nn.Linear):
+        return {"in_features": module.weight.shape[1], "out_features": module.weight.shape[0]}
+    if isinstance(module, nn.modules.conv._ConvNd):
+        first, second = module.weight.shape[:2]
+        inputs, outputs = (first, second * module.groups) if module.transposed else (second * module.groups, first)
+        return {"in_channels": inputs, "out_channels": outputs}
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        tensor = module.running_mean if module.running_mean is not None else module.weight
+        return {} if tensor is None else {"num_features": tensor.shape[0]}
+    return {}
+
+
 
 
 def _check_architecture(model: nn.Module, report: Report | None, shapes: dict[str, list[int]], path: Path) -> None:

@@ -169,3 +169,46 @@ def test_loading_into_another_architecture_is_refused_by_name(tmp_path, structur
                else "model: layer '0' has 20 outputs, but 16")
     with pytest.raises(ValueError, match=message):
         nettrim.load(tmp_path / "trimmed.safetensors", mlp(sizes=(12, 20, 10, 4)))
+
+
+def _edited(path, tmp_path, **changes):
+    """A copy of the file at `path` with its metadata entries `changes` (None: removed)."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors, metadata = {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata())
+    metadata = {key: value for key, value in {**metadata, **changes}.items() if value is not None}
+    save_file(tensors, tmp_path / "edited.safetensors", metadata=metadata)
+    return tmp_path / "edited.safetensors"
+
+
+def test_a_file_with_edited_metadata_is_refused_by_name(tmp_path):
+    """Each damaged entry gives a ValueError naming the file and the entry (they gave raw JSONDecodeError,
+    TypeError, RuntimeError, IndexError and KeyError), and an edited width is not silently ignored; the model
+    passed in is untouched."""
+    model, x = mlp(seed=1, sizes=(12, 40, 24, 4)), inputs(200)
+    trimmed, report = nettrim.trim(model, x, epsilon=0.5, progress=False)
+    sparse = nettrim.save(trimmed, tmp_path / "sparse.safetensors", report, format="sparse")
+    shapes = json.loads(read_metadata(sparse)["sparse"])
+    assert "2.weight" in shapes
+    smaller, small_report = nettrim.trim(model, x, epsilon=0.3, structure="neurons", progress=False)
+    narrow = nettrim.save(smaller, tmp_path / "narrow.safetensors", small_report)
+    widths = json.loads(read_metadata(narrow)["widths"])
+    before = copy.deepcopy(model.state_dict())
+    cases = [
+        (sparse, {"sparse": "{oops"}, "'sparse' is not JSON"),
+        (sparse, {"sparse": json.dumps({"2.weight": ["a", 3]})}, "'sparse' has a shape"),
+        (sparse, {"sparse": json.dumps({**shapes, "2.weight": [29, 40]})}, r"parts of '2\.weight' do not make"),
+        (sparse, {"sparse": json.dumps({**shapes, "2.weight": [24, 2]})}, r"parts of '2\.weight' do not make"),
+        (sparse, {"sparse": json.dumps({**shapes, "9.weight": [3, 3]})}, r"'sparse' names '9\.weight'"),
+        (sparse, {"report": json.dumps({"mode": 3})}, "'report' cannot be read"),
+        (sparse, {"identity_modules": "[3]"}, "'identity_modules' has a name"),
+        (narrow, {"widths": "{{"}, "'widths' is not JSON"),
+        (narrow, {"widths": json.dumps({**widths, "0": {"in_features": 15, "out_features": 38}})},
+         "'widths' gives '0' in_features = 15, but its saved weights have 12"),
+        (narrow, {"widths": json.dumps({**widths, "0": {"colour": 3}})}, "'widths' of '0' is not"),
+        (narrow, {"gathered_inputs": "[1]"}, "'gathered_inputs' is not a JSON object"),
+    ]
+    for path, changes, message in cases:
+        with pytest.raises(ValueError, match=f"edited.safetensors.*{message}"):
+            nettrim.load(_edited(path, tmp_path, **changes), model)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
