@@ -129,8 +129,8 @@ def solve_layer(layer: Layer, problem: LayerProblem | GroupedProblem, scheduler:
         return finish_inaccurate(program, result)  # the ADMM's "inaccurate" neurons, by interior point
 
     try:
-        result = (solve_once(problem, None) if reweight == 0
-                  else solvers.solve_reweighted(problem, solve_once, reweight))
+        result = (solve_once(problem, None) if reweight == 0 else solvers.solve_reweighted(
+            problem, solve_once, reweight, stop=lambda: deadline is not None and time.perf_counter() > deadline))
     except (MemoryError, solvers.MemoryLimitError) as error:
         N, P, _ = problem.shape
         advice = ("" if isinstance(error, solvers.MemoryLimitError) else

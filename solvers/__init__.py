@@ -27,7 +27,7 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
     """Solve one layer program. backend "admm" (options: see solve_admm) or "cvxpy" (see solve_reference).
 
     reweight=K adds K rounds of reweighted l1 (see reweight.py; delta is its relative floor), each warm started
-    from the previous round and keeping the same budget.
+    from the previous round and keeping the same budget; with a time_limit, no round starts after it.
 
     Inputs that are copies of one another (equal rows of X) are solved as one variable and the result put back
     on the original rows (copies.py; info["input_copies"] counts the rows merged away): the same optimum. A
@@ -50,7 +50,9 @@ def solve(problem: LayerProblem, backend: str = "admm", *, reweight: int = 0, de
             return solve_reference(program, **options)
         return solve_admm(program, **options, initial=first_start if start is None else start)
 
-    result = solve_once(program, None) if reweight == 0 else solve_reweighted(program, solve_once, reweight, delta)
+    limit = options.get("time_limit")
+    result = solve_once(program, None) if reweight == 0 else solve_reweighted(
+        program, solve_once, reweight, delta, stop=lambda: limit is not None and time.perf_counter() > start + limit)
     if statistics is not None:
         result = expand_result(full, statistics, result)
     return result if copies is None else spread_result(problem, copies, result, time.perf_counter() - start)

@@ -48,8 +48,9 @@ def reweighted_group_weights(U: np.ndarray, delta: float, group_size: int = 1) -
     return reweighted_l1_weights(rowgroups.norms(np, U, group_size)[:, None], delta)[:, 0]
 
 
-def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: float = 0.1) -> LayerResult:
-    """`rounds` reweighting rounds after a plain solve; solve_once(problem, initial) solves one program.
+def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: float = 0.1, stop=None) -> LayerResult:
+    """`rounds` reweighting rounds after a plain solve; solve_once(problem, initial) solves one program; a round
+    is not started once stop() (when given: a time limit spent) says so.
 
     Returns the result on the plain program (objective ||U||_1) of the last round's U, with each round's
     l1, nonzeros, status and iterations in info["rounds"]. Its info["l1_lower_bound"], when the backend gives
@@ -65,8 +66,12 @@ def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: floa
     U = result.U
     history = [_round_summary(0, result, U)]
     iterations = result.iterations
+    stopped = False
     for round_number in range(1, rounds + 1):
         if not np.any(U):
+            break
+        if stop is not None and stop():
+            stopped = True
             break
         if problem.rows:
             weighted = dataclasses.replace(problem, group_weights=reweighted_group_weights(U, delta,
@@ -79,6 +84,8 @@ def solve_reweighted(problem: LayerProblem, solve_once, rounds: int, delta: floa
         iterations += result.iterations
         history.append(_round_summary(round_number, result, U, kept_previous=int((~keep).sum())))
     message = f"{result.message}; reweighted l1, {len(history) - 1} rounds"
+    if stopped:
+        message += f" of {rounds} (the time limit stopped them)"
     info = {key: value for key, value in result.info.items() if key != "l1_lower_bound"}
     if plain_bound is not None:
         info["l1_lower_bound"] = plain_bound

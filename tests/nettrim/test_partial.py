@@ -221,3 +221,15 @@ def test_a_budget_search_out_of_time_stops_after_its_solve_and_says_the_limit_st
     assert any("target sparsity 0.95 not reached within the time limit" in str(w.message) for w in warned)
     for row in report.layers:
         assert "after 1 solves" in row.message or "stopped by the time limit" in row.message, row.message
+
+
+def test_reweighting_rounds_do_not_start_after_the_time_limit():
+    """Past the layer's time_limit no reweighting round starts (each ran to its first check before), and the
+    message says the limit stopped them; without a limit every round runs."""
+    problem = random_problem(2, N=30, P=300, M=6, per_neuron=True, g=0.1)
+    stopped = solve(problem, reweight=3, time_limit=1e-9)
+    assert len(stopped.info["rounds"]) == 1 and "0 rounds of 3 (the time limit stopped them)" in stopped.message
+    assert len(solve(problem, reweight=3).info["rounds"]) == 4
+    with pytest.warns(UserWarning):  # the neurons the limit stopped keep their original weights
+        _, report = nettrim.trim(mlp(), inputs(200), reweight=3, time_limit=1e-9, progress=False)
+    assert all("(the time limit stopped them)" in row.message for row in report.layers)
