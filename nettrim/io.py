@@ -103,7 +103,7 @@ def dense_state(handle, shapes: dict[str, list[int]], path: Path) -> dict[str, t
             raise ValueError(f"path: {path} has damaged nettrim metadata: 'sparse' names {key!r}, whose compressed "
                              "parts the file does not hold")
         values, columns, rows = (handle.get_tensor(f"{key}::csr_{part}") for part in CSR_PARTS)
-        if not _csr_fits(values, columns, rows.to(torch.int64), shape):
+        if not _csr_fits(values, columns.to(torch.int64), rows.to(torch.int64), shape):
             raise ValueError(f"path: {path}: the compressed parts of {key!r} do not make a matrix of the shape "
                              f"{shape} its metadata gives (an edited or damaged file)")
         matrix = values.new_zeros((shape[0], math.prod(shape[1:])))
@@ -261,8 +261,8 @@ def _parsed(metadata: dict[str, str], path: Path) -> dict:
         known = {attribute for names in SIZE_ATTRIBUTES.values() for attribute in names}
         if not isinstance(attributes, dict) or not set(attributes) <= known or not _sizes(attributes.values()):
             raise damaged("widths", f"of {name!r} is not {{size attribute: positive int}} ({sorted(known)})")
-    if not _sizes(fields["gathered_inputs"].values()):
-        raise damaged("gathered_inputs", "has a dimension that is not a positive int")
+    if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in fields["gathered_inputs"].values()):
+        raise damaged("gathered_inputs", "has a dimension that is not an int")
     try:
         fields["report"] = Report.from_dict(json.loads(metadata["report"])) if "report" in metadata else None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:

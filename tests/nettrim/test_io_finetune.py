@@ -206,6 +206,7 @@ def test_a_file_with_edited_metadata_is_refused_by_name(tmp_path):
          "'widths' gives '0' in_features = 15, but its saved weights have 12"),
         (narrow, {"widths": json.dumps({**widths, "0": {"colour": 3}})}, "'widths' of '0' is not"),
         (narrow, {"gathered_inputs": "[1]"}, "'gathered_inputs' is not a JSON object"),
+        (narrow, {"gathered_inputs": json.dumps({"2": "x"})}, "'gathered_inputs' has a dimension"),
     ]
     for path, changes, message in cases:
         with pytest.raises(ValueError, match=f"edited.safetensors.*{message}"):
