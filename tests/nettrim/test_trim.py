@@ -11,7 +11,7 @@ import nettrim
 import solvers
 from nettrim.layers import select_layers
 from nettrim.passes import target_tolerance
-from nettrim.programs import certified_gap
+from nettrim.programs import INHERITED_SLACK, _program, certified_gap
 from nettrim.signals import capture
 from networks import images, inputs, mlp, small_cnn
 from solvers.samples import SampleBlocks
@@ -141,6 +141,26 @@ def test_cascade_layers_keep_their_programs(cascade_mlp):
         if relu[layer.name]:
             excess = np.where(omega, 0, U.T @ X_hat - W.T @ X_hat).max()
             assert excess <= 1e-5 * np.abs(Y).max()
+
+
+@pytest.mark.parametrize(("noise", "capped"), [(3.0, True), (0.01, False)])
+def test_a_large_inherited_error_is_capped_with_the_original_weights_strictly_inside(noise, capped):
+    """A cascade layer whose inherited error passes its response gets a budget of that error times
+    1 + INHERITED_SLACK: not gamma times it (which would license emptying it), and not exactly it (which left W
+    on the boundary of every constraint at once: no interior point, and neurons at max_iter); a small inherited
+    error keeps the theorem's gamma times it."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.standard_normal((9, 300)), np.ones((1, 300))])
+    W = rng.standard_normal((10, 4))
+    Y = np.maximum(W.T @ X, 0.0)
+    X_hat = X + noise * rng.standard_normal(X.shape) * (np.arange(10) < 9)[:, None]  # the trimmed network's input
+    problem = _program(X_hat, Y, W, "relu", "neuron", 0.0, 1.1)
+    inherited = np.linalg.norm(np.where(Y > 0, W.T @ X_hat - Y, 0.0), axis=1)
+    assert (inherited > np.linalg.norm(Y, axis=1)).all() == capped
+    factor = 1 + INHERITED_SLACK if capped else np.sqrt(1.1)
+    np.testing.assert_allclose(problem.eps, factor * inherited, rtol=1e-12)
+    np.testing.assert_array_equal(problem.upper, W.T @ X_hat)
+    assert problem.columns_within_budget(W, 0.0, 0.0).all()
 
 
 def test_cascade_and_parallel_trim_the_first_layer_alike(cascade_mlp, parallel_mlp):
