@@ -21,31 +21,39 @@ import numpy as np
 from .problem import LayerProblem, column_l1
 from .reference import solve_reference
 from .result import LayerResult, make_result, summarize_statuses
-from .sufficient import compressed, expand_result
+from .sufficient import compressed, compressible, expand_result
 
 #: The most entries N * P * (neurons handed over) a crossover takes on: about 10 s of Clarabel (0.4 s a neuron
 #: of N = 289, P = 576). Larger leftovers stay "inaccurate" (the ADMM's weights, within budget or not).
 MAX_ENTRIES = 5_000_000
+#: "suboptimal" neurons (within budget, their l1 proven within the gap tolerance widened after gap_patience) are
+#: finished only while the reference sees at most this many entries for them all (N x P each; N x k, k <= N, for a
+#: linear program over its sufficient statistics): a relu neuron of N = 145 inputs and P = 5,000 samples took
+#: Clarabel 6 s (29 s of a 31 s layer in a default cascade trim of ResNet-20).
+SUBOPTIMAL_ENTRIES = 250_000
 #: The Omega^c excess (relative to max|Y|) a finished neuron may have: the ADMM's violation_tol.
 VIOLATION_TOL = 1e-5
 
 
 def finish_inaccurate(problem: LayerProblem, result: LayerResult, max_entries: int = MAX_ENTRIES) -> LayerResult:
-    """`result` (the ADMM's) with its "inaccurate" and "suboptimal" neurons solved again by the reference
-    (CVXPY + Clarabel at its high accuracy, 1e-9, which aims inside the budget; at its default, 1e-8, fits ended
-    up to 2.5e-8 of eps over the budget). Where Clarabel ends optimal within the budget, the neuron is "optimal"
-    (info["crossover"] counts them) and keeps the cheaper of the two answers that keep the budget: the ADMM's
-    weights, when they keep it at no more l1 than Clarabel's optimum, are proven by it. A layer budget or the
-    rows' objective couples the neurons: then the whole layer is solved again. Without per-neuron statuses, or
-    beyond max_entries, `result` is returned as it is."""
+    """`result` (the ADMM's) with its "inaccurate" neurons (and its "suboptimal" ones, up to SUBOPTIMAL_ENTRIES)
+    solved again by the reference (CVXPY + Clarabel at its high accuracy, 1e-9, which aims inside the budget; at
+    its default, 1e-8, fits ended up to 2.5e-8 of eps over the budget). Where Clarabel ends optimal within the
+    budget, the neuron is "optimal" (info["crossover"] counts them) and keeps the cheaper of the two answers that
+    keep the budget: the ADMM's weights, when they keep it at no more l1 than Clarabel's optimum, are proven by
+    it. A layer budget or the rows' objective couples the neurons: then the whole layer is solved again. Without
+    per-neuron statuses, or beyond max_entries, `result` is returned as it is."""
     statuses = result.info.get("neuron_statuses")
     if statuses is None:
         return result
     coupled = not problem.per_neuron or problem.rows
-    redo = np.flatnonzero((statuses == "inaccurate") | (statuses == "suboptimal"))
+    N, P, _ = problem.shape
+    suboptimal = statuses == "suboptimal"
+    if N * (min(N, P) if compressible(problem) else P) * suboptimal.sum() > SUBOPTIMAL_ENTRIES:
+        suboptimal[:] = False
+    redo = np.flatnonzero((statuses == "inaccurate") | suboptimal)
     if coupled and redo.size:
         redo = np.arange(problem.shape[2])
-    N, P, _ = problem.shape
     if not redo.size or N * P * redo.size > max_entries:
         return result
     start = time.perf_counter()

@@ -91,6 +91,19 @@ def test_a_linear_program_is_finished_on_its_sufficient_statistics(monkeypatch):
     assert problem.columns_within_budget(finished.U, 0.0, 0.0).all()
 
 
+def test_suboptimal_neurons_are_finished_only_while_the_reference_is_cheap(monkeypatch):
+    """A "suboptimal" neuron (within budget, proven only within the widened gap) is finished like an inaccurate
+    one while it and its like make at most SUBOPTIMAL_ENTRIES entries for the reference; beyond, it stays."""
+    problem = random_problem(5, N=20, P=200, M=6, per_neuron=True, g=0.1, cascade=True)
+    result = solve(problem)
+    result.info["neuron_statuses"][[1, 4]] = "suboptimal"
+    result.info["neuron_status"].update(optimal=4, suboptimal=2)
+    finished = finish_inaccurate(problem, result)
+    assert finished.info["crossover"] == 2 and list(finished.info["neuron_statuses"]) == ["optimal"] * 6
+    monkeypatch.setattr(crossover, "SUBOPTIMAL_ENTRIES", 2 * 20 * 200 - 1)
+    assert finish_inaccurate(problem, result) is result
+
+
 def test_a_crossover_beyond_max_entries_leaves_the_result_as_it_is():
     problem = random_problem(6, N=20, P=200, M=4, per_neuron=True, g=0.1)
     large = _marked_inaccurate(problem, [0])
