@@ -187,7 +187,7 @@ def robustness(model: nn.Module, data: dict, config: dict) -> list[dict]:
                 test = float(np.mean(trimmed(data["test"]).argmax(1).numpy() == data["test_labels"]))
             rows.append({"mode": mode, **setting, "sparsity": round(weight_sparsity(trimmed), 4),
                          "optimal": statuses.count("optimal"), "layers": len(statuses),
-                         "other_statuses": sorted({s for s in statuses if s != "optimal"}),
+                         "other_statuses": {s: statuses.count(s) for s in sorted(set(statuses)) if s != "optimal"},
                          "dense_fallback": sum(row.dense_fallback for row in report.layers),
                          "slowest_layer": slowest.name, "slowest_seconds": round(slowest.seconds, 1),
                          "capture_seconds": round(sum(row.capture_seconds for row in report.layers), 1),
@@ -378,12 +378,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['method']} | {row['target']:.0%} | {row['sparsity']:.1%} | {row['test']:.2%} | "
                      f"{row['test_se']:.2%} | {row['test recalibrated']:.2%} | {z} | {row['seconds']:.0f} |")
     if report.get("robustness"):
-        lines += ["", "| mode | setting | sparsity | optimal | slowest layer (s) | trim (s) | test |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| mode | setting | sparsity | optimal | other layers | dense fallback | slowest layer (s) | "
+                  "trim (s) | test |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in report["robustness"]:
             setting = f"g = {row['epsilon']}" if "epsilon" in row else f"target {row['target_sparsity']}"
+            others = ", ".join(f"{count} {status}" for status, count in dict(row["other_statuses"]).items())
             lines.append(f"| {row['mode']} | {setting} | {row['sparsity']:.1%} | {row['optimal']}/{row['layers']} | "
-                         f"{row['slowest_seconds']} | {row['seconds']} | {row['test']:.2%} |")
+                         f"{others} | {row['dense_fallback']} | {row['slowest_seconds']} | {row['seconds']} | "
+                         f"{row['test']:.2%} |")
     return "\n".join(lines)
 
 

@@ -218,7 +218,9 @@ def layer_report(layer: Layer, solved: Solved, g: float, target: float | None, n
         bias=layer.has_bias,
         bias_nonzeros_before=int(np.count_nonzero(W[weights:])), bias_nonzeros_after=int(np.count_nonzero(U[weights:])),
         sparser_original=int(solved.sparser.sum()), groups=layer.groups,
-        inputs_unread=_inputs_unread(problem, U, layer.has_bias))
+        inputs_unread=_inputs_unread(problem, U, layer.has_bias),
+        neurons={status: int(count) for status, count in result.info.get("neuron_status", {}).items() if count}
+        or None)
 
 
 def _inputs_unread(problem, U: np.ndarray, has_bias: bool) -> int | None:

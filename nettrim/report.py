@@ -53,6 +53,7 @@ class LayerReport:
     width_after: int | None = None
     refit_error: list[float] | None = None  # refit=True: the output error / ||Y||_F, [trimmed, refitted weights]
     capture_seconds: float = 0.0          # the capture of the layer's input (cascade: from the model trimmed so far)
+    neurons: dict[str, int] | None = None  # the solver's per-neuron statuses counted ({"optimal": 30, "suboptimal": 2})
 
     @property
     def weights(self) -> int:
@@ -87,6 +88,15 @@ class Report:
     def total(self, attribute: str) -> int:
         """The sum of a count over the layers ("weights", "nonzeros_after", "dense_fallback", ...)."""
         return sum(getattr(layer, attribute) for layer in self.layers)
+
+    @property
+    def neuron_statuses(self) -> dict[str, int]:
+        """The solver's per-neuron statuses over the layers, counted (layers solved without them apart)."""
+        counts: dict[str, int] = {}
+        for row in self.layers:
+            for status, count in (row.neurons or {}).items():
+                counts[status] = counts.get(status, 0) + count
+        return counts
 
     @property
     def nonzeros_before(self) -> int:
@@ -135,7 +145,8 @@ class Report:
                        "nonzeros_after": self.nonzeros_after, "kept": self.kept, "sparsity": 1 - self.kept,
                        "biases": sum(row.shape[1] for row in self.layers if row.bias),
                        "bias_nonzeros_after": self.total("bias_nonzeros_after"),
-                       "dense_fallback": self.dense_fallback, "sparser_original": self.total("sparser_original")},
+                       "dense_fallback": self.dense_fallback, "sparser_original": self.total("sparser_original"),
+                       "neuron_statuses": self.neuron_statuses},
             "layers": [{**asdict(layer), "weights": layer.weights, "kept": layer.kept, "sparsity": 1 - layer.kept}
                        for layer in self.layers],
         }
@@ -169,7 +180,8 @@ class Report:
                          "-" if r.certified_gap is None else f"{100 * r.certified_gap:.2f}%", str(r.iterations),
                          f"{r.capture_seconds:.1f}", f"{r.seconds:.1f}",
                          r.status + (f" ({', '.join(notes)})" if notes else "")))
-        fallbacks = f"{self.dense_fallback} neurons dense" if self.dense_fallback else ""
+        others = [f"{count} neurons {status}" for status, count in self.neuron_statuses.items() if status != "optimal"]
+        fallbacks = ", ".join([f"{self.dense_fallback} neurons dense"] * bool(self.dense_fallback) + others)
         rows.append(("total", "", "", str(self.weights), "", f"{self.nonzeros_before} -> {self.nonzeros_after}",
                      f"{100 * self.kept:.1f}%", f"{self.total('bias_nonzeros_before')} -> "
                      f"{self.total('bias_nonzeros_after')}", "", "", "", "", "", "", f"{self.seconds:.1f}", fallbacks))

@@ -278,7 +278,7 @@ def test_unconverged_neurons_keep_their_original_weights_and_one_warning_names_t
     assert report.dense_fallback == sum(row.dense_fallback for row in report.layers) == 30
     assert report.to_dict()["totals"]["dense_fallback"] == 30
     total_row = next(line for line in str(report).splitlines() if line.startswith("total"))
-    assert total_row.endswith("30 neurons dense")
+    assert total_row.endswith("30 neurons dense, 30 neurons max_iter")  # and the solver's statuses counted
     assert all(row.certified_gap is None for row in report.layers)  # no solved neuron was kept
     for row in report.layers:
         assert row.fit_ratio <= 1 + FIT_RTOL and row.violation <= 1e-5
@@ -375,6 +375,20 @@ def test_report_table_and_json_round_trip(cascade_mlp, tmp_path):
     report.to_json(tmp_path / "report.json")
     again = nettrim.Report.from_dict(__import__("json").loads((tmp_path / "report.json").read_text()))
     assert again.to_dict() == report.to_dict()
+
+
+def test_the_report_counts_each_layers_neuron_statuses(cascade_mlp):
+    """Each row counts its neurons' solver statuses, the report sums them, and the table's total names those
+    that are not "optimal" (a layer accepted past gap_patience beyond gap_tol: "suboptimal")."""
+    report = copy.deepcopy(cascade_mlp[3])
+    assert all(sum(row.neurons.values()) == row.shape[1] for row in report.layers)
+    assert report.neuron_statuses == {"optimal": sum(row.shape[1] for row in report.layers)}
+    report.layers[0].neurons = {"optimal": report.layers[0].shape[1] - 2, "suboptimal": 2}
+    assert report.neuron_statuses["suboptimal"] == 2
+    assert report.to_dict()["totals"]["neuron_statuses"]["suboptimal"] == 2
+    total_row = next(line for line in str(report).splitlines() if line.startswith("total"))
+    assert total_row.endswith("2 neurons suboptimal")
+    assert nettrim.Report.from_dict(report.to_dict()).neuron_statuses == report.neuron_statuses
 
 
 def test_torchscript_modules_are_trimmed_like_their_python_source():
