@@ -126,7 +126,8 @@ class Layer:
         if self.kind == "linear":
             rows = inputs.reshape(-1, self.module.in_features)
             chosen = None if choose is None else choose(len(rows))
-            return (rows if chosen is None else rows[chosen.to(rows.device)]).T
+            # a copy either way: the forward pass may change its input in place after the layer has read it
+            return (rows.clone() if chosen is None else rows[chosen.to(rows.device)]).T
         padded = self._padded(inputs)
         kernel, dilation, stride = (tuple(value) if self.kind == "conv2d" else (1, *value) for value in
                                     (self.module.kernel_size, self.module.dilation, self.module.stride))

@@ -391,6 +391,31 @@ def test_the_report_counts_each_layers_neuron_statuses(cascade_mlp):
     assert nettrim.Report.from_dict(report.to_dict()).neuron_statuses == report.neuron_statuses
 
 
+class _ChangesItsInputInPlace(nn.Module):
+    """A Linear layer whose input the forward pass zeroes in place after the layer has read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre, self.fc, self.after = nn.Linear(5, 4), nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        hidden = self.pre(x)
+        out = self.fc(hidden)
+        hidden.zero_()
+        return out + self.after(hidden)
+
+
+def test_a_layers_input_is_captured_as_the_layer_read_it():
+    """The forward pass may change a layer's input in place after the layer: the capture keeps what it read."""
+    torch.manual_seed(0)
+    model, x = _ChangesItsInputInPlace(), torch.randn(6, 5)
+    layers = select_layers(model)
+    X = capture(model, [x], layers, {layer.name: i for i, layer in enumerate(layers)}, None, 0)["fc"]
+    with torch.no_grad():
+        expected = model.pre(x).double().numpy().T
+    np.testing.assert_array_equal(X[:-1], expected)
+
+
 def test_torchscript_modules_are_trimmed_like_their_python_source():
     """TorchScript runs no hooks: its layer inputs are read from the dispatched products instead."""
     model, x = small_cnn(), images(8)
