@@ -136,7 +136,7 @@ def _float32_or_wider(problem: LayerProblem, settings: AdmmSettings) -> AdmmSett
     block of a layer's neurons decides alike."""
     if np.dtype(settings.dtype) != np.float32:
         return settings
-    inputs = largest_magnitude(problem.X)
+    inputs = largest_magnitude(problem.X) or 1.0  # an input of zeros has no scale to keep
     scales = np.array([settings.response_scale, inputs, settings.cost_unit,
                        settings.response_scale / settings.cost_unit, settings.response_scale / inputs])
     if np.all((scales <= FLOAT32_RANGE) & (scales >= 1 / FLOAT32_RANGE)):

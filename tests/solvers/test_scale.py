@@ -54,6 +54,8 @@ def test_float32_beyond_its_range_is_solved_in_float64(inputs, responses):
     assert result.status == "optimal" and result.info["dtype"] == "float64", result.message
     assert np.all(np.isfinite(result.U)) and scaled.columns_within_budget(result.U, 1e-9, 1e-5).all()
     assert result.objective * inputs / responses == pytest.approx(unit.objective, rel=1e-3)
+    zeros = LayerProblem(0 * problem.X, problem.Y, problem.eps, problem.activation)  # no input scale at all
+    assert solve(zeros, dtype="float32").status == "infeasible"
 
 
 @pytest.mark.parametrize("per_neuron", [True, False])
