@@ -257,8 +257,8 @@ def _parsed(metadata: dict[str, str], path: Path) -> dict:
         raise damaged("identity_modules", "has a name that is not a string")
     if not all(_sizes(shape) and len(shape) >= 2 for shape in fields["sparse"].values()):
         raise damaged("sparse", "has a shape that is not a list of at least two positive ints")
+    known = {attribute for names in SIZE_ATTRIBUTES.values() for attribute in names}
     for name, attributes in fields["widths"].items():
-        known = {attribute for names in SIZE_ATTRIBUTES.values() for attribute in names}
         if not isinstance(attributes, dict) or not set(attributes) <= known or not _sizes(attributes.values()):
             raise damaged("widths", f"of {name!r} is not {{size attribute: positive int}} ({sorted(known)})")
     if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in fields["gathered_inputs"].values()):
@@ -272,7 +272,6 @@ def _parsed(metadata: dict[str, str], path: Path) -> dict:
 
 def _sizes(values) -> bool:
     """Are `values` all positive ints (not bools)?"""
-    values = list(values)
     return all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in values)
 
 
