@@ -255,7 +255,7 @@ def _parsed(metadata: dict[str, str], path: Path) -> dict:
             raise damaged(field, f"is not a JSON {'list' if kind is list else 'object'}")
     if not all(isinstance(name, str) for name in fields["identity_modules"]):
         raise damaged("identity_modules", "has a name that is not a string")
-    if not all(_sizes(shape) and len(shape) >= 2 for shape in fields["sparse"].values()):
+    if not all(isinstance(shape, list) and len(shape) >= 2 and _sizes(shape) for shape in fields["sparse"].values()):
         raise damaged("sparse", "has a shape that is not a list of at least two positive ints")
     known = {attribute for names in SIZE_ATTRIBUTES.values() for attribute in names}
     for name, attributes in fields["widths"].items():

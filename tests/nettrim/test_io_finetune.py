@@ -196,6 +196,7 @@ def test_a_file_with_edited_metadata_is_refused_by_name(tmp_path):
     cases = [
         (sparse, {"sparse": "{oops"}, "'sparse' is not JSON"),
         (sparse, {"sparse": json.dumps({"2.weight": ["a", 3]})}, "'sparse' has a shape"),
+        (sparse, {"sparse": json.dumps({"2.weight": 5})}, "'sparse' has a shape"),
         (sparse, {"sparse": json.dumps({**shapes, "2.weight": [29, 40]})}, r"parts of '2\.weight' do not make"),
         (sparse, {"sparse": json.dumps({**shapes, "2.weight": [24, 2]})}, r"parts of '2\.weight' do not make"),
         (sparse, {"sparse": json.dumps({**shapes, "9.weight": [3, 3]})}, r"'sparse' names '9\.weight'"),
