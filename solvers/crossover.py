@@ -23,8 +23,9 @@ from .reference import solve_reference
 from .result import LayerResult, make_result, summarize_statuses
 from .sufficient import compressed, compressible, expand_result
 
-#: The most entries N * P * (neurons handed over) a crossover takes on: about 10 s of Clarabel (0.4 s a neuron
-#: of N = 289, P = 576). Larger leftovers stay "inaccurate" (the ADMM's weights, within budget or not).
+#: The most entries a crossover takes on, N x P per neuron handed over (N x k for a linear program over its
+#: sufficient statistics): about 10 s of Clarabel (0.4 s a neuron of N = 289, P = 576). Larger leftovers stay
+#: "inaccurate" (the ADMM's weights, within budget or not).
 MAX_ENTRIES = 5_000_000
 #: "suboptimal" neurons (within budget, their l1 proven within the gap tolerance widened after gap_patience) are
 #: finished only while the reference sees at most this many entries for them all (N x P each; N x k, k <= N, for a
@@ -48,13 +49,14 @@ def finish_inaccurate(problem: LayerProblem, result: LayerResult, max_entries: i
         return result
     coupled = not problem.per_neuron or problem.rows
     N, P, _ = problem.shape
+    entries = N * (min(N, P) if compressible(problem) else P)  # what the reference sees of each neuron
     suboptimal = statuses == "suboptimal"
-    if N * (min(N, P) if compressible(problem) else P) * suboptimal.sum() > SUBOPTIMAL_ENTRIES:
+    if entries * suboptimal.sum() > SUBOPTIMAL_ENTRIES:
         suboptimal[:] = False
     redo = np.flatnonzero((statuses == "inaccurate") | suboptimal)
     if coupled and redo.size:
         redo = np.arange(problem.shape[2])
-    if not redo.size or N * P * redo.size > max_entries:
+    if not redo.size or entries * redo.size > max_entries:
         return result
     start = time.perf_counter()
     part = problem if coupled else problem.neurons(redo)
