@@ -243,10 +243,10 @@ class Iteration:
         xp, s, be = self.xp, self.s, self.be
         residuals = self._residuals(previous)
         gap_allowed = self.settings.gap_tol * max(1.0, iteration / self.settings.gap_patience)
-        certified, zero, infeasible = self._certificates(previous, residuals.XD, gap_allowed)
-        flags, summary = to_host(be, (residuals.converged, certified, zero, infeasible), xp.stack([
+        certified, strict, zero, infeasible = self._certificates(previous, residuals.XD, gap_allowed)
+        flags, summary = to_host(be, (residuals.converged, certified, strict, zero, infeasible), xp.stack([
             xp.max(residuals.primal), xp.max(residuals.dual), xp.min(s.rho), xp.max(s.rho)]))
-        converged, certified, zero, infeasible = flags
+        converged, certified, strict, zero, infeasible = flags
         infeasible = self._believed(infeasible)
         info = {"active": int(s.neurons.size), "primal": float(summary[0]), "dual": float(summary[1]),
                 "converged": float(converged.mean())}
@@ -261,8 +261,9 @@ class Iteration:
         tightened = np.zeros(s.neurons.size, dtype=bool)
         if ((converged | certified) & ~infeasible).any():
             accepted, tightened = self.acceptance.decide(iteration, converged, certified & ~infeasible,
-                                                         certified | zero, gap_allowed)
+                                                         certified | zero, strict | zero, gap_allowed)
             done |= accepted
+        done |= self.acceptance.rescue(iteration, done, gap_allowed)
         s.repair_wait -= 1
         if self.accelerator is not None and tightened.any():  # a new budget: the memory's differences are stale
             self.accelerator.clear(be.asarray(tightened))
@@ -303,8 +304,9 @@ class Iteration:
         return Residuals(primal, dual, iterate_scale, dual_scale, converged, XD_new)
 
     def _certificates(self, previous: Previous, XD_new, gap_allowed: float):
-        """(certified, zero, infeasible) on the device: each neuron's objective within gap_allowed of its new
-        certified lower bound (kept in s.lower_bound), at zero, or proven infeasible by its dual increment."""
+        """(certified, strict, zero, infeasible) on the device: each neuron's objective within gap_allowed of its
+        new certified lower bound (kept in s.lower_bound), within the user's gap_tol of it, at zero, or proven
+        infeasible by its dual increment."""
         xp, s = self.xp, self.s
         user_eps, user_upper = s.user_budget(self.be, self.program)
         if self.rows:
@@ -317,9 +319,11 @@ class Iteration:
                                        widest=(k, widest_row, X_widest))
         objective = self._objective()
         certified = within_gap(objective, s.lower_bound, gap_allowed, self.absolute_gap) & (objective > 0)
+        strict = certified if gap_allowed <= self.settings.gap_tol else (
+            within_gap(objective, s.lower_bound, self.settings.gap_tol, self.absolute_gap) & (objective > 0))
         infeasible = certify_infeasible(xp, s, self.program, s.Dz - previous.Dz, XD_new - previous.XD,
                                         self.layer.x_norm, user_eps, user_upper)
-        return certified, objective == 0, infeasible
+        return certified, strict, objective == 0, infeasible
 
     def _believed(self, infeasible: np.ndarray) -> np.ndarray:
         """The host mask of certified infeasible neurons, less those whose original weights keep the budget (a

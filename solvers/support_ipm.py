@@ -46,7 +46,7 @@ GROW = 128
 MAX_SOLVES = 12
 #: The largest support solved: Clarabel factors a dense |S| x |S| block at each of its iterations.
 MAX_SUPPORT = 512
-#: The largest support solved before a neuron has run half of max_iter, as the interior point's cost against the
+#: The largest support solved before the rescue (acceptance.RESCUE_PATIENCES), as the interior point's cost against the
 #: ADMM's: Clarabel factors about (2 |S|)^3 / 3 flops at each of its ~25 iterations (|S| weights, about as many
 #: active cuts), a few solves a neuron, at a rate ~10 times below the ADMM's products; an iteration costs the
 #: neuron 4 N P, and a straggler has hundreds left. Measured (2 cores): LeNet-300-100 layer 1 (|S| = 159, N = 655
@@ -87,20 +87,20 @@ class LayerX:
         return self.be.to_host(self.X.times_transposed(self.be.asarray(lam[None, :]))[0])[:, 0]
 
 
-def affordable(weights: np.ndarray, samples: int, iterations: int, max_iter: int) -> bool:
+def affordable(weights: np.ndarray, samples: int, iterations: int, rescue_after: int) -> bool:
     """May the neuron with the ADMM's `weights` (N,) be solved on its support after `iterations` iterations on
     `samples` samples: when the interior point costs little against the ADMM, (2 |S|)^3 <= SUPPORT_COST N P,
-    or as a rescue, whatever it costs, once the neuron has run half of max_iter?"""
+    or as a rescue, whatever it costs, once the neuron has run `rescue_after` iterations?"""
     support = int(np.count_nonzero(weights))
-    return (2 * support) ** 3 <= SUPPORT_COST * weights.size * samples or 2 * iterations >= max_iter
+    return (2 * support) ** 3 <= SUPPORT_COST * weights.size * samples or iterations >= rescue_after
 
 
 def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: float):
     """(u, bound) for one neuron, or None when its support is empty or larger than MAX_SUPPORT, cannot fit y
     within the budget, or Clarabel fails. `neuron` holds its host float64
     arrays: y, omega (bools), upper (P,), eps, cost (N,) (the l1 weights), tau (the Omega^c margin); `weights`
-    (N,) are the ADMM's. The loop ends when
-    bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective."""
+    (N,) are the ADMM's. Where no u on the support fits y within eps, the support grows (_grown_to_fit). The loop
+    ends when bound >= (1 - gap_allowed) l1(u) or no weight off the support would lower the objective."""
     support = np.flatnonzero(weights != 0)
     if not 0 < support.size <= MAX_SUPPORT:
         return None
@@ -114,6 +114,12 @@ def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: 
         solution, cuts, used = (None, cuts, 0) if cone is None else _with_cuts(
             neuron, X, support, cone, cuts, MAX_SOLVES - solves)
         solves += used
+        if cone is None:  # no weights on S fit y within eps: S grows, and is solved again
+            grown = _grown_to_fit(neuron, X, support, weights)
+            if grown.size == support.size:
+                return answer
+            support, solves = grown, solves + 1
+            continue
         if solution is None:
             return answer
         weights, mu, nu, response = solution
@@ -128,6 +134,18 @@ def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: 
             return answer
         support = np.union1d(support, entering[np.argsort(-over[entering], kind="stable")[:GROW]])
     return answer
+
+
+def _grown_to_fit(neuron: dict, X: LayerX, support: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`support` and the GROW rows off it along which the fit's error on Omega falls fastest per unit of cost,
+    largest |X_{i,Omega} (y - w^T X)_Omega| / c_i (the Lasso's entering rule), for `weights` (N,) too far from y
+    on every u supported on S."""
+    error = np.where(neuron["omega"], neuron["y"] - X.response(weights), 0.0)
+    cost = neuron["cost"]
+    slope = np.abs(X.times(error)) / np.where(cost > 0, cost, np.inf)
+    slope[support] = 0.0
+    entering = np.flatnonzero(slope > 0)
+    return np.union1d(support, entering[np.argsort(-slope[entering], kind="stable")[:GROW]])
 
 
 def _with_cuts(neuron: dict, X: LayerX, support: np.ndarray, cone, cuts: np.ndarray, solves: int):

@@ -59,8 +59,12 @@ def test_the_working_set_reaches_the_optimum_and_its_bound_proves_it(seed, activ
 def test_a_bound_stopped_early_is_still_a_lower_bound(monkeypatch):
     problem = random_problem(3, N=30, P=300, M=1, per_neuron=True)
     optimum = float(np.abs(solve(problem, backend="cvxpy", solver="CLARABEL").U[:, 0]).sum())
-    assert _solved(problem, np.ones(problem.shape[0]) * (np.arange(problem.shape[0]) < 2)) is None  # can't fit y
+    two_weights = np.ones(problem.shape[0]) * (np.arange(problem.shape[0]) < 2)  # no u on them fits y
+    weights, bound = _solved(problem, two_weights)  # the support grows by the fit's error until one does
+    assert bound <= optimum * (1 + 1e-7)
+    assert float(np.abs(weights).sum()) == pytest.approx(optimum, rel=1e-5)
     monkeypatch.setattr(support_ipm, "MAX_SOLVES", 1)
+    assert _solved(problem, two_weights) is None  # no solve left after the support grew
     weights, bound = _solved(problem, _wrong_support(solve(problem, backend="cvxpy", solver="CLARABEL").U[:, 0], 3))
     assert bound <= optimum * (1 + 1e-7)
     assert float(np.abs(weights).sum()) - bound > 1e-3 * optimum  # not proven: the loop was cut short
@@ -163,13 +167,13 @@ def test_a_dead_neuron_its_cuts_alone(seed):
 
 def test_a_support_is_solved_when_it_is_cheap_or_as_a_rescue():
     """(2 |S|)^3 <= SUPPORT_COST N P = 12 * 30 * 300: supports of up to 23 of N = 30 weights on P = 300 samples;
-    a larger one once the neuron has run half of max_iter."""
+    a larger one once the neuron has run the iterations after which it is rescued."""
     weights = np.zeros(30)
     weights[:23] = 1.0
-    assert support_ipm.affordable(weights, 300, 600, 10_000)
+    assert support_ipm.affordable(weights, 300, 600, 1_500)
     weights[23] = 1.0
-    assert not support_ipm.affordable(weights, 300, 4_999, 10_000)
-    assert support_ipm.affordable(weights, 300, 5_000, 10_000)
+    assert not support_ipm.affordable(weights, 300, 1_499, 1_500)
+    assert support_ipm.affordable(weights, 300, 1_500, 1_500)
 
 
 def test_each_neuron_is_tried_on_its_support_once_and_only_when_few_are_left(monkeypatch):
