@@ -135,15 +135,18 @@ class Acceptance:
     def _within_the_users_gap(self, positions: np.ndarray, weights) -> np.ndarray:
         """Neurons within budget whose l1 is proven only within the gap tolerance widened after gap_patience (the
         working-set `positions`, their measured or repaired `weights` (N, k) on the device) solved on their
-        supports by the interior point to the user's gap_tol, once, whatever it costs (they are few, and leaving):
-        a ResNet-20 conv neuron (145 inputs, P = 5,000, |S| = 65 to 84) in 0.03 to 0.1 s, its l1 then proven
-        within 1e-4 where the ADMM's bound stayed 0.5 to 0.7% below. Those it proves end "optimal"; returns their
-        host mask. The others end as the widened tolerance accepted them (admm.py relabels them "suboptimal")."""
+        supports by the interior point to the user's gap_tol, once, where it is cheap ((2 |S|)^3 <= SUPPORT_COST
+        N P, support_ipm.affordable, at any iteration): a ResNet-20 conv neuron (145 inputs, P = 5,000, |S| = 65 to
+        84) in 0.03 to 0.1 s, its l1 then proven within 1e-4 where the ADMM's bound stayed 0.5 to 0.7% below.
+        Larger supports cost more than they are worth: in cascade at g = 0.5, 26 neurons of layer2.1.conv1 (289
+        inputs, |S| = 140 to 220) took 126 s where the ADMM takes the layer 8 s. Those it proves end "optimal";
+        returns their host mask. The others end as the widened tolerance accepted them (admm.py relabels them
+        "suboptimal")."""
         solved = np.zeros(positions.size, dtype=bool)
         untried = np.flatnonzero(~self.s.support_tried[positions])
         if untried.size:
             solved[untried] = self._solve_on_supports(positions[untried], self.xp.take(
-                weights, self.be.asarray(untried), axis=1), self.settings.gap_tol, rescue=True)
+                weights, self.be.asarray(untried), axis=1), self.settings.gap_tol, rescue_after=math.inf)
         return solved
 
     def rescue(self, iteration: int, done: np.ndarray, gap_allowed: float) -> np.ndarray:
@@ -159,8 +162,8 @@ class Acceptance:
         untried = np.flatnonzero(s.tight & ~s.support_tried & ~done)
         if untried.size:
             self.iteration = iteration
-            ended[untried] = self._solve_on_supports(untried, self._measured(untried)[0], gap_allowed, rescue=True,
-                                                     unproven="inaccurate")
+            ended[untried] = self._solve_on_supports(untried, self._measured(untried)[0], gap_allowed,
+                                                     rescue_after=0, unproven="inaccurate")
         return ended
 
     def _iterate_on(self, unproven: np.ndarray, count_unproven: bool, done: np.ndarray) -> np.ndarray:
@@ -326,13 +329,14 @@ class Acceptance:
         s.repair_wait[positions[~accepted]] = REPAIR_WAIT_CHECKS
         return accepted
 
-    def _solve_on_supports(self, positions: np.ndarray, weights, gap_allowed: float, rescue: bool = False,
+    def _solve_on_supports(self, positions: np.ndarray, weights, gap_allowed: float, rescue_after: float | None = None,
                            unproven: str | None = None):
         """support_ipm.py for the working-set `positions` (host), whose measured iterates are `weights` (N, k,
         float64 on the device), aiming at the user's gap_tol: those proven within gap_allowed that keep the budget
         (measured exactly) are finalized "optimal", and with an `unproven` status those that keep it unproven end
-        with that status. A relu neuron is solved where support_ipm.affordable, or whatever it costs as a
-        `rescue`. Returns the host mask of those ended. A few transfers a neuron: this is for the few that stay."""
+        with that status. A relu neuron is solved where support_ipm.affordable, whatever it costs after
+        `rescue_after` iterations (self.rescue_after unless given). Returns the host mask of those ended. A few
+        transfers a neuron: this is for the few that stay."""
         be = self.be
         X = support_ipm.LayerX(self.layer.X64, be, be.to_host(self.layer.scale))
         bounds = be.to_host(self.xp.take(self.s.lower_bound, be.asarray(positions), axis=0))
@@ -340,8 +344,8 @@ class Acceptance:
         programs = host_programs(be, self.program, self.s.neurons[positions], self.shape[0],
                                  0.1 * self.settings.violation_tol * self.y_scale)  # tau: the repair's margin
         for j, (neuron, start) in enumerate(zip(programs, be.to_host(weights).T, strict=True)):
-            if self.relu and not (rescue or support_ipm.affordable(start, self.shape[1], self.iteration,
-                                                                   self.rescue_after)):
+            if self.relu and not support_ipm.affordable(start, self.shape[1], self.iteration, self.rescue_after
+                                                        if rescue_after is None else rescue_after):
                 continue
             self.s.support_tried[positions[j]] = self.relu  # a linear layer's is cheap: tried again
             answer = support_ipm.solve_on_support(neuron, X, start, self.settings.gap_tol)
