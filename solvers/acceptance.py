@@ -30,12 +30,6 @@ REPAIR_WAIT_CHECKS = 5
 #: layer's support program has no cuts (its fit is a cone of |S| + 1 entries): tried whenever a neuron is stuck,
 #: and again.
 FAILED_REPAIRS = 2
-#: A relu neuron's support is solved whatever it costs (a rescue) after this many times gap_patience iterations, or
-#: half of max_iter if sooner. ResNet-20's layer1.0.conv1 in cascade at g = 0.01 (N = 145, P = 5,000, a budget
-#: 1.05 times the trained weights' fit, |S| = 110): a neuron failed its repairs from iteration 1,000, was tightened
-#: at 1,700 into a program the ADMM then never converged on, and ended at max_iter = 10,000, where the rescue at
-#: half of max_iter came too late; on its support the interior point solves it in about a second.
-RESCUE_PATIENCES = 3
 #: ... and (relu) once no more than max(STRAGGLERS, STRAGGLER_FRACTION M) of the M neurons are still iterating
 #: (the last of them keep the layer iterating; before that the iteration runs on for the others whatever one costs).
 STRAGGLERS = 4
@@ -72,7 +66,7 @@ class Acceptance:
         N, _, M = self.shape
         # Without a ReLU the support's program has no cuts: a small cone program, tried at once (_repair_batch)
         self.stragglers = max(STRAGGLERS, math.ceil(STRAGGLER_FRACTION * M)) if self.relu else M
-        self.rescue_after = min(self.settings.max_iter // 2, RESCUE_PATIENCES * self.settings.gap_patience)
+        self.rescue_after = self.settings.max_iter // 2  # after which a support is solved whatever it costs
         self.output = Output.empty(N, M)
         self.repaired = self.solved_on_supports = 0
         self.iteration = 0
@@ -150,20 +144,24 @@ class Acceptance:
         return solved
 
     def rescue(self, iteration: int, done: np.ndarray, gap_allowed: float) -> np.ndarray:
-        """The host mask of the working set's neurons ended by the rescue: past `rescue_after` iterations, once no
+        """The host mask of the working set's neurons ended by the rescue: past gap_patience iterations, once no
         more than `stragglers` iterate, each tightened relu neuron (constraints.tighten) not yet tried (nor `done`)
-        is solved on the support of its sparse iterate, whatever it costs, candidate or not: a tightened program can
-        stall short of its residual tolerances and never be a candidate again (RESCUE_PATIENCES). One that keeps
-        its budget there with its l1 unproven ends "inaccurate" (a trim's crossover takes it)."""
+        is solved on the support of its sparse iterate, candidate or not, where support_ipm.affordable (whatever
+        it costs after half of max_iter): a tightened program can stall short of its residual tolerances and never
+        be a candidate again. ResNet-20's layer1.0.conv1 in cascade at g = 0.01 (N = 145, P = 5,000, a budget 1.05
+        times the trained weights' fit): a neuron failed its repairs from iteration 1,000, was tightened at 1,700
+        into a program whose residual then stalled at 5e-2, and ended at max_iter = 10,000 over its budget (a dense
+        fallback); on its support (|S| = 112) the interior point solves it in about a second. One that keeps its
+        budget there with its l1 unproven ends "inaccurate" (a trim's crossover takes it)."""
         s, ended = self.s, np.zeros(self.s.neurons.size, dtype=bool)
-        if (not self.relu or self.coupled or self.program.rows or iteration < self.rescue_after
+        if (not self.relu or self.coupled or self.program.rows or iteration <= self.settings.gap_patience
                 or s.neurons.size > self.stragglers):
             return ended
         untried = np.flatnonzero(s.tight & ~s.support_tried & ~done)
         if untried.size:
             self.iteration = iteration
             ended[untried] = self._solve_on_supports(untried, self._measured(untried)[0], gap_allowed,
-                                                     rescue_after=0, unproven="inaccurate")
+                                                     unproven="inaccurate")
         return ended
 
     def _iterate_on(self, unproven: np.ndarray, count_unproven: bool, done: np.ndarray) -> np.ndarray:

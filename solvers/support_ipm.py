@@ -46,7 +46,7 @@ GROW = 128
 MAX_SOLVES = 12
 #: The largest support solved: Clarabel factors a dense |S| x |S| block at each of its iterations.
 MAX_SUPPORT = 512
-#: The largest support solved before the rescue (acceptance.RESCUE_PATIENCES), as the interior point's cost against the
+#: The largest support solved before a neuron has run half of max_iter, as the interior point's cost against the
 #: ADMM's: Clarabel factors about (2 |S|)^3 / 3 flops at each of its ~25 iterations (|S| weights, about as many
 #: active cuts), a few solves a neuron, at a rate ~10 times below the ADMM's products; an iteration costs the
 #: neuron 4 N P, and a straggler has hundreds left. Measured (2 cores): LeNet-300-100 layer 1 (|S| = 159, N = 655
