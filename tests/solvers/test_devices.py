@@ -2,6 +2,8 @@
 as CuPy does, and here every implicit synchronization too; conftest.strict_device) and torch's CPU tensors.
 Same answers as NumPy, the oracle's optimum, and the transfers of a solve bounded per check."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,17 @@ def test_the_samples_side_u_step_on_the_device(device):
     on_host = solve(problem, u_step="samples")
     assert on_device.status == on_host.status == "optimal"
     assert on_device.objective == pytest.approx(on_host.objective, rel=1e-6)
+
+
+def test_neurons_accepted_under_the_widened_gap_are_finished_on_their_supports_on_the_device(device):
+    """ResNet-20's conv1 at g = 0.05 (test_scale.py): the support finish of the neurons accepted past gap_patience
+    gathers their weights and certificates from the device (one transfer for both gap masks); every neuron ends
+    "optimal" within budget, as on the host."""
+    data = np.load(Path(__file__).parents[1] / "data" / "resnet20_conv1_parallel.npz")
+    problem = LayerProblem(data["X"].astype(np.float64), data["Y"], data["eps"], "relu",
+                           original_weights=data["W"].astype(np.float64))
+    result = solve(problem, device=device)
+    assert result.info["neuron_status"]["optimal"] == problem.shape[2], result.info["neuron_status"]
+    assert result.info["solved_on_supports"] > 0
+    assert problem.columns_within_budget(result.U).all()
+    np.testing.assert_array_less(np.abs(result.U).sum(axis=0), data["l1"] * (1 + 5e-3) + 1e-9)
