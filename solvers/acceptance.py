@@ -158,6 +158,10 @@ class Acceptance:
                 or s.neurons.size > self.stragglers):
             return ended
         untried = np.flatnonzero(s.tight & ~s.support_tried & ~done)
+        if untried.size and iteration < self.rescue_after:  # only the cheap ones are measured (one small transfer)
+            xp, be = self.xp, self.be
+            supports = be.to_host(xp.sum(xp.astype(xp.take(s.W, be.asarray(untried), axis=1) != 0, xp.int64), axis=0))
+            untried = untried[[support_ipm.cheap(int(size), *self.shape[:2]) for size in supports]]
         if untried.size:
             self.iteration = iteration
             ended[untried] = self._solve_on_supports(untried, self._measured(untried)[0], gap_allowed,

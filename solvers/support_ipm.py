@@ -91,8 +91,13 @@ def affordable(weights: np.ndarray, samples: int, iterations: int, rescue_after:
     """May the neuron with the ADMM's `weights` (N,) be solved on its support after `iterations` iterations on
     `samples` samples: when the interior point costs little against the ADMM, (2 |S|)^3 <= SUPPORT_COST N P,
     or as a rescue, whatever it costs, once the neuron has run `rescue_after` iterations?"""
-    support = int(np.count_nonzero(weights))
-    return (2 * support) ** 3 <= SUPPORT_COST * weights.size * samples or iterations >= rescue_after
+    return cheap(int(np.count_nonzero(weights)), weights.size, samples) or iterations >= rescue_after
+
+
+def cheap(support: int, inputs: int, samples: int) -> bool:
+    """Does a support of `support` weights cost the interior point little against the ADMM on a layer of `inputs`
+    rows and `samples` samples: (2 |S|)^3 <= SUPPORT_COST N P?"""
+    return (2 * support) ** 3 <= SUPPORT_COST * inputs * samples
 
 
 def solve_on_support(neuron: dict, X: LayerX, weights: np.ndarray, gap_allowed: float):
