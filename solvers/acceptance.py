@@ -93,7 +93,7 @@ class Acceptance:
         its internal budget and bound tightened by twice the measured excess (constraints.tighten), or, out of
         restoration rounds, ends "inaccurate"; a certified-only one iterates on. A converged one within budget whose
         gap is not proven small iterates on (_iterate_on); one proven only within the widened gap_allowed is first
-        solved on its support (_within_the_users_gap). One device-to-host transfer, plus the repair's."""
+        solved on its support (_proven_on_supports). One device-to-host transfer, plus the repair's."""
         s = self.s
         positions = np.flatnonzero(converged | certified)
         weights, response, excess, violation, missed = self._measured(positions)
@@ -109,7 +109,7 @@ class Acceptance:
         within = ~missed & ~done[positions]
         widened = np.flatnonzero(within & proven[positions] & ~strict[positions])
         if widened.size and not self.coupled:
-            solved = self._within_the_users_gap(positions[widened], self.xp.take(weights, self.be.asarray(widened),
+            solved = self._proven_on_supports(positions[widened], self.xp.take(weights, self.be.asarray(widened),
                                                                                  axis=1))
             done[positions[widened[solved]]] = True
         self._end(positions[within & proven[positions] & ~done[positions]], "optimal", done)
@@ -126,7 +126,7 @@ class Acceptance:
         tightened[moved] = True
         return done, tightened
 
-    def _within_the_users_gap(self, positions: np.ndarray, weights) -> np.ndarray:
+    def _proven_on_supports(self, positions: np.ndarray, weights) -> np.ndarray:
         """Neurons within budget whose l1 is proven only within the gap tolerance widened after gap_patience (the
         working-set `positions`, their measured or repaired `weights` (N, k) on the device) solved on their
         supports by the interior point to the user's gap_tol, once, where it is cheap ((2 |S|)^3 <= SUPPORT_COST
@@ -316,7 +316,7 @@ class Acceptance:
         widened = np.flatnonzero(accepted & ~strict)
         finished = np.zeros(positions.size, dtype=bool)
         if widened.size:
-            finished[widened] = self._within_the_users_gap(positions[widened], xp.take(
+            finished[widened] = self._proven_on_supports(positions[widened], xp.take(
                 new_weights, be.asarray(widened), axis=1))
         repaired = np.flatnonzero(accepted & ~finished)
         if repaired.size:
